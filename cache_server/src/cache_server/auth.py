@@ -1,0 +1,136 @@
+"""Bearer tokens: a file of `<name> <scope> sha256:<hex>` lines, hashes only at rest.
+
+A token is looked up by the SHA-256 of what the client presents, then the
+stored digest is compared with `hmac.compare_digest`. Timing can at most tell an
+attacker about the hash of a guess they already chose, which does not help find
+a preimage. Reloads swap one immutable mapping, so requests in flight keep the
+table they started with and none is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+class Scope(str, Enum):
+    READ = "read"
+    READWRITE = "readwrite"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    scope: Scope
+
+    @property
+    def may_write(self) -> bool:
+        return self.scope is Scope.READWRITE
+
+
+class TokenFileError(Exception):
+    """The tokens file is missing, unreadable or malformed (message names file and line)."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_line(name: str, scope: Scope, token: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"token name {name!r}: use letters, digits and . _ @ - (max 64)")
+    return f"{name} {scope.value} sha256:{hash_token(token)}\n"
+
+
+def parse_tokens(text: str, source: str) -> dict[bytes, tuple[bytes, Identity]]:
+    """Parse a tokens file; raises TokenFileError naming the first bad line."""
+    table: dict[bytes, tuple[bytes, Identity]] = {}
+    names: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source}:{number}"
+        fields = line.split()
+        if len(fields) != 3:
+            raise TokenFileError(f"{where}: expected '<name> <scope> sha256:<hex>', got {len(fields)} field(s)")
+        name, scope_text, digest_text = fields
+        if not _NAME.fullmatch(name):
+            raise TokenFileError(f"{where}: bad token name {name[:64]!r} (letters, digits, . _ @ -)")
+        if name in names:
+            raise TokenFileError(f"{where}: duplicate token name {name!r}")
+        try:
+            scope = Scope(scope_text)
+        except ValueError:
+            raise TokenFileError(f"{where}: scope must be 'read' or 'readwrite', got {scope_text[:20]!r}") from None
+        match = _DIGEST.fullmatch(digest_text)
+        if not match:
+            raise TokenFileError(f"{where}: third field must be sha256:<64 lowercase hex digits>")
+        digest = bytes.fromhex(match[1])
+        if digest in table:
+            raise TokenFileError(f"{where}: same token hash as {table[digest][1].name!r}")
+        names.add(name)
+        table[digest] = (digest, Identity(name, scope))
+    return table
+
+
+def _file_signature(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class TokenStore:
+    """The current token table, reloadable in place."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._table: dict[bytes, tuple[bytes, Identity]] = {}
+        self._signature: tuple[int, int, int, int] | None = None
+        self.reload()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def reload(self) -> None:
+        """Read the file again; on any error keep the previous table and raise."""
+        try:
+            signature = _file_signature(self.path)
+            with open(self.path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise TokenFileError(f"tokens file {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise TokenFileError(f"tokens file {self.path}: not UTF-8 text") from None
+        self._table = parse_tokens(text, self.path)
+        self._signature = signature
+
+    def changed_on_disk(self) -> bool:
+        try:
+            return _file_signature(self.path) != self._signature
+        except OSError:
+            return True
+
+    def authenticate(self, authorization: str | None) -> Identity | None:
+        """The identity for an `Authorization: Bearer <token>` header, or None."""
+        if not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        token = authorization[7:].strip()
+        if not token:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        entry = self._table.get(digest)
+        if entry is None or not hmac.compare_digest(entry[0], digest):
+            return None
+        return entry[1]

@@ -1,0 +1,152 @@
+"""Server settings: command-line flags with environment fallbacks, validated up front.
+
+Standalone on purpose: the cache server never imports `nxfarm`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}  # fmt: skip
+
+
+class ConfigError(Exception):
+    """A bad flag or value; the message names it and says what would work."""
+
+
+def parse_size(text: str, flag: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    unit = match and match[2].lower()
+    if not match or unit not in _UNITS:
+        raise ConfigError(f"{flag}: {text!r} is not a size (examples: 50GiB, 512MiB, 1000000)")
+    return int(float(match[1]) * _UNITS[unit])
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT`; the host must be an IP address, so nothing binds by surprise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"--bind: {text!r} is not HOST:PORT (example: 127.0.0.1:3333, [::1]:3333)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"--bind: {host!r} is not an IP address (example: 127.0.0.1:3333, 100.64.0.1:3333)") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--bind: port {port_text!r} must be 0-65535")
+    return host, int(port_text)
+
+
+def state_home() -> str:
+    return os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+
+
+def config_home() -> str:
+    return os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+
+
+def default_storage() -> str:
+    return os.path.join(state_home(), "nx-farm", "cache")
+
+
+def default_tokens() -> str:
+    return os.path.join(config_home(), "nx-farm", "cache-tokens")
+
+
+@dataclass(frozen=True)
+class Settings:
+    binds: list[tuple[str, int]]
+    storage: str
+    tokens: str
+    tokens_explicit: bool
+    max_size: int
+    max_artifact_size: int
+    min_free_disk: int | None
+    fsync: bool
+    url_prefix: str
+    body_timeout: float
+    idle_timeout: float
+    drain_timeout: float
+    scrub_interval: float
+    scrub_rate: int
+    access_log: str
+
+    @staticmethod
+    def register_arguments(parser: argparse.ArgumentParser) -> None:
+        env = os.environ.get
+        add = parser.add_argument
+        add("--bind", action="append", metavar="HOST:PORT",
+            help="address to listen on; repeat for several (env NXFARM_CACHE_BIND, default 127.0.0.1:3333)")
+        add("--storage", default=env("NXFARM_CACHE_STORAGE") or default_storage(), metavar="DIR",
+            help="cache directory (env NXFARM_CACHE_STORAGE, default %(default)s)")
+        add("--tokens", default=env("NXFARM_CACHE_TOKENS"), metavar="FILE",
+            help="tokens file, lines '<name> <read|readwrite> sha256:<hex>' (env NXFARM_CACHE_TOKENS; "
+                 f"default {default_tokens()}, created with one generated token if missing)")
+        add("--max-size", default=env("NXFARM_CACHE_MAX_SIZE", "50GiB"), metavar="SIZE",
+            help="total size cap; least recently used entries are evicted (default %(default)s)")
+        add("--max-artifact-size", default=env("NXFARM_CACHE_MAX_ARTIFACT_SIZE", "2GiB"), metavar="SIZE",
+            help="largest accepted upload; bigger ones get 413 (default %(default)s)")
+        add("--min-free-disk", default=env("NXFARM_CACHE_MIN_FREE_DISK"), metavar="SIZE",
+            help="free space to leave on the filesystem (default: 5%% of it, at most 2GiB)")
+        add("--no-fsync", action="store_true", default=env("NXFARM_CACHE_NO_FSYNC") == "1",
+            help="do not fsync uploads before publishing (faster; a power loss may lose recent entries, "
+                 "which are then detected and served as misses)")
+        add("--url-prefix", default=env("NXFARM_CACHE_URL_PREFIX", ""), metavar="PATH",
+            help="serve /PATH/v1/cache/... (for a server URL with a path; default none)")
+        add("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+            help="abort an upload when no body bytes arrive for this long (default %(default)s)")
+        add("--idle-timeout", type=float, default=75.0, metavar="SECONDS",
+            help="close a keep-alive connection idle this long (default %(default)s)")
+        add("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+            help="on SIGTERM, wait this long for requests in flight (default %(default)s)")
+        add("--scrub-interval", type=float, default=86400.0, metavar="SECONDS",
+            help="re-verify every entry's checksum this often; 0 disables (default %(default)s)")
+        add("--scrub-rate", default="64MiB", metavar="SIZE",
+            help="read rate of the background scrub per second (default %(default)s)")
+        add("--access-log", default=env("NXFARM_CACHE_ACCESS_LOG", "-"), metavar="FILE",
+            help="JSON-lines access log: '-' for stdout, 'off' to disable (default %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        bind_texts = args.bind or (os.environ.get("NXFARM_CACHE_BIND") or "127.0.0.1:3333").split(",")
+        binds = [parse_bind(text.strip()) for text in bind_texts]
+        max_size = parse_size(args.max_size, "--max-size")
+        max_artifact = parse_size(args.max_artifact_size, "--max-artifact-size")
+        if max_artifact > max_size:
+            raise ConfigError(f"--max-artifact-size ({args.max_artifact_size}) is larger than --max-size ({args.max_size})")
+        for flag in ("body_timeout", "idle_timeout", "drain_timeout"):
+            if getattr(args, flag) <= 0:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be positive")
+        if args.scrub_interval < 0:
+            raise ConfigError("--scrub-interval must be 0 (off) or positive")
+        prefix = args.url_prefix.strip("/")
+        if prefix and not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", prefix):
+            raise ConfigError(f"--url-prefix: {args.url_prefix!r} may contain letters, digits, . _ ~ - and /")
+        return cls(
+            binds=binds,
+            storage=os.path.abspath(os.path.expanduser(args.storage)),
+            tokens=os.path.abspath(os.path.expanduser(args.tokens or default_tokens())),
+            tokens_explicit=args.tokens is not None,
+            max_size=max_size,
+            max_artifact_size=max_artifact,
+            min_free_disk=parse_size(args.min_free_disk, "--min-free-disk") if args.min_free_disk else None,
+            fsync=not args.no_fsync,
+            url_prefix=prefix,
+            body_timeout=args.body_timeout,
+            idle_timeout=args.idle_timeout,
+            drain_timeout=args.drain_timeout,
+            scrub_interval=args.scrub_interval,
+            scrub_rate=parse_size(args.scrub_rate, "--scrub-rate"),
+            access_log=args.access_log,
+        )

@@ -1,0 +1,298 @@
+"""HTTP transport: parse the route, authenticate, call storage, map errors once.
+
+Every answer is chosen for what the Nx 24 client tolerates (research/nx-cache.md):
+GET answers only 200 or 404 once authenticated (a damaged entry or a read error
+is a miss); PUT answers 200, 409 or 403 whenever the request itself was valid,
+so a sick disk never fails a build; 401 carries `Content-Type: text/plain`
+exactly. A rejected PUT body is drained before answering (Nx does not read an
+early answer), and every body read has an idle timeout so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from .. import __version__
+from ..auth import Identity, TokenStore
+from ..storage.disk import DiskStorage, is_valid_key
+from ..storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from ..accesslog import AccessLog
+    from ..metrics import Metrics
+
+log = logging.getLogger("cache_server.http")
+
+_OCTET = "application/octet-stream"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_CACHE_PREFIX = "v1/cache/"
+# A rejected PUT is read to the end so the client sees our answer, unless that is unreasonable.
+_DRAIN_CAP_UNAUTHENTICATED = 64 << 20
+_SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
+_ERROR_RECENT_S = 600.0
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+def _text(status: int, message: str, *, close: bool = False) -> web.Response:
+    # Exactly "text/plain": Nx rejects a 401 whose type carries a charset.
+    response = web.Response(status=status, body=message.encode(), headers={"Content-Type": "text/plain"})
+    if close:
+        response.force_close()
+    return response
+
+
+class CacheHandler:
+    """The request handler of the low-level aiohttp server (no router, no middleware)."""
+
+    def __init__(
+        self,
+        *,
+        storage: DiskStorage,
+        tokens: TokenStore,
+        metrics: Metrics,
+        access_log: AccessLog,
+        url_prefix: str = "",
+        body_timeout: float = 30.0,
+    ) -> None:
+        self.storage = storage
+        self.tokens = tokens
+        self.metrics = metrics
+        self.access_log = access_log
+        self.body_timeout = body_timeout
+        self.started = time.time()
+        self._prefix = url_prefix.strip("/") + "/" if url_prefix.strip("/") else ""
+
+    # ---------------------------------------------------------------- routing
+
+    def _route(self, raw_path: str) -> tuple[str, str]:
+        """('cache', key) | ('health'|'metrics'|'other', '')."""
+        path = raw_path.split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
+        if self._prefix and path.startswith(self._prefix):
+            path = path[len(self._prefix) :].lstrip("/")
+        if path.startswith(_CACHE_PREFIX):
+            return "cache", path[len(_CACHE_PREFIX) :]
+        if path in ("health", "metrics"):
+            return path, ""
+        return "other", ""
+
+    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        kind, key = self._route(request.raw_path)
+        method = request.method
+        info: dict[str, object] = {}
+        try:
+            if kind == "cache":
+                if method == "GET" or method == "HEAD":
+                    response = await self._get(request, key, info)
+                elif method == "PUT":
+                    response = await self._put(request, key, info)
+                else:
+                    response = self._answered(info, _text(405, "method not allowed: use GET or PUT"))
+                    response.headers["Allow"] = "GET, HEAD, PUT"
+            elif kind == "health" and method in ("GET", "HEAD"):
+                response = self._answered(info, self._health())
+            elif kind == "metrics" and method in ("GET", "HEAD"):
+                response = self._answered(info, web.Response(body=self.metrics.render(), headers={"Content-Type": _PROMETHEUS}))
+            else:
+                response = self._answered(info, _text(404, "not found: the cache API is PUT/GET /v1/cache/{hash}"))
+        finally:
+            elapsed = time.perf_counter() - started
+            if kind == "cache":
+                (self.metrics.latency_put if method == "PUT" else self.metrics.latency_get).observe(elapsed)
+            if self.access_log.enabled:
+                self.access_log.write(
+                    remote=request.remote,
+                    method=method,
+                    route=kind,
+                    key=key if kind == "cache" and is_valid_key(key) else None,
+                    status=info.get("status", "aborted"),
+                    ms=round(elapsed * 1000, 3),
+                    **{k: v for k, v in info.items() if k != "status"},
+                )
+        return response
+
+    # -------------------------------------------------------------------- GET
+
+    def _authenticate(self, request: BaseRequest, info: dict[str, object]) -> Identity | None:
+        identity = self.tokens.authenticate(request.headers.get("Authorization"))
+        info["token"] = identity.name if identity else None
+        if identity is None:
+            self.metrics.reject("unauthorized")
+        return identity
+
+    async def _get(self, request: BaseRequest, key: str, info: dict[str, object]) -> web.StreamResponse:
+        if self._authenticate(request, info) is None:
+            return self._answered(info, _text(401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)"))
+        if not is_valid_key(key):
+            self.metrics.reject("bad_key")
+            return self._answered(info, _text(400, "bad cache hash: letters and digits only, at most 128"))
+        blob = self.storage.get(key)
+        if blob is None:
+            self.metrics.misses.inc()
+            return self._answered(info, web.Response(status=404))
+        self.metrics.hits.inc()
+        if request.method == "HEAD":
+            blob.close()
+            response = web.Response(headers={"Content-Type": _OCTET})
+            response.content_length = blob.size
+            return self._answered(info, response)
+        if blob.inline is not None:
+            info["bytes_out"] = blob.size
+            self.metrics.bytes_out.inc(blob.size)
+            return self._answered(info, web.Response(body=blob.inline, headers={"Content-Type": _OCTET}))
+        try:
+            response = web.StreamResponse(headers={"Content-Type": _OCTET})
+            response.content_length = blob.size
+            info["status"] = 200
+            await response.prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
+            with open(blob.fd, "rb", buffering=0, closefd=False) as fobj:
+                limit = self.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sendfile(transport, fobj, blob.offset, blob.size), limit
+                )
+            await response.write_eof()
+        except (asyncio.TimeoutError, OSError) as exc:
+            # Headers are gone; closing is the only honest signal left for a short body.
+            info["error"] = type(exc).__name__
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("download aborted") from None
+        finally:
+            blob.close()
+        info["bytes_out"] = blob.size
+        self.metrics.bytes_out.inc(blob.size)
+        return response
+
+    # -------------------------------------------------------------------- PUT
+
+    async def _put(self, request: BaseRequest, key: str, info: dict[str, object]) -> web.StreamResponse:
+        length = request.content_length
+        expect_continue = request.headers.get("Expect", "").lower() == "100-continue"
+        identity = self._authenticate(request, info)
+        if identity is None:
+            return await self._reject(request, info, 401, "missing or unknown cache token", length, expect_continue,
+                                      drain_cap=_DRAIN_CAP_UNAUTHENTICATED)
+        if not identity.may_write:
+            self.metrics.reject("read_only")
+            return await self._reject(request, info, 403, f"token {identity.name!r} is read-only: not stored",
+                                      length, expect_continue)
+        if not is_valid_key(key):
+            self.metrics.reject("bad_key")
+            return self._answered(info, _text(400, "bad cache hash: letters and digits only, at most 128", close=True))
+        if length is None:
+            self.metrics.reject("no_length")
+            return self._answered(info, _text(411, "Content-Length is required", close=True))
+        try:
+            upload = self.storage.begin_put(key, length)
+        except StorageError as exc:
+            reason = {409: "conflict", 413: "too_large"}.get(exc.status, "not_stored")
+            if exc.status == 409:
+                self.metrics.conflicts.inc()
+            else:
+                self.metrics.reject(reason)
+            if exc.status == 413:
+                return self._answered(info, _text(413, exc.message, close=True))
+            return await self._reject(request, info, exc.status, exc.message, length, expect_continue)
+        try:
+            if expect_continue:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._receive(request, upload.write)
+            info["bytes_in"] = upload.written
+            if self.storage.fsync:
+                await asyncio.get_running_loop().run_in_executor(None, upload.commit)
+            else:
+                upload.commit()
+        except StorageError as exc:
+            upload.abort()
+            if exc.status == 409:
+                self.metrics.conflicts.inc()
+            else:
+                self.metrics.reject("not_stored" if exc.status == 403 else "incomplete")
+            info["reason"] = exc.message
+            if not request.content.is_eof():
+                await self._drain(request)  # a fault mid-body: still answer where Nx can read it
+            return self._answered(info, _text(exc.status, exc.message))
+        except _BodyTimeout:
+            upload.abort()
+            self.metrics.reject("body_timeout")
+            return self._answered(info, _text(408, f"no body bytes for {self.body_timeout:g}s: upload discarded", close=True))
+        except BaseException:
+            upload.abort()  # client disconnected or the handler was cancelled: nothing is published
+            self.metrics.reject("interrupted")
+            raise
+        self.metrics.puts.inc()
+        self.metrics.bytes_in.inc(upload.written)
+        return self._answered(info, web.Response(status=200))
+
+    async def _reject(
+        self, request: BaseRequest, info: dict[str, object], status: int, message: str,
+        length: int | None, expect_continue: bool, drain_cap: int | None = None,
+    ) -> web.StreamResponse:
+        info["reason"] = message
+        cap = self.storage.max_artifact_bytes if drain_cap is None else drain_cap
+        if expect_continue or length is None or length > cap:
+            return self._answered(info, _text(status, message, close=True))
+        try:
+            await self._drain(request)
+        except _BodyTimeout:
+            return self._answered(info, _text(status, message, close=True))
+        return self._answered(info, _text(status, message))
+
+    async def _drain(self, request: BaseRequest) -> None:
+        await self._receive(request, lambda chunk: None)
+
+    async def _receive(self, request: BaseRequest, sink) -> None:  # type: ignore[no-untyped-def]
+        content = request.content
+        timeout = self.body_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise _BodyTimeout() from None
+            if not chunk:
+                return
+            sink(chunk)
+
+    # ----------------------------------------------------------------- health
+
+    def _health(self) -> web.Response:
+        stats = self.storage.stats()
+        last = self.storage.counters.last_error
+        problems = []
+        if last is not None and time.time() - last.at < _ERROR_RECENT_S:
+            problems.append(f"storage error {int(time.time() - last.at)}s ago")
+        if 0 <= stats.free_disk_bytes < stats.min_free_disk_bytes:
+            problems.append("free disk below --min-free-disk")
+        body = {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "max_bytes": stats.max_bytes,
+            "free_disk_bytes": stats.free_disk_bytes,
+            "min_free_disk_bytes": stats.min_free_disk_bytes,
+            "tokens": len(self.tokens),
+            "last_storage_error": None if last is None else {"at": last.at, "op": last.op, "message": last.message},
+        }
+        return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+
+    @staticmethod
+    def _answered(info: dict[str, object], response: web.StreamResponse) -> web.StreamResponse:
+        info["status"] = response.status
+        return response

@@ -1,0 +1,122 @@
+"""Run the server: listen, reload tokens, scrub in the background, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from aiohttp import web
+
+from ..accesslog import AccessLog
+from ..auth import TokenFileError, TokenStore
+from ..config import Settings
+from ..metrics import Metrics
+from ..storage.disk import DiskStorage
+from .handler import CacheHandler
+
+log = logging.getLogger("cache_server")
+
+TOKEN_POLL_S = 2.0
+ACCESS_LOG_FLUSH_S = 1.0
+
+
+class ListenError(Exception):
+    """An address could not be bound (in use, not on this host)."""
+
+
+def open_storage(settings: Settings) -> DiskStorage:
+    return DiskStorage(
+        settings.storage,
+        max_bytes=settings.max_size,
+        max_artifact_bytes=settings.max_artifact_size,
+        min_free_bytes=settings.min_free_disk,
+        fsync=settings.fsync,
+    )
+
+
+async def serve(settings: Settings, tokens: TokenStore) -> None:
+    storage = open_storage(settings)
+    metrics = Metrics(storage)
+    access_log = AccessLog(settings.access_log)
+    handler = CacheHandler(
+        storage=storage,
+        tokens=tokens,
+        metrics=metrics,
+        access_log=access_log,
+        url_prefix=settings.url_prefix,
+        body_timeout=settings.body_timeout,
+    )
+    server = web.Server(handler, keepalive_timeout=settings.idle_timeout, access_log=None)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings.drain_timeout)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    scrub_stop = threading.Event()
+    background: list[asyncio.Task[None]] = []
+    try:
+        for host, port in settings.binds:
+            site = web.TCPSite(runner, host, port, backlog=1024)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            for sock in site._server.sockets:  # type: ignore[union-attr]
+                address = sock.getsockname()
+                shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+                log.info("listening on http://%s:%d (storage %s, %d token(s))", shown, address[1], settings.storage, len(tokens))
+
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_tokens(tokens, "SIGHUP"))
+        background.append(asyncio.create_task(_watch_tokens(tokens)))
+        background.append(asyncio.create_task(_flush_periodically(access_log)))
+        if settings.scrub_interval > 0:
+            background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
+        await stop.wait()
+        log.info("stopping: no new connections, draining requests in flight (up to %gs)", settings.drain_timeout)
+    finally:
+        scrub_stop.set()
+        await runner.cleanup()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await loop.run_in_executor(None, storage.close)
+        access_log.close()
+        log.info("stopped")
+
+
+def _reload_tokens(tokens: TokenStore, why: str) -> None:
+    try:
+        tokens.reload()
+    except TokenFileError as exc:
+        log.error("tokens not reloaded (%s), keeping the previous %d: %s", why, len(tokens), exc)
+        return
+    log.info("tokens reloaded (%s): %d token(s)", why, len(tokens))
+
+
+async def _watch_tokens(tokens: TokenStore) -> None:
+    while True:
+        await asyncio.sleep(TOKEN_POLL_S)
+        if tokens.changed_on_disk():
+            _reload_tokens(tokens, "file changed")
+
+
+async def _flush_periodically(access_log: AccessLog) -> None:
+    while True:
+        await asyncio.sleep(ACCESS_LOG_FLUSH_S)
+        access_log.flush()
+
+
+async def _scrub_periodically(storage: DiskStorage, settings: Settings, stop: threading.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(settings.scrub_interval)
+        report = await loop.run_in_executor(
+            None, lambda: storage.scrub(max_bytes_per_s=settings.scrub_rate, stop=stop)
+        )
+        log.info("scrub: %d entries checked, %d damaged (quarantined), %d bytes read",
+                 report.checked, report.damaged, report.bytes_read)

@@ -1,0 +1,1 @@
+"""Storage backends. `base` holds the contract; one backend per module."""

@@ -1,0 +1,71 @@
+"""The contract every storage backend meets. Types only, no I/O.
+
+Implementations are safe for concurrent use from the event loop thread plus
+worker threads (fsync, scrub). A miss is `None`, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Blob:
+    """A hit. Either `inline` holds the whole (already verified) body, or
+    `fd` is an open descriptor whose bytes `[offset, offset+size)` are the body.
+    The caller closes it. The body stays readable even if the entry is evicted
+    meanwhile: POSIX keeps an unlinked file alive while a descriptor is open.
+    """
+
+    size: int
+    inline: bytes | None = None
+    fd: int = -1
+    offset: int = 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Upload(Protocol):
+    """An upload in progress. Nothing is visible to readers before `commit`."""
+
+    def write(self, chunk: bytes) -> None:
+        """Append body bytes. Raises `NotStored` on a storage fault."""
+
+    def commit(self) -> None:
+        """Verify the length and publish atomically. May block (fsync): call off the loop.
+
+        Raises `IncompleteUpload`, `EntryExists` (lost a race) or `NotStored`.
+        """
+
+    def abort(self) -> None:
+        """Discard everything; idempotent, safe after `commit`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    entries: int
+    bytes: int
+    max_bytes: int
+    reserved_bytes: int
+    free_disk_bytes: int
+    min_free_disk_bytes: int
+
+
+class Storage(Protocol):
+    def get(self, key: str) -> Blob | None:
+        """Open an entry for reading; a damaged entry is quarantined and reads as a miss."""
+
+    def contains(self, key: str) -> bool:
+        """Whether the key is stored (cheap, no I/O)."""
+
+    def begin_put(self, key: str, size: int) -> Upload:
+        """Reserve room for `size` body bytes. Raises `EntryExists`,
+        `ArtifactTooLarge` or `NotStored` before any byte is read."""
+
+    def stats(self) -> StorageStats:
+        """Counters for /health and /metrics."""

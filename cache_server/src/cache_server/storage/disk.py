@@ -1,0 +1,559 @@
+"""Filesystem backend: the default store and the index every other backend sits behind.
+
+Layout under the storage root (one filesystem, so `link` and `rename` are atomic):
+
+    entries/<key[:2]>/<key>   published entries (header + body, see entry_format)
+    tmp/                      uploads in progress; swept at start (crash leftovers)
+    trash/                    evicted entries waiting to be unlinked in the background
+    quarantine/               damaged entries, kept for inspection (newest few only)
+
+Uploads stream into `tmp/`, get their header and optional fsync, then are
+published with `link()`, which fails if the name exists: first writer wins and a
+racing second upload gets `EntryExists` (409). Readers never see a partial file.
+
+The lock guards the in-memory index only; file I/O runs outside it, apart from
+the metadata-only renames that must be ordered with index changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .base import Blob, StorageStats
+from .entry_format import (
+    HEADER_SIZE,
+    DamagedEntry,
+    EntryHeader,
+    check_digest,
+    check_file_size,
+    finished_header,
+    new_hasher,
+    placeholder_header,
+)
+from .errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
+from .lru import SizedLRU
+
+log = logging.getLogger("cache_server.storage")
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
+INLINE_MAX = 64 * 1024  # bodies up to this size are read whole and digest-checked on every GET
+QUARANTINE_KEEP = 64
+ATIME_PERSIST_INTERVAL_S = 3600.0  # LRU order survives restarts at this granularity
+_SCRUB_CHUNK = 1 << 20
+
+
+class StorageSetupError(Exception):
+    """The storage directory cannot be used (message names the path and the fix)."""
+
+
+@dataclass(slots=True)
+class StorageError:
+    at: float
+    op: str
+    message: str
+
+
+@dataclass(slots=True)
+class StorageCounters:
+    """Plain integers bumped on the hot path; /metrics reads them at scrape time."""
+
+    evictions: int = 0
+    evicted_bytes: int = 0
+    damaged: int = 0
+    errors: int = 0
+    swept_at_start: int = 0
+    last_error: StorageError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubReport:
+    checked: int
+    damaged: int
+    bytes_read: int
+
+
+def is_valid_key(key: str) -> bool:
+    return KEY_PATTERN.fullmatch(key) is not None
+
+
+def _require_key(key: str) -> None:
+    if not is_valid_key(key):
+        raise ValueError(f"invalid cache key {key[:40]!r}: letters and digits only, 1-128 characters")
+
+
+class DiskStorage:
+    """Size-capped LRU cache on a local filesystem. See module docstring."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        max_bytes: int,
+        max_artifact_bytes: int,
+        min_free_bytes: int | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.max_bytes = max_bytes
+        self.max_artifact_bytes = max_artifact_bytes
+        self.fsync = fsync
+        self.counters = StorageCounters()
+        self._entries_dir = os.path.join(self.root, "entries")
+        self._tmp_dir = os.path.join(self.root, "tmp")
+        self._trash_dir = os.path.join(self.root, "trash")
+        self._quarantine_dir = os.path.join(self.root, "quarantine")
+        self._lock = threading.Lock()
+        self._lru = SizedLRU()
+        self._reserved = 0
+        self._pending_delete = 0
+        self._atime_saved: dict[str, float] = {}
+        self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
+        self._prepare_dirs()
+        self.min_free_bytes = self._default_min_free() if min_free_bytes is None else min_free_bytes
+        self._sweep_leftovers()
+        self._load_index()
+
+    # ----------------------------------------------------------------- setup
+
+    def _prepare_dirs(self) -> None:
+        for path in (self.root, self._entries_dir, self._tmp_dir, self._trash_dir, self._quarantine_dir):
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise StorageSetupError(
+                    f"storage directory {path} cannot be created: {exc.strerror}; "
+                    "pass --storage DIR with a directory this user can write"
+                ) from None
+        probe = os.path.join(self._tmp_dir, f".probe-{secrets.token_hex(4)}")
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"probe")
+            os.unlink(probe)
+        except OSError as exc:
+            raise StorageSetupError(
+                f"storage directory {self.root} is not writable: {exc.strerror}; "
+                "fix its owner or permissions, or pass --storage DIR"
+            ) from None
+
+    def _default_min_free(self) -> int:
+        # Keep 5% of the filesystem free, but never demand more than 2 GiB.
+        st = os.statvfs(self.root)
+        return min(2 << 30, st.f_blocks * st.f_frsize // 20)
+
+    def _sweep_leftovers(self) -> None:
+        """Remove uploads and deletions that a crash or kill -9 left behind."""
+        swept = 0
+        for directory in (self._tmp_dir, self._trash_dir):
+            with os.scandir(directory) as it:
+                for item in it:
+                    try:
+                        os.unlink(item.path)
+                        swept += 1
+                    except OSError as exc:
+                        log.warning("cannot remove leftover %s: %s", item.path, exc.strerror)
+        self.counters.swept_at_start = swept
+        if swept:
+            log.info("removed %d incomplete upload(s) or pending deletion(s) left by a previous run", swept)
+
+    def _load_index(self) -> None:
+        """Rebuild the LRU from disk, ordered by access time so eviction order survives restarts."""
+        found: list[tuple[int, str, int]] = []
+        with os.scandir(self._entries_dir) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as files:
+                    for item in files:
+                        if not is_valid_key(item.name) or item.name[:2] != shard.name:
+                            continue
+                        st = item.stat(follow_symlinks=False)
+                        if st.st_size < HEADER_SIZE:
+                            self._move_to_quarantine(item.path, item.name, "shorter than a header")
+                            continue
+                        found.append((max(st.st_atime_ns, st.st_mtime_ns), item.name, st.st_size))
+        found.sort()
+        for _, key, size in found:
+            self._lru.add(key, size)
+        victims = self._lru.evict_until(self.max_bytes)
+        self._discard(victims)
+        log.info("cache index: %d entries, %d bytes", len(self._lru), self._lru.total)
+
+    # ------------------------------------------------------------------ paths
+
+    def _entry_path(self, key: str) -> str:
+        return os.path.join(self._entries_dir, key[:2], key)
+
+    # ------------------------------------------------------------------- read
+
+    def contains(self, key: str) -> bool:
+        return key in self._lru
+
+    def get(self, key: str) -> Blob | None:
+        _require_key(key)
+        with self._lock:
+            if not self._lru.touch(key):
+                return None
+        try:
+            fd = os.open(self._entry_path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._forget(key)
+            return None
+        except OSError as exc:
+            self._record_error("get", f"open {key}: {exc.strerror}")
+            return None
+        try:
+            st = os.fstat(fd)
+            header = EntryHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
+            check_file_size(header, st.st_size)
+            self._persist_atime(key, fd, st.st_mtime_ns)
+            if header.body_size <= INLINE_MAX:
+                body = os.pread(fd, header.body_size, HEADER_SIZE)
+                check_digest(header, body)
+                os.close(fd)
+                return Blob(header.body_size, inline=body)
+            return Blob(header.body_size, fd=fd, offset=HEADER_SIZE)
+        except DamagedEntry as exc:
+            self._quarantine_open(key, fd, str(exc))
+            return None
+        except OSError as exc:
+            os.close(fd)
+            self._record_error("get", f"read {key}: {exc.strerror}")
+            return None
+
+    def _persist_atime(self, key: str, fd: int, mtime_ns: int) -> None:
+        now = time.monotonic()
+        if now - self._atime_saved.get(key, -ATIME_PERSIST_INTERVAL_S) < ATIME_PERSIST_INTERVAL_S:
+            return
+        self._atime_saved[key] = now
+        try:
+            os.utime(fd, ns=(time.time_ns(), mtime_ns))
+        except OSError:
+            pass  # read-only storage still serves; the order is only approximate after a restart
+
+    # ------------------------------------------------------------------ write
+
+    def begin_put(self, key: str, size: int) -> DiskUpload:
+        _require_key(key)
+        if size < 0:
+            raise ValueError("negative size")
+        if size > self.max_artifact_bytes:
+            raise ArtifactTooLarge(
+                f"artifact of {size} bytes is over the {self.max_artifact_bytes}-byte limit (--max-artifact-size)"
+            )
+        file_size = size + HEADER_SIZE
+        with self._lock:
+            if key in self._lru:
+                raise EntryExists(f"{key} is already stored")
+            if self._reserved + file_size > self.max_bytes:
+                raise NotStored(f"not stored: {file_size} bytes do not fit the cache's {self.max_bytes}-byte cap")
+            victims = self._lru.evict_until(self.max_bytes - self._reserved - file_size)
+            victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims))
+            self._reserved += file_size
+            self._rename_to_trash(victims)
+        self._schedule_deletes(victims)
+        tmp_path = os.path.join(self._tmp_dir, f"{key}.{secrets.token_hex(6)}")
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._release(file_size)
+            self._record_error("put", f"create upload file: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        upload = DiskUpload(self, key, size, fd, tmp_path)
+        upload.write_header_placeholder()
+        return upload
+
+    def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
+        """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            self._record_error_locked("put", f"statvfs: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        free = st.f_bavail * st.f_frsize + self._pending_delete + freed_already - self._reserved
+        deficit = self.min_free_bytes + file_size - free
+        if deficit <= 0:
+            return []
+        if deficit > self._lru.total:  # even an empty cache would not make room: evict nothing
+            message = (
+                f"not stored: disk has {max(free, 0)} bytes free and keeps {self.min_free_bytes} free "
+                f"(--min-free-disk); upload needs {file_size}"
+            )
+            self._record_error_locked("put", message)
+            raise NotStored(message)
+        return self._lru.evict_until(self._lru.total - deficit)
+
+    def _release(self, file_size: int) -> None:
+        with self._lock:
+            self._reserved -= file_size
+
+    def _publish(self, key: str, file_size: int) -> None:
+        with self._lock:
+            self._reserved -= file_size
+            self._lru.add(key, file_size)
+
+    # --------------------------------------------------------------- eviction
+
+    def _rename_to_trash(self, victims: list[tuple[str, int]]) -> None:
+        """Under the lock, so a new upload of the same key cannot collide with the old file."""
+        for key, size in victims:
+            self._atime_saved.pop(key, None)
+            self.counters.evictions += 1
+            self.counters.evicted_bytes += size
+            try:
+                os.rename(self._entry_path(key), os.path.join(self._trash_dir, f"{key}.{secrets.token_hex(4)}"))
+                self._pending_delete += size
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._record_error_locked("evict", f"{key}: {exc.strerror}")
+
+    def _schedule_deletes(self, victims: list[tuple[str, int]]) -> None:
+        if victims:
+            self._deleter.submit(self._empty_trash)
+
+    def _empty_trash(self) -> None:
+        with os.scandir(self._trash_dir) as it:
+            for item in it:
+                try:
+                    size = item.stat(follow_symlinks=False).st_size
+                    os.unlink(item.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self._record_error("evict", f"unlink: {exc.strerror}")
+                    continue
+                with self._lock:
+                    self._pending_delete = max(0, self._pending_delete - size)
+
+    def _discard(self, victims: list[tuple[str, int]]) -> None:
+        with self._lock:
+            self._rename_to_trash(victims)
+        self._schedule_deletes(victims)
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._lru.remove(key)
+            self._atime_saved.pop(key, None)
+
+    # ------------------------------------------------------------- quarantine
+
+    def _quarantine_open(self, key: str, fd: int, reason: str) -> None:
+        """Move a damaged entry aside, unless the name now points at a newer file."""
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self._entry_path(key)).st_ino
+        except OSError:
+            same = False
+        finally:
+            os.close(fd)
+        self._forget(key)
+        if same:
+            self._move_to_quarantine(self._entry_path(key), key, reason)
+
+    def _move_to_quarantine(self, path: str, key: str, reason: str) -> None:
+        self.counters.damaged += 1
+        log.warning("damaged cache entry %s (%s): quarantined, served as a miss", key, reason)
+        try:
+            os.rename(path, os.path.join(self._quarantine_dir, f"{key}.{time.time_ns()}"))
+        except OSError as exc:
+            _unlink_quietly(path)
+            self._record_error("quarantine", f"{key}: {exc.strerror}")
+        self._trim_quarantine()
+
+    def _trim_quarantine(self) -> None:
+        try:
+            with os.scandir(self._quarantine_dir) as it:
+                items = sorted(it, key=lambda e: e.name.rsplit(".", 1)[-1])
+        except OSError:
+            return
+        for item in items[:-QUARANTINE_KEEP]:
+            _unlink_quietly(item.path)
+
+    # ------------------------------------------------------------------ scrub
+
+    def scrub(self, *, max_bytes_per_s: float | None = None, stop: threading.Event | None = None) -> ScrubReport:
+        """Re-read every entry and check size and checksum; damaged ones go to quarantine."""
+        with self._lock:
+            keys = list(self._lru)
+        checked = damaged = bytes_read = 0
+        started = time.monotonic()
+        for key in keys:
+            if stop is not None and stop.is_set():
+                break
+            try:
+                fd = os.open(self._entry_path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # evicted meanwhile
+            except OSError as exc:
+                self._record_error("scrub", f"open {key}: {exc.strerror}")
+                continue
+            try:
+                header = EntryHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
+                check_file_size(header, os.fstat(fd).st_size)
+                hasher = new_hasher()
+                offset = HEADER_SIZE
+                while offset < HEADER_SIZE + header.body_size:
+                    chunk = os.pread(fd, min(_SCRUB_CHUNK, HEADER_SIZE + header.body_size - offset), offset)
+                    if not chunk:
+                        raise DamagedEntry("file shrank while scrubbing")
+                    hasher.update(chunk)
+                    offset += len(chunk)
+                    bytes_read += len(chunk)
+                    if max_bytes_per_s:
+                        ahead = bytes_read / max_bytes_per_s - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                if hasher.digest() != header.digest:
+                    raise DamagedEntry("checksum mismatch")
+                os.close(fd)
+            except DamagedEntry as exc:
+                damaged += 1
+                self._quarantine_open(key, fd, str(exc))
+            except OSError as exc:
+                os.close(fd)
+                self._record_error("scrub", f"read {key}: {exc.strerror}")
+            checked += 1
+        return ScrubReport(checked, damaged, bytes_read)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> StorageStats:
+        try:
+            st = os.statvfs(self.root)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = -1
+        with self._lock:
+            return StorageStats(
+                entries=len(self._lru),
+                bytes=self._lru.total,
+                max_bytes=self.max_bytes,
+                reserved_bytes=self._reserved,
+                free_disk_bytes=free,
+                min_free_disk_bytes=self.min_free_bytes,
+            )
+
+    def _record_error(self, op: str, message: str) -> None:
+        with self._lock:
+            self._record_error_locked(op, message)
+
+    def _record_error_locked(self, op: str, message: str) -> None:
+        self.counters.errors += 1
+        self.counters.last_error = StorageError(time.time(), op, message)
+        log.error("storage error during %s: %s", op, message)
+
+    def flush(self) -> None:
+        """Wait for background deletions (tests, shutdown)."""
+        self._deleter.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._deleter.shutdown(wait=True)
+
+
+class DiskUpload:
+    """One upload into `tmp/`; see `Upload` in base.py for the contract."""
+
+    __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_done")
+
+    def __init__(self, storage: DiskStorage, key: str, size: int, fd: int, tmp_path: str) -> None:
+        self._storage = storage
+        self.key = key
+        self.size = size
+        self._fd = fd
+        self._tmp_path = tmp_path
+        self._hasher = new_hasher()
+        self.written = 0
+        self._done = False
+
+    def write_header_placeholder(self) -> None:
+        self._write_all(placeholder_header())
+
+    def write(self, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.size:
+            self.abort()
+            raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
+        self._write_all(chunk)
+        self._hasher.update(chunk)
+        self.written += len(chunk)
+
+    def _write_all(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.abort()
+            self._storage._record_error("put", f"write {self.key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+
+    def commit(self) -> None:
+        if self._done:
+            raise RuntimeError("upload already finished")
+        if self.written != self.size:
+            self.abort()
+            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+        storage = self._storage
+        final = storage._entry_path(self.key)
+        try:
+            os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
+            if storage.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.link(self._tmp_path, final)
+        except FileExistsError:
+            self.abort()
+            raise EntryExists(f"{self.key} was stored by a concurrent upload") from None
+        except OSError as exc:
+            self.abort()
+            storage._record_error("put", f"commit {self.key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        if storage.fsync:
+            _fsync_dir(os.path.dirname(final))
+        _unlink_quietly(self._tmp_path)
+        self._done = True
+        storage._publish(self.key, self.size + HEADER_SIZE)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._fd >= 0:
+            _close_quietly(self._fd)
+            self._fd = -1
+        _unlink_quietly(self._tmp_path)
+        self._storage._release(self.size + HEADER_SIZE)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
