@@ -70,6 +70,10 @@ class CacheHandler:
         self.access_log = access_log
         self.body_timeout = body_timeout
         self.started = time.time()
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._prefix = url_prefix.strip("/") + "/" if url_prefix.strip("/") else ""
 
     # ---------------------------------------------------------------- routing
@@ -85,7 +89,30 @@ class CacheHandler:
             return path, ""
         return "other", ""
 
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight (used to drain on SIGTERM)."""
+        await self._idle.wait()
+
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            response = await self._handle(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+        if self.draining:
+            response.force_close()  # keep-alive clients reconnect to the next instance
+        if response.keep_alive is False and not response.prepared and not request.content.is_eof():
+            # Answer, then hang up at once: aiohttp would otherwise linger for seconds reading
+            # a body we have refused (oversized, stalled, or never coming after Expect).
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
+
+    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         kind, key = self._route(request.raw_path)
         method = request.method
@@ -105,6 +132,19 @@ class CacheHandler:
                 response = self._answered(info, web.Response(body=self.metrics.render(), headers={"Content-Type": _PROMETHEUS}))
             else:
                 response = self._answered(info, _text(404, "not found: the cache API is PUT/GET /v1/cache/{hash}"))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # A bug must not fail the user's build: Nx treats any GET answer but 200/404, and any
+            # PUT answer but 200/403/409, as fatal. Log it loudly and answer a miss / "not stored".
+            log.exception("internal error on %s %s", method, kind)
+            self.metrics.reject("internal_error")
+            if kind == "cache" and method == "PUT":
+                response = self._answered(info, _text(403, "not stored: internal error", close=True))
+            elif kind == "cache":
+                response = self._answered(info, web.Response(status=404))
+            else:
+                response = self._answered(info, _text(500, "internal error"))
         finally:
             elapsed = time.perf_counter() - started
             if kind == "cache":
@@ -143,9 +183,9 @@ class CacheHandler:
         self.metrics.hits.inc()
         if request.method == "HEAD":
             blob.close()
-            response = web.Response(headers={"Content-Type": _OCTET})
-            response.content_length = blob.size
-            return self._answered(info, response)
+            head = web.StreamResponse(headers={"Content-Type": _OCTET})
+            head.content_length = blob.size
+            return self._answered(info, head)
         if blob.inline is not None:
             info["bytes_out"] = blob.size
             self.metrics.bytes_out.inc(blob.size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 
@@ -55,13 +56,16 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
     stop = asyncio.Event()
     scrub_stop = threading.Event()
     background: list[asyncio.Task[None]] = []
+    sites: list[web.TCPSite] = []
     try:
         for host, port in settings.binds:
             site = web.TCPSite(runner, host, port, backlog=1024)
             try:
                 await site.start()
             except OSError as exc:
-                raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+            sites.append(site)
             for sock in site._server.sockets:  # type: ignore[union-attr]
                 address = sock.getsockname()
                 shown = f"[{address[0]}]" if ":" in address[0] else address[0]
@@ -75,7 +79,17 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         if settings.scrub_interval > 0:
             background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
         await stop.wait()
-        log.info("stopping: no new connections, draining requests in flight (up to %gs)", settings.drain_timeout)
+        log.info("stopping: no new connections, draining %d request(s) in flight (up to %gs)",
+                 handler.in_flight, settings.drain_timeout)
+        # aiohttp's own shutdown stops reading from connections at once, which would strand an
+        # upload mid-body; so close the listeners first and let requests in flight finish.
+        handler.draining = True
+        for site in sites:
+            await site.stop()
+        try:
+            await asyncio.wait_for(handler.wait_idle(), settings.drain_timeout)
+        except asyncio.TimeoutError:
+            log.warning("drain timeout: %d request(s) still in flight are cut off", handler.in_flight)
     finally:
         scrub_stop.set()
         await runner.cleanup()

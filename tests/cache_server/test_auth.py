@@ -1,0 +1,58 @@
+import pytest
+
+from cache_server.auth import Scope, TokenFileError, TokenStore, hash_token, parse_tokens, token_line
+
+
+def test_token_line_holds_only_the_hash():
+    line = token_line("agent-1", Scope.READWRITE, "s3cret-token")
+    assert "s3cret-token" not in line
+    assert line == f"agent-1 readwrite sha256:{hash_token('s3cret-token')}\n"
+
+
+def test_authenticate_by_bearer_token(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("# comment\n\n" + token_line("ci", Scope.READ, "r") + token_line("agent", Scope.READWRITE, "w"))
+    store = TokenStore(str(path))
+    assert store.authenticate("Bearer r").name == "ci"
+    assert not store.authenticate("Bearer r").may_write
+    assert store.authenticate("bearer w").may_write
+    for header in (None, "", "Bearer ", "Bearer nope", "Basic dzo=", "w"):
+        assert store.authenticate(header) is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a read", "expected '<name> <scope> sha256:<hex>'"),
+        ("a write sha256:" + "0" * 64, "scope must be 'read' or 'readwrite'"),
+        ("a read md5:abc", "sha256:<64 lowercase hex digits>"),
+        ("a read sha256:" + "0" * 63, "sha256:<64 lowercase hex digits>"),
+        ("bad/name read sha256:" + "0" * 64, "bad token name"),
+        ("a read sha256:" + "0" * 64 + "\na read sha256:" + "1" * 64, "duplicate token name 'a'"),
+        ("a read sha256:" + "0" * 64 + "\nb read sha256:" + "0" * 64, "same token hash as 'a'"),
+    ],
+)
+def test_malformed_files_name_file_and_line(text, message):
+    with pytest.raises(TokenFileError, match="tokens:[12]: ") as info:
+        parse_tokens(text, "tokens")
+    assert message in str(info.value)
+
+
+def test_failed_reload_keeps_previous_tokens(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(token_line("a", Scope.READWRITE, "one"))
+    store = TokenStore(str(path))
+    path.write_text("garbage line\n")
+    assert store.changed_on_disk()
+    with pytest.raises(TokenFileError):
+        store.reload()
+    assert store.authenticate("Bearer one").name == "a"
+    path.write_text(token_line("b", Scope.READWRITE, "two"))
+    store.reload()
+    assert store.authenticate("Bearer one") is None
+    assert store.authenticate("Bearer two").name == "b"
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    with pytest.raises(TokenFileError, match="No such file"):
+        TokenStore(str(tmp_path / "missing"))

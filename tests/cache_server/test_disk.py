@@ -1,0 +1,268 @@
+"""DiskStorage on a real filesystem (tmp_path): atomicity, LRU, headroom, damage, scrub."""
+
+import os
+import threading
+
+import pytest
+
+from cache_server.storage.disk import DiskStorage
+from cache_server.storage.entry_format import HEADER_SIZE
+from cache_server.storage.errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
+
+MiB = 1 << 20
+
+
+def make(tmp_path, **kw):
+    kw.setdefault("max_bytes", 100 * MiB)
+    kw.setdefault("max_artifact_bytes", 50 * MiB)
+    kw.setdefault("min_free_bytes", 0)
+    kw.setdefault("fsync", False)
+    return DiskStorage(str(tmp_path / "store"), **kw)
+
+
+def put(storage, key, body):
+    upload = storage.begin_put(key, len(body))
+    for i in range(0, len(body), 7000):
+        upload.write(body[i : i + 7000])
+    upload.commit()
+
+
+def read(storage, key):
+    blob = storage.get(key)
+    if blob is None:
+        return None
+    try:
+        if blob.inline is not None:
+            return blob.inline
+        return os.pread(blob.fd, blob.size, blob.offset)
+    finally:
+        blob.close()
+
+
+def entry_path(storage, key):
+    return os.path.join(storage.root, "entries", key[:2], key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024, 64 * 1024 + 1, 3 * MiB])
+def test_round_trip_inline_and_fd(tmp_path, size):
+    storage = make(tmp_path)
+    body = os.urandom(size)
+    put(storage, "123", body)
+    blob = storage.get("123")
+    assert (blob.inline is None) == (size > 64 * 1024)
+    blob.close()
+    assert read(storage, "123") == body
+    assert storage.stats().bytes == size + HEADER_SIZE
+
+
+def test_entries_are_immutable(tmp_path):
+    storage = make(tmp_path)
+    put(storage, "1", b"first")
+    with pytest.raises(EntryExists):
+        storage.begin_put("1", 6)
+    assert read(storage, "1") == b"first"
+
+
+def test_concurrent_uploads_of_one_key_publish_exactly_one_whole_body(tmp_path):
+    storage = make(tmp_path)
+    a, b = storage.begin_put("77", 4 * MiB), storage.begin_put("77", 4 * MiB)
+    body_a, body_b = b"a" * (4 * MiB), b"b" * (4 * MiB)
+    for i in range(0, 4 * MiB, MiB):  # interleaved writes
+        a.write(body_a[i : i + MiB])
+        b.write(body_b[i : i + MiB])
+    b.commit()
+    with pytest.raises(EntryExists):
+        a.commit()
+    assert read(storage, "77") == body_b
+    assert os.listdir(os.path.join(storage.root, "tmp")) == []
+    assert storage.stats().reserved_bytes == 0
+
+
+def test_aborted_or_short_upload_leaves_nothing(tmp_path):
+    storage = make(tmp_path)
+    upload = storage.begin_put("5", 100)
+    upload.write(b"x" * 60)
+    upload.abort()
+    upload = storage.begin_put("6", 100)
+    upload.write(b"x" * 60)
+    with pytest.raises(IncompleteUpload):
+        upload.commit()
+    upload = storage.begin_put("7", 10)
+    with pytest.raises(IncompleteUpload):
+        upload.write(b"x" * 11)
+    assert storage.get("5") is None and storage.get("6") is None and storage.get("7") is None
+    assert os.listdir(os.path.join(storage.root, "tmp")) == []
+    assert storage.stats().reserved_bytes == 0
+
+
+def test_leftovers_of_a_crash_are_swept_at_start(tmp_path):
+    storage = make(tmp_path)
+    put(storage, "11", b"kept")
+    upload = storage.begin_put("12", 1000)
+    upload.write(b"y" * 500)  # the process "dies" here: no abort, no commit
+    storage.close()
+    reopened = make(tmp_path)
+    assert reopened.counters.swept_at_start == 1
+    assert os.listdir(os.path.join(reopened.root, "tmp")) == []
+    assert read(reopened, "11") == b"kept" and reopened.get("12") is None
+
+
+def test_lru_eviction_counts_a_get_as_use(tmp_path):
+    unit = MiB - HEADER_SIZE
+    storage = make(tmp_path, max_bytes=3 * MiB, max_artifact_bytes=MiB)
+    for key in ("1", "2", "3"):
+        put(storage, key, os.urandom(unit))
+    assert read(storage, "1") is not None  # "2" is now the least recently used
+    put(storage, "4", os.urandom(unit))
+    storage.flush()
+    assert storage.get("2") is None
+    assert all(storage.contains(k) for k in ("1", "3", "4"))
+    assert storage.stats().bytes <= 3 * MiB
+    assert storage.counters.evictions == 1
+    assert not os.path.exists(entry_path(storage, "2"))
+    assert os.listdir(os.path.join(storage.root, "trash")) == []
+
+
+def test_lru_order_survives_restart(tmp_path):
+    unit = MiB - HEADER_SIZE
+    storage = make(tmp_path, max_bytes=3 * MiB, max_artifact_bytes=MiB)
+    for key in ("1", "2", "3"):
+        put(storage, key, os.urandom(unit))
+    for key, when in (("1", 3000), ("2", 1000), ("3", 2000)):
+        os.utime(entry_path(storage, key), (when, when))
+    storage.close()
+    storage = make(tmp_path, max_bytes=3 * MiB, max_artifact_bytes=MiB)
+    put(storage, "4", os.urandom(unit))
+    storage.flush()
+    assert not storage.contains("2") and storage.contains("1") and storage.contains("3")
+
+
+def test_an_entry_being_read_survives_its_eviction(tmp_path):
+    storage = make(tmp_path, max_bytes=2 * MiB, max_artifact_bytes=2 * MiB - HEADER_SIZE)
+    body = os.urandom(2 * MiB - HEADER_SIZE)
+    put(storage, "8", body)
+    blob = storage.get("8")
+    put(storage, "9", os.urandom(2 * MiB - HEADER_SIZE))  # evicts "8" while it is open
+    storage.flush()
+    assert not storage.contains("8")
+    assert os.pread(blob.fd, blob.size, blob.offset) == body
+    blob.close()
+
+
+def test_limits(tmp_path):
+    storage = make(tmp_path, max_bytes=2 * MiB, max_artifact_bytes=MiB)
+    with pytest.raises(ArtifactTooLarge):
+        storage.begin_put("1", MiB + 1)
+    first = storage.begin_put("2", MiB)
+    second = storage.begin_put("3", MiB - 2 * HEADER_SIZE)
+    with pytest.raises(NotStored, match="do not fit"):  # everything is reserved by uploads in flight
+        storage.begin_put("4", 1000)
+    first.abort()
+    second.abort()
+    assert storage.stats().reserved_bytes == 0
+
+
+def test_disk_headroom_evicts_own_entries_then_refuses(tmp_path):
+    storage = make(tmp_path)
+    put(storage, "1", os.urandom(MiB))
+    st = os.statvfs(storage.root)
+    free = st.f_bavail * st.f_frsize
+    storage.min_free_bytes = free - MiB // 2  # only ~0.5 MiB may still be written
+    upload = storage.begin_put("2", MiB // 2)  # fits once "1" is evicted
+    upload.write(b"z" * (MiB // 2))
+    upload.commit()
+    storage.flush()
+    assert not storage.contains("1") and storage.contains("2")
+    storage.min_free_bytes = free + 10 * MiB
+    with pytest.raises(NotStored, match="--min-free-disk"):
+        storage.begin_put("3", 10)
+    assert storage.contains("2"), "refusing must not evict for nothing"
+    assert storage.counters.last_error.op == "put"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_small", "garbage_header", "grow"])
+def test_damaged_entries_read_as_miss_and_are_quarantined(tmp_path, damage):
+    storage = make(tmp_path)
+    body = os.urandom(1000 if damage == "flip_small" else 200_000)
+    put(storage, "42", body)
+    path = entry_path(storage, "42")
+    with open(path, "r+b") as fh:
+        if damage == "truncate":
+            fh.truncate(HEADER_SIZE + len(body) // 2)
+        elif damage == "flip_small":
+            fh.seek(HEADER_SIZE + 500)
+            fh.write(bytes([body[500] ^ 1]))
+        elif damage == "garbage_header":
+            fh.write(b"JUNK")
+        else:
+            fh.seek(0, 2)
+            fh.write(b"extra")
+    assert storage.get("42") is None
+    assert not storage.contains("42") and not os.path.exists(path)
+    assert storage.counters.damaged == 1
+    assert len(os.listdir(os.path.join(storage.root, "quarantine"))) == 1
+    put(storage, "42", body)  # a fresh upload of the key works again
+    assert read(storage, "42") == body
+
+
+def test_scrub_finds_a_bit_flip_in_a_large_entry(tmp_path):
+    storage = make(tmp_path)
+    good, bad = os.urandom(3 * MiB), os.urandom(3 * MiB)
+    put(storage, "1", good)
+    put(storage, "2", bad)
+    with open(entry_path(storage, "2"), "r+b") as fh:
+        fh.seek(HEADER_SIZE + 2 * MiB)
+        fh.write(bytes([bad[2 * MiB] ^ 0x80]))
+    report = storage.scrub()
+    assert (report.checked, report.damaged) == (2, 1)
+    assert report.bytes_read == 6 * MiB
+    assert storage.get("2") is None and read(storage, "1") == good
+
+
+def test_short_files_found_at_start_are_quarantined(tmp_path):
+    storage = make(tmp_path)
+    put(storage, "55", b"body")
+    storage.close()
+    with open(entry_path(storage, "55"), "r+b") as fh:
+        fh.truncate(10)
+    reopened = make(tmp_path)
+    assert not reopened.contains("55") and reopened.counters.damaged == 1
+
+
+def test_keys_are_validated(tmp_path):
+    storage = make(tmp_path)
+    for key in ("../etc", "a/b", "", "x" * 129, "ab.c", "%2e%2e"):
+        with pytest.raises(ValueError):
+            storage.get(key)
+        with pytest.raises(ValueError):
+            storage.begin_put(key, 1)
+
+
+def test_parallel_puts_and_gets_from_threads(tmp_path):
+    storage = make(tmp_path, max_bytes=8 * MiB, max_artifact_bytes=MiB)
+    bodies = {str(i): os.urandom(200_000 + i) for i in range(60)}
+    errors = []
+
+    def worker(keys):
+        try:
+            for key in keys:
+                put(storage, key, bodies[key])
+                got = read(storage, key)
+                assert got is None or got == bodies[key]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(list(bodies)[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    storage.flush()
+    assert errors == []
+    stats = storage.stats()
+    assert stats.bytes <= 8 * MiB and stats.reserved_bytes == 0
+    on_disk = sum(len(files) for _, _, files in os.walk(os.path.join(storage.root, "entries")))
+    assert on_disk == stats.entries
+    for key in bodies:
+        got = read(storage, key)
+        assert got is None or got == bodies[key]

@@ -1,0 +1,41 @@
+import pytest
+
+from cache_server.storage.entry_format import (
+    HEADER_SIZE,
+    DamagedEntry,
+    EntryHeader,
+    check_digest,
+    check_file_size,
+    finished_header,
+    new_hasher,
+)
+
+
+def _header(body: bytes) -> EntryHeader:
+    hasher = new_hasher()
+    hasher.update(body)
+    return finished_header(len(body), hasher)
+
+
+def test_header_round_trips_and_is_fixed_size():
+    header = _header(b"payload")
+    raw = header.pack()
+    assert len(raw) == HEADER_SIZE
+    assert EntryHeader.unpack(raw) == header
+
+
+@pytest.mark.parametrize("raw", [b"", b"NXFC", b"XXXX" + b"\0" * 60, b"\0" * HEADER_SIZE])
+def test_garbage_headers_are_damaged(raw):
+    with pytest.raises(DamagedEntry):
+        EntryHeader.unpack(raw)
+
+
+def test_size_and_digest_checks_catch_truncation_and_bit_flips():
+    body = b"x" * 1000
+    header = _header(body)
+    check_file_size(header, HEADER_SIZE + 1000)
+    check_digest(header, body)
+    with pytest.raises(DamagedEntry, match="header says"):
+        check_file_size(header, HEADER_SIZE + 999)
+    with pytest.raises(DamagedEntry, match="checksum"):
+        check_digest(header, b"x" * 999 + b"y")

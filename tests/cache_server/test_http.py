@@ -1,0 +1,308 @@
+"""HTTP-level behaviour of a real server process: every status code Nx can meet, and the failure paths."""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from .server_proc import READ_TOKEN, WRITE_TOKEN, put_headers, read_status
+
+MiB = 1 << 20
+
+
+def test_put_get_conflict_and_miss(server):
+    body = os.urandom(300_000)
+    assert server.request("PUT", "14190097444946389161", body)[0] == 200
+    status, headers, got = server.request("GET", "14190097444946389161")
+    assert status == 200 and got == body
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["content-length"] == str(len(body))
+    status, _, _ = server.request("PUT", "14190097444946389161", os.urandom(300_001))
+    assert status == 409
+    assert server.request("GET", "14190097444946389161")[2] == body, "a 409 must not change the entry"
+    assert server.request("GET", "1058875541301770677")[0] == 404
+
+
+def test_small_entry_is_served_inline_with_length(server):
+    assert server.request("PUT", "7", b"tiny")[0] == 200
+    status, headers, got = server.request("GET", "7")
+    assert (status, got, headers["content-length"]) == (200, b"tiny", "4")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+@pytest.mark.parametrize("token", [None, "wrong-token", ""])
+def test_unauthorized_is_exactly_text_plain(server, method, token):
+    status, headers, body = server.request(method, "123", b"x" if method == "PUT" else None, token=token)
+    assert status == 401
+    assert headers["content-type"] == "text/plain"  # Nx compares this string exactly
+    assert b"token" in body
+
+
+def test_read_only_token_reads_but_may_not_write(server):
+    server.request("PUT", "1", b"data")
+    assert server.request("GET", "1", token=READ_TOKEN)[:3:2] == (200, b"data")
+    status, headers, body = server.request("PUT", "2", b"data", token=READ_TOKEN)
+    assert status == 403 and headers["content-type"] == "text/plain" and b"read-only" in body
+    assert server.request("GET", "2")[0] == 404
+
+
+def test_artifact_limit_gives_413(make_server):
+    server = make_server("--no-fsync", "--max-artifact-size", "1MiB", "--max-size", "10MiB")
+    assert server.request("PUT", "1", b"x" * (MiB + 1))[0] == 413
+    assert server.request("PUT", "2", b"x" * MiB)[0] == 200
+    assert server.metric("nxcache_rejected_total") == 1
+
+
+def test_put_without_content_length_is_411(server):
+    sock = server.raw_socket()
+    sock.sendall(b"PUT /v1/cache/9 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + WRITE_TOKEN.encode()
+                 + b"\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
+    assert read_status(sock)[0] == 411
+    sock.close()
+    assert server.request("GET", "9")[0] == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/cache/..%2F..%2Fetc%2Fpasswd", "/v1/cache/../../tokens", "/v1/cache/abc.def", "/v1/cache/" + "9" * 129,
+     "/v1/cache/a%00b", "/v1/cache/", "/v1/cache/ab/cd"],
+)
+def test_bad_hashes_never_touch_the_filesystem(server, path):
+    status, _, _ = server.request("PUT", path, b"evil")
+    assert status in (400, 404)
+    assert server.request("GET", path)[0] in (400, 404)
+    assert server.entry_files() == []
+    assert sorted(p.name for p in server.workdir.iterdir() if not p.name.startswith("server-")) == ["storage", "tokens"]
+
+
+def test_double_slash_and_prefix_urls(make_server):
+    server = make_server("--no-fsync", "--url-prefix", "/nx/cache")
+    assert server.request("PUT", "/nx/cache/v1/cache/5", b"a")[0] == 200
+    assert server.request("GET", "/nx/cache//v1/cache/5")[2] == b"a"
+    assert server.request("GET", "//v1/cache/5")[2] == b"a"  # Nx's URL with a trailing slash
+    assert server.request("GET", "/nx/cache/health", token=None)[0] == 200
+
+
+def test_head_and_unknown_methods(server):
+    server.request("PUT", "3", b"abc")
+    status, headers, body = server.request("HEAD", "3")
+    assert (status, headers["content-length"], body) == (200, "3", b"")
+    status, headers, _ = server.request("DELETE", "3")
+    assert status == 405 and "PUT" in headers["allow"]
+    assert server.request("GET", "3")[2] == b"abc"
+    assert server.request("GET", "/nope", token=None)[0] == 404
+
+
+def test_client_disconnect_mid_upload_leaves_no_entry(server):
+    sock = server.raw_socket()
+    sock.sendall(put_headers("31", 4 * MiB) + os.urandom(MiB))
+    time.sleep(0.3)
+    assert len(server.tmp_files()) == 1, "the upload should be in progress"
+    sock.close()
+    deadline = time.monotonic() + 5
+    while server.tmp_files() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.tmp_files() == []
+    assert server.request("GET", "31")[0] == 404
+    assert server.entry_files() == []
+    assert server.metric("nxcache_reserved_bytes") == 0
+    assert server.request("PUT", "31", b"retry")[0] == 200
+
+
+def test_kill_9_mid_upload_leaves_no_entry_and_is_swept(make_server):
+    server = make_server("--no-fsync")
+    sock = server.raw_socket()
+    sock.sendall(put_headers("32", 4 * MiB) + os.urandom(2 * MiB))
+    time.sleep(0.3)
+    assert len(server.tmp_files()) == 1
+    server.stop(signal.SIGKILL)
+    sock.close()
+    assert server.entry_files() == []
+    server.start()
+    assert server.tmp_files() == []
+    assert "removed 1 incomplete upload" in server.stderr_path.read_text()
+    assert server.request("GET", "32")[0] == 404
+
+
+def test_stalled_body_is_cut_off(make_server):
+    server = make_server("--no-fsync", "--body-timeout", "1")
+    sock = server.raw_socket()
+    sock.sendall(put_headers("33", 1000) + b"x" * 10)
+    started = time.monotonic()
+    status, _ = read_status(sock)
+    assert status == 408 and time.monotonic() - started < 5
+    assert sock.recv(100) == b"", "connection must be closed"
+    assert server.request("GET", "33")[0] == 404 and server.tmp_files() == []
+
+
+def test_idle_connection_is_closed(make_server):
+    server = make_server("--no-fsync", "--idle-timeout", "1")
+    sock = server.raw_socket()
+    started = time.monotonic()
+    assert sock.recv(100) == b""
+    assert time.monotonic() - started < 5
+
+
+def test_rejected_upload_is_drained_and_connection_kept(server):
+    server.request("PUT", "34", b"first")
+    sock = server.raw_socket()
+    sock.sendall(put_headers("34", 2 * MiB) + os.urandom(2 * MiB))  # Nx sends the body, then reads
+    status, _ = read_status(sock)
+    assert status == 409
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_status(sock)[0] == 200, "keep-alive must survive a drained 409"
+    sock.close()
+
+
+def test_expect_100_continue(server):
+    sock = server.raw_socket()
+    sock.sendall(put_headers("35", 5, extra="Expect: 100-continue\r\n"))
+    assert read_status(sock)[0] == 100
+    sock.sendall(b"hello")
+    assert read_status(sock)[0] == 200
+    sock.close()
+    sock = server.raw_socket()
+    sock.sendall(put_headers("35", 5, extra="Expect: 100-continue\r\n"))
+    assert read_status(sock)[0] == 409  # answered before any body byte is sent
+    sock.close()
+    assert server.request("GET", "35")[2] == b"hello"
+
+
+def test_concurrent_puts_of_one_hash_store_exactly_one_whole_body(server):
+    bodies = [os.urandom(2 * MiB) for _ in range(8)]
+    results = [None] * 8
+
+    def upload(i):
+        results[i] = server.request("PUT", "4242", bodies[i])[0]
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [409] * 7
+    assert server.request("GET", "4242")[2] == bodies[results.index(200)]
+    assert len(server.entry_files()) == 1 and server.tmp_files() == []
+
+
+def test_concurrent_mixed_traffic_is_consistent(server):
+    bodies = {str(1000 + i): os.urandom(1000 + i * 4099) for i in range(64)}
+    failures = []
+
+    def client(keys):
+        for key in keys:
+            if server.request("PUT", key, bodies[key])[0] != 200:
+                failures.append(("put", key))
+            status, _, got = server.request("GET", key)
+            if status != 200 or got != bodies[key]:
+                failures.append(("get", key))
+
+    threads = [threading.Thread(target=client, args=(list(bodies)[i::32],)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert server.metric("nxcache_puts_total") == 64 and server.metric("nxcache_hits_total") == 64
+
+
+def test_get_racing_an_upload_is_a_miss_never_a_torn_body(server):
+    sock = server.raw_socket()
+    body = os.urandom(8 * MiB)
+    sock.sendall(put_headers("36", len(body)) + body[: 4 * MiB])
+    time.sleep(0.2)
+    assert server.request("GET", "36")[0] == 404
+    sock.sendall(body[4 * MiB :])
+    assert read_status(sock)[0] == 200
+    sock.close()
+    assert server.request("GET", "36")[2] == body
+
+
+def test_lru_eviction_over_http(make_server):
+    server = make_server("--no-fsync", "--max-size", "3MiB", "--max-artifact-size", "1MiB")
+    unit = MiB - 64
+    for key in ("1", "2", "3"):
+        assert server.request("PUT", key, os.urandom(unit))[0] == 200
+    assert server.request("GET", "1")[0] == 200
+    assert server.request("PUT", "4", os.urandom(unit))[0] == 200
+    assert server.request("GET", "2")[0] == 404
+    assert [server.request("GET", k)[0] for k in ("1", "3", "4")] == [200, 200, 200]
+    assert server.metric("nxcache_evictions_total") == 1
+    assert server.metric("nxcache_size_bytes") <= 3 * MiB
+
+
+def test_damaged_entry_is_a_404_and_shows_in_health(server):
+    body = os.urandom(500_000)
+    server.request("PUT", "37", body)
+    (path,) = server.entry_files()
+    with open(path, "r+b") as fh:
+        fh.truncate(1000)
+    assert server.request("GET", "37")[0] == 404
+    assert server.metric("nxcache_damaged_entries_total") == 1
+    assert list((server.storage / "quarantine").iterdir())
+    assert server.request("PUT", "37", body)[0] == 200, "the key can be stored again"
+
+
+def test_health_and_metrics_expose_no_secret(server):
+    server.request("PUT", "1", b"x" * 100)
+    server.request("GET", "1")
+    server.request("GET", "2")
+    status, headers, body = server.request("GET", "/health", token=None)
+    health = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert health["status"] == "ok" and health["entries"] == 1 and health["bytes"] == 164
+    assert health["last_storage_error"] is None and health["free_disk_bytes"] > 0
+    for name in ("nxcache_hits_total", "nxcache_misses_total", "nxcache_puts_total", "nxcache_conflicts_total",
+                 "nxcache_received_bytes_total", "nxcache_sent_bytes_total", "nxcache_evictions_total",
+                 "nxcache_storage_errors_total", "nxcache_entries", "nxcache_size_bytes",
+                 "nxcache_request_duration_seconds_bucket"):
+        server.metric(name)
+    assert server.metric("nxcache_hits_total") == 1 and server.metric("nxcache_misses_total") == 1
+    server.stop()
+    logs = server.logs()
+    assert WRITE_TOKEN not in logs and READ_TOKEN not in logs and WRITE_TOKEN not in body.decode()
+    lines = [json.loads(l) for l in server.stdout_path.read_text().splitlines()]
+    assert {(l["method"], l["status"], l.get("token")) for l in lines if l["route"] == "cache"} == {
+        ("PUT", 200, "writer"), ("GET", 200, "writer"), ("GET", 404, "writer")}
+
+
+def test_tokens_reload_on_change_and_sighup_without_dropping_requests(server):
+    from cache_server.auth import Scope, token_line
+
+    sock = server.raw_socket()  # an upload in flight across the reload
+    sock.sendall(put_headers("38", 2 * MiB) + os.urandom(MiB))
+    server.tokens.write_text(token_line("new", Scope.READWRITE, "brand-new-token"))
+    deadline = time.monotonic() + 10
+    while server.request("GET", "1", token="brand-new-token")[0] != 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.request("GET", "1", token="brand-new-token")[0] == 404
+    assert server.request("GET", "1", token=WRITE_TOKEN)[0] == 401
+    sock.sendall(os.urandom(MiB))
+    assert read_status(sock)[0] == 200, "the upload authorised before the reload completes"
+    sock.close()
+    # SIGHUP with an invalid file keeps the old table
+    server.tokens.write_text("broken\n")
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert server.request("GET", "1", token="brand-new-token")[0] == 404
+    assert "tokens not reloaded" in server.stderr_path.read_text()
+
+
+def test_sigterm_drains_requests_in_flight(make_server):
+    server = make_server("--no-fsync")
+    sock = server.raw_socket()
+    sock.sendall(put_headers("39", 2 * MiB) + os.urandom(MiB))
+    time.sleep(0.2)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # no new connections
+    sock.sendall(os.urandom(MiB))
+    assert read_status(sock)[0] == 200
+    sock.close()
+    assert server.proc.wait(10) == 0
+    assert len(server.entry_files()) == 1
