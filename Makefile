@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine (Python >= 3.11, Node.js with npm, make):
+#   make run    the cache server on 127.0.0.1:3333 with a generated token, printed once
+#   make test   install everything the tests need, then run them
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NX_CLIENT := tests/nx_client
+
+.PHONY: run test bench wheels clean
+
+$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
+		-c cache_server/requirements.lock -e cache_server
+	touch $@
+
+$(NX_CLIENT)/node_modules/.package-lock.json: $(NX_CLIENT)/package.json $(NX_CLIENT)/package-lock.json
+	cd $(NX_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+
+run: $(VENV)/.installed
+	$(PY) -m cache_server $(ARGS)
+
+test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/cachebench.py $(ARGS)
+
+# The server's wheel plus every dependency wheel, for hosts without internet.
+wheels: $(VENV)/.installed
+	rm -rf dist/wheels
+	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels -r cache_server/requirements.lock ./cache_server
+
+clean:
+	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules

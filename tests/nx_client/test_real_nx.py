@@ -1,0 +1,94 @@
+"""The real Nx client against a real cache server process (nx version pinned in package.json)."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.cache_server.server_proc import READ_TOKEN, WRITE_TOKEN, CacheServer
+
+from .workspace import NX_BIN, NX_VERSION, PROJECTS, Workspace
+
+pytestmark = pytest.mark.skipif(not NX_BIN.exists(), reason="run `npm ci` in tests/nx_client first (make test does)")
+N = len(PROJECTS)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def cache(tmp_path):
+    server = CacheServer(tmp_path).start()  # fsync on, as deployed
+    yield server
+    server.stop()
+
+
+def test_pinned_client_version(workspace):
+    result = workspace.nx("--version", cache_url=None, token=None)
+    assert f"Local: v{NX_VERSION}" in result.output
+
+
+def test_second_build_restores_every_task_from_the_remote_cache(workspace, cache):
+    first = workspace.build(cache.url, WRITE_TOKEN)
+    assert first.returncode == 0, first.output
+    assert sorted(workspace.executed()) == sorted(r for r, _ in PROJECTS.values())
+    built = workspace.outputs()
+    assert len([k for k, v in built.items() if v[0] != "dir"]) == 4 * N
+    assert cache.metric("nxcache_puts_total") == N
+
+    workspace.reset_local_state()
+    second = workspace.build(cache.url, WRITE_TOKEN)
+    assert second.returncode == 0, second.output
+    assert second.remote_hits() == N, second.output
+    assert workspace.executed() == [], "no task may execute when everything is in the remote cache"
+    assert workspace.outputs() == built, "restored outputs must be byte-identical, modes included"
+    assert f"Nx read the output from the cache instead of running the command for {N} out of {N} tasks" in second.output
+    assert cache.metric("nxcache_hits_total") == N and cache.metric("nxcache_puts_total") == N
+
+
+def test_read_only_token_builds_and_stores_nothing(workspace, cache):
+    result = workspace.build(cache.url, READ_TOKEN)
+    assert result.returncode == 0, result.output
+    assert len(workspace.executed()) == N
+    assert cache.entry_files() == []
+    assert cache.metric("nxcache_rejected_total") == N
+
+
+def test_wrong_token_shows_our_401_text(workspace, cache):
+    result = workspace.build(cache.url, "not-a-valid-token")
+    assert result.returncode == 1
+    assert "Unauthorized: missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)" in result.output
+    assert "Misconfigured" not in result.output, "the 401 must be exactly text/plain"
+    assert workspace.executed() == []
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_build_succeeds_when_storage_cannot_write(workspace, tmp_path, small_fs, fault):
+    server = CacheServer(tmp_path, "--min-free-disk", "0", storage=small_fs / "cache").start()
+    try:
+        if fault == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+        else:
+            subprocess.run(["dd", "if=/dev/zero", f"of={small_fs / 'filler'}", "bs=64k"], capture_output=True)
+        result = workspace.build(server.url, WRITE_TOKEN)
+        assert result.returncode == 0, result.output
+        assert len(workspace.executed()) == N
+        assert server.metric("nxcache_puts_total") == 0
+        health = json.loads(server.request("GET", "/health", token=None)[2])
+        assert health["status"] == "degraded" and health["last_storage_error"] is not None
+    finally:
+        server.stop()
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
