@@ -97,3 +97,42 @@ def test_scrub_command_reports_and_exit_code(tmp_path):
     path.write_bytes(bytes(data))
     dirty = run("scrub", "--storage", str(tmp_path / "s"))
     assert dirty.returncode == 1 and "checked 2 entries, 1 damaged" in dirty.stdout
+
+
+def test_embedded_default_generates_a_token_once_and_serves(tmp_path):
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "PYTHONUNBUFFERED": "1"}
+
+    def start():
+        err = open(tmp_path / "err.txt", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "cache_server", "--bind", "127.0.0.1:0", "--access-log", "off"],
+                                stderr=err, stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 15
+        while not (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", (tmp_path / "err.txt").read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()
+            time.sleep(0.05)
+        return proc, int(m[1]), (tmp_path / "err.txt").read_text()
+
+    proc, port, text = start()
+    try:
+        token = re.search(r"NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=(\S+)", text)[1]
+        tokens_file = tmp_path / "cfg" / "nx-farm" / "cache-tokens"
+        assert token not in tokens_file.read_text() and "local readwrite sha256:" in tokens_file.read_text()
+        assert str(tmp_path / "state" / "nx-farm" / "cache") in text
+        put = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cache/1", data=b"hello", method="PUT",
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert urllib.request.urlopen(put).status == 200
+        get = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cache/1", headers={"Authorization": f"Bearer {token}"})
+        assert urllib.request.urlopen(get).read() == b"hello"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    proc, _, text = start()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN" not in text, "the token is shown only when it is created"

@@ -17,6 +17,7 @@ def make(tmp_path, **kw):
     kw.setdefault("max_artifact_bytes", 50 * MiB)
     kw.setdefault("min_free_bytes", 0)
     kw.setdefault("fsync", False)
+    kw.setdefault("statvfs_max_age", 0)
     return DiskStorage(str(tmp_path / "store"), **kw)
 
 
@@ -266,3 +267,15 @@ def test_parallel_puts_and_gets_from_threads(tmp_path):
     for key in bodies:
         got = read(storage, key)
         assert got is None or got == bodies[key]
+
+
+def test_abort_after_commit_keeps_the_entry_and_the_accounting(tmp_path):
+    storage = make(tmp_path)
+    upload = storage.begin_put("60", 3)
+    upload.write(b"abc")
+    upload.commit()
+    upload.abort()  # what a cancelled request handler does after the commit thread finished
+    assert read(storage, "60") == b"abc"
+    assert storage.stats().reserved_bytes == 0 and storage.stats().bytes == 3 + HEADER_SIZE
+    with pytest.raises(RuntimeError):
+        upload.commit()

@@ -306,3 +306,33 @@ def test_sigterm_drains_requests_in_flight(make_server):
     sock.close()
     assert server.proc.wait(10) == 0
     assert len(server.entry_files()) == 1
+
+
+def test_sighup_reloads_tokens_at_once(server):
+    from cache_server.auth import Scope, token_line
+
+    server.tokens.write_text(token_line("rotated", Scope.READWRITE, "rotated-token"))
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)  # well under the 2 s file poll: only the signal can have reloaded it
+    assert server.request("GET", "1", token="rotated-token")[0] == 404
+    assert server.request("GET", "1", token=WRITE_TOKEN)[0] == 401
+    assert "tokens reloaded (SIGHUP)" in server.stderr_path.read_text()
+
+
+def test_background_scrub_quarantines_a_damaged_large_entry(make_server):
+    server = make_server("--no-fsync", "--scrub-interval", "1")
+    body = os.urandom(2 * MiB)
+    assert server.request("PUT", "40", body)[0] == 200
+    (path,) = server.entry_files()
+    with open(path, "r+b") as fh:  # flip one bit: the size still matches, only the checksum can tell
+        fh.seek(MiB)
+        byte = fh.read(1)
+        fh.seek(MiB)
+        fh.write(bytes([byte[0] ^ 1]))
+    deadline = time.monotonic() + 10
+    while server.entry_files() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.entry_files() == []
+    assert server.request("GET", "40")[0] == 404
+    assert server.metric("nxcache_damaged_entries_total") == 1
+    assert "scrub: 1 entries checked, 1 damaged" in server.stderr_path.read_text()

@@ -1,7 +1,7 @@
 """Structured access log: one JSON object per request, buffered and flushed each second.
 
 Fields are chosen so no secret can land here: the token's *name*, never the
-Authorization header; the path is logged only as the validated key or route.
+Authorization header; the path only as the validated key or the route name.
 """
 
 from __future__ import annotations
@@ -10,6 +10,14 @@ import json
 import sys
 import time
 from typing import TextIO
+
+
+def _json_str(value: str | None) -> str:
+    if value is None:
+        return "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'  # the common case, without json.dumps' cost
+    return json.dumps(value)
 
 
 class AccessLog:
@@ -28,11 +36,18 @@ class AccessLog:
     def enabled(self) -> bool:
         return self._out is not None
 
-    def write(self, **fields: object) -> None:
+    def write(self, *, remote: str | None, method: str, route: str, key: str | None, status: int | None,
+              ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
         if self._out is None:
             return
-        fields["ts"] = round(time.time(), 3)
-        self._out.write(json.dumps(fields, separators=(",", ":")) + "\n")
+        line = (
+            f'{{"ts":{time.time():.3f},"remote":{_json_str(remote)},"method":{_json_str(method)},'
+            f'"route":"{route}","key":{_json_str(key)},"status":{"null" if status is None else status},'
+            f'"ms":{ms:.3f},"token":{_json_str(token)},"bytes_in":{bytes_in},"bytes_out":{bytes_out}'
+        )
+        if reason is not None:
+            line += f',"reason":{_json_str(reason)}'
+        self._out.write(line + "}\n")
 
     def flush(self) -> None:
         if self._out is not None:

@@ -43,6 +43,23 @@ class _BodyTimeout(Exception):
     pass
 
 
+class _Record:
+    """What the access log says about one request."""
+
+    __slots__ = ("status", "token", "bytes_in", "bytes_out", "reason")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.token: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reason: str | None = None
+
+    def answer(self, response: web.StreamResponse) -> web.StreamResponse:
+        self.status = response.status
+        return response
+
+
 def _text(status: int, message: str, *, close: bool = False) -> web.Response:
     # Exactly "text/plain": Nx rejects a 401 whose type carries a charset.
     response = web.Response(status=status, body=message.encode(), headers={"Content-Type": "text/plain"})
@@ -116,22 +133,22 @@ class CacheHandler:
         started = time.perf_counter()
         kind, key = self._route(request.raw_path)
         method = request.method
-        info: dict[str, object] = {}
+        rec = _Record()
         try:
             if kind == "cache":
                 if method == "GET" or method == "HEAD":
-                    response = await self._get(request, key, info)
+                    response = await self._get(request, key, rec)
                 elif method == "PUT":
-                    response = await self._put(request, key, info)
+                    response = await self._put(request, key, rec)
                 else:
-                    response = self._answered(info, _text(405, "method not allowed: use GET or PUT"))
+                    response = rec.answer(_text(405, "method not allowed: use GET or PUT"))
                     response.headers["Allow"] = "GET, HEAD, PUT"
             elif kind == "health" and method in ("GET", "HEAD"):
-                response = self._answered(info, self._health())
+                response = rec.answer(self._health())
             elif kind == "metrics" and method in ("GET", "HEAD"):
-                response = self._answered(info, web.Response(body=self.metrics.render(), headers={"Content-Type": _PROMETHEUS}))
+                response = rec.answer(web.Response(body=self.metrics.render(), headers={"Content-Type": _PROMETHEUS}))
             else:
-                response = self._answered(info, _text(404, "not found: the cache API is PUT/GET /v1/cache/{hash}"))
+                response = rec.answer(_text(404, "not found: the cache API is PUT/GET /v1/cache/{hash}"))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
@@ -140,60 +157,57 @@ class CacheHandler:
             log.exception("internal error on %s %s", method, kind)
             self.metrics.reject("internal_error")
             if kind == "cache" and method == "PUT":
-                response = self._answered(info, _text(403, "not stored: internal error", close=True))
+                response = rec.answer(_text(403, "not stored: internal error", close=True))
             elif kind == "cache":
-                response = self._answered(info, web.Response(status=404))
+                response = rec.answer(web.Response(status=404))
             else:
-                response = self._answered(info, _text(500, "internal error"))
+                response = rec.answer(_text(500, "internal error"))
         finally:
             elapsed = time.perf_counter() - started
             if kind == "cache":
-                (self.metrics.latency_put if method == "PUT" else self.metrics.latency_get).observe(elapsed)
+                self.metrics.latency["PUT" if method == "PUT" else "GET"].observe(elapsed)
             if self.access_log.enabled:
                 self.access_log.write(
-                    remote=request.remote,
-                    method=method,
-                    route=kind,
+                    remote=request.remote, method=method, route=kind,
                     key=key if kind == "cache" and is_valid_key(key) else None,
-                    status=info.get("status", "aborted"),
-                    ms=round(elapsed * 1000, 3),
-                    **{k: v for k, v in info.items() if k != "status"},
+                    status=rec.status, ms=elapsed * 1000, token=rec.token,
+                    bytes_in=rec.bytes_in, bytes_out=rec.bytes_out, reason=rec.reason,
                 )
         return response
 
     # -------------------------------------------------------------------- GET
 
-    def _authenticate(self, request: BaseRequest, info: dict[str, object]) -> Identity | None:
+    def _authenticate(self, request: BaseRequest, rec: _Record) -> Identity | None:
         identity = self.tokens.authenticate(request.headers.get("Authorization"))
-        info["token"] = identity.name if identity else None
+        rec.token = identity.name if identity else None
         if identity is None:
             self.metrics.reject("unauthorized")
         return identity
 
-    async def _get(self, request: BaseRequest, key: str, info: dict[str, object]) -> web.StreamResponse:
-        if self._authenticate(request, info) is None:
-            return self._answered(info, _text(401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)"))
+    async def _get(self, request: BaseRequest, key: str, rec: _Record) -> web.StreamResponse:
+        if self._authenticate(request, rec) is None:
+            return rec.answer(_text(401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)"))
         if not is_valid_key(key):
             self.metrics.reject("bad_key")
-            return self._answered(info, _text(400, "bad cache hash: letters and digits only, at most 128"))
+            return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128"))
         blob = self.storage.get(key)
         if blob is None:
-            self.metrics.misses.inc()
-            return self._answered(info, web.Response(status=404))
-        self.metrics.hits.inc()
+            self.metrics.misses += 1
+            return rec.answer(web.Response(status=404))
+        self.metrics.hits += 1
         if request.method == "HEAD":
             blob.close()
             head = web.StreamResponse(headers={"Content-Type": _OCTET})
             head.content_length = blob.size
-            return self._answered(info, head)
+            return rec.answer(head)
         if blob.inline is not None:
-            info["bytes_out"] = blob.size
-            self.metrics.bytes_out.inc(blob.size)
-            return self._answered(info, web.Response(body=blob.inline, headers={"Content-Type": _OCTET}))
+            rec.bytes_out = blob.size
+            self.metrics.bytes_out += blob.size
+            return rec.answer(web.Response(body=blob.inline, headers={"Content-Type": _OCTET}))
         try:
             response = web.StreamResponse(headers={"Content-Type": _OCTET})
             response.content_length = blob.size
-            info["status"] = 200
+            rec.status = 200
             await response.prepare(request)
             transport = request.transport
             if transport is None:
@@ -206,105 +220,115 @@ class CacheHandler:
             await response.write_eof()
         except (asyncio.TimeoutError, OSError) as exc:
             # Headers are gone; closing is the only honest signal left for a short body.
-            info["error"] = type(exc).__name__
+            rec.reason = f"download aborted: {type(exc).__name__}"
             if request.transport is not None:
                 request.transport.close()
             raise ConnectionResetError("download aborted") from None
         finally:
             blob.close()
-        info["bytes_out"] = blob.size
-        self.metrics.bytes_out.inc(blob.size)
+        rec.bytes_out = blob.size
+        self.metrics.bytes_out += blob.size
         return response
 
     # -------------------------------------------------------------------- PUT
 
-    async def _put(self, request: BaseRequest, key: str, info: dict[str, object]) -> web.StreamResponse:
+    async def _put(self, request: BaseRequest, key: str, rec: _Record) -> web.StreamResponse:
         length = request.content_length
         expect_continue = request.headers.get("Expect", "").lower() == "100-continue"
-        identity = self._authenticate(request, info)
+        identity = self._authenticate(request, rec)
         if identity is None:
-            return await self._reject(request, info, 401, "missing or unknown cache token", length, expect_continue,
+            return await self._reject(request, rec, 401, "missing or unknown cache token", length, expect_continue,
                                       drain_cap=_DRAIN_CAP_UNAUTHENTICATED)
         if not identity.may_write:
             self.metrics.reject("read_only")
-            return await self._reject(request, info, 403, f"token {identity.name!r} is read-only: not stored",
+            return await self._reject(request, rec, 403, f"token {identity.name!r} is read-only: not stored",
                                       length, expect_continue)
         if not is_valid_key(key):
             self.metrics.reject("bad_key")
-            return self._answered(info, _text(400, "bad cache hash: letters and digits only, at most 128", close=True))
+            return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128", close=True))
         if length is None:
             self.metrics.reject("no_length")
-            return self._answered(info, _text(411, "Content-Length is required", close=True))
+            return rec.answer(_text(411, "Content-Length is required", close=True))
         try:
             upload = self.storage.begin_put(key, length)
         except StorageError as exc:
             reason = {409: "conflict", 413: "too_large"}.get(exc.status, "not_stored")
             if exc.status == 409:
-                self.metrics.conflicts.inc()
+                self.metrics.conflicts += 1
             else:
                 self.metrics.reject(reason)
             if exc.status == 413:
-                return self._answered(info, _text(413, exc.message, close=True))
-            return await self._reject(request, info, exc.status, exc.message, length, expect_continue)
+                return rec.answer(_text(413, exc.message, close=True))
+            return await self._reject(request, rec, exc.status, exc.message, length, expect_continue)
         try:
             if expect_continue:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await self._receive(request, upload.write)
-            info["bytes_in"] = upload.written
+            rec.bytes_in = upload.written
             if self.storage.fsync:
-                await asyncio.get_running_loop().run_in_executor(None, upload.commit)
+                # Shielded: if this handler is cancelled (drain timeout) the commit still finishes
+                # whole, and the abort below is a no-op once a commit has started.
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, upload.commit))
             else:
                 upload.commit()
         except StorageError as exc:
             upload.abort()
             if exc.status == 409:
-                self.metrics.conflicts.inc()
+                self.metrics.conflicts += 1
             else:
                 self.metrics.reject("not_stored" if exc.status == 403 else "incomplete")
-            info["reason"] = exc.message
+            rec.reason = exc.message
             if not request.content.is_eof():
-                await self._drain(request)  # a fault mid-body: still answer where Nx can read it
-            return self._answered(info, _text(exc.status, exc.message))
+                try:
+                    await self._drain(request)  # a fault mid-body: still answer where Nx can read it
+                except _BodyTimeout:
+                    return rec.answer(_text(exc.status, exc.message, close=True))
+            return rec.answer(_text(exc.status, exc.message))
         except _BodyTimeout:
             upload.abort()
             self.metrics.reject("body_timeout")
-            return self._answered(info, _text(408, f"no body bytes for {self.body_timeout:g}s: upload discarded", close=True))
+            return rec.answer(_text(408, f"no body bytes for {self.body_timeout:g}s: upload discarded", close=True))
         except BaseException:
             upload.abort()  # client disconnected or the handler was cancelled: nothing is published
             self.metrics.reject("interrupted")
             raise
-        self.metrics.puts.inc()
-        self.metrics.bytes_in.inc(upload.written)
-        return self._answered(info, web.Response(status=200))
+        self.metrics.puts += 1
+        self.metrics.bytes_in += upload.written
+        return rec.answer(web.Response(status=200))
 
     async def _reject(
-        self, request: BaseRequest, info: dict[str, object], status: int, message: str,
+        self, request: BaseRequest, rec: _Record, status: int, message: str,
         length: int | None, expect_continue: bool, drain_cap: int | None = None,
     ) -> web.StreamResponse:
-        info["reason"] = message
+        rec.reason = message
         cap = self.storage.max_artifact_bytes if drain_cap is None else drain_cap
         if expect_continue or length is None or length > cap:
-            return self._answered(info, _text(status, message, close=True))
+            return rec.answer(_text(status, message, close=True))
         try:
             await self._drain(request)
         except _BodyTimeout:
-            return self._answered(info, _text(status, message, close=True))
-        return self._answered(info, _text(status, message))
+            return rec.answer(_text(status, message, close=True))
+        return rec.answer(_text(status, message))
 
     async def _drain(self, request: BaseRequest) -> None:
         await self._receive(request, lambda chunk: None)
 
     async def _receive(self, request: BaseRequest, sink) -> None:  # type: ignore[no-untyped-def]
+        """Feed the body to `sink` chunk by chunk; `_BodyTimeout` when it stalls."""
         content = request.content
         timeout = self.body_timeout
         while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise _BodyTimeout() from None
+            chunk = content.read_nowait()  # what is already buffered, without arming a timer
             if not chunk:
-                return
+                if content.at_eof():
+                    return
+                try:
+                    async with asyncio.timeout(timeout):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise _BodyTimeout() from None
+                if not chunk:
+                    return
             sink(chunk)
 
     # ----------------------------------------------------------------- health
@@ -331,8 +355,3 @@ class CacheHandler:
             "last_storage_error": None if last is None else {"at": last.at, "op": last.op, "message": last.message},
         }
         return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-
-    @staticmethod
-    def _answered(info: dict[str, object], response: web.StreamResponse) -> web.StreamResponse:
-        info["status"] = response.status
-        return response

@@ -35,7 +35,6 @@ from .entry_format import (
     check_file_size,
     finished_header,
     new_hasher,
-    placeholder_header,
 )
 from .errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
 from .lru import SizedLRU
@@ -46,6 +45,7 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
 INLINE_MAX = 64 * 1024  # bodies up to this size are read whole and digest-checked on every GET
 QUARANTINE_KEEP = 64
 ATIME_PERSIST_INTERVAL_S = 3600.0  # LRU order survives restarts at this granularity
+STATVFS_MAX_AGE_S = 0.1  # free space is re-read at most this often; uploads in flight are reserved meanwhile
 _SCRUB_CHUNK = 1 << 20
 
 
@@ -99,6 +99,7 @@ class DiskStorage:
         max_artifact_bytes: int,
         min_free_bytes: int | None = None,
         fsync: bool = True,
+        statvfs_max_age: float = STATVFS_MAX_AGE_S,
     ) -> None:
         self.root = os.path.abspath(root)
         self.max_bytes = max_bytes
@@ -114,6 +115,10 @@ class DiskStorage:
         self._reserved = 0
         self._pending_delete = 0
         self._atime_saved: dict[str, float] = {}
+        self._shards: set[str] = set()  # shard directories known to exist
+        self._statvfs_max_age = statvfs_max_age
+        self._statvfs_at = -1.0
+        self._statvfs_free = 0
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
         self._prepare_dirs()
         self.min_free_bytes = self._default_min_free() if min_free_bytes is None else min_free_bytes
@@ -190,6 +195,15 @@ class DiskStorage:
     def _entry_path(self, key: str) -> str:
         return os.path.join(self._entries_dir, key[:2], key)
 
+    def _ensure_shard(self, key: str) -> str:
+        """The entry's directory, created on first use (a set lookup afterwards, not a syscall)."""
+        shard = key[:2]
+        path = os.path.join(self._entries_dir, shard)
+        if shard not in self._shards:
+            os.makedirs(path, exist_ok=True)
+            self._shards.add(shard)
+        return path
+
     # ------------------------------------------------------------------- read
 
     def contains(self, key: str) -> bool:
@@ -265,18 +279,20 @@ class DiskStorage:
             self._release(file_size)
             self._record_error("put", f"create upload file: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
-        upload = DiskUpload(self, key, size, fd, tmp_path)
-        upload.write_header_placeholder()
-        return upload
+        return DiskUpload(self, key, size, fd, tmp_path)
 
     def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
         """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
-        try:
-            st = os.statvfs(self.root)
-        except OSError as exc:
-            self._record_error_locked("put", f"statvfs: {exc.strerror}")
-            raise NotStored(f"not stored: {exc.strerror}") from None
-        free = st.f_bavail * st.f_frsize + self._pending_delete + freed_already - self._reserved
+        now = time.monotonic()
+        if now - self._statvfs_at >= self._statvfs_max_age:
+            try:
+                st = os.statvfs(self.root)
+            except OSError as exc:
+                self._record_error_locked("put", f"statvfs: {exc.strerror}")
+                raise NotStored(f"not stored: {exc.strerror}") from None
+            self._statvfs_free = st.f_bavail * st.f_frsize
+            self._statvfs_at = now
+        free = self._statvfs_free + self._pending_delete + freed_already - self._reserved
         deficit = self.min_free_bytes + file_size - free
         if deficit <= 0:
             return []
@@ -459,7 +475,7 @@ class DiskStorage:
 class DiskUpload:
     """One upload into `tmp/`; see `Upload` in base.py for the contract."""
 
-    __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_done")
+    __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_finishing")
 
     def __init__(self, storage: DiskStorage, key: str, size: int, fd: int, tmp_path: str) -> None:
         self._storage = storage
@@ -469,34 +485,34 @@ class DiskUpload:
         self._tmp_path = tmp_path
         self._hasher = new_hasher()
         self.written = 0
-        self._done = False
-
-    def write_header_placeholder(self) -> None:
-        self._write_all(placeholder_header())
+        # Taken once commit or abort has begun; commit may run in a worker thread while the
+        # event loop calls abort (a cancelled request), and only the first of them may act.
+        self._finishing = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
         if self.written + len(chunk) > self.size:
             self.abort()
             raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
-        self._write_all(chunk)
-        self._hasher.update(chunk)
-        self.written += len(chunk)
-
-    def _write_all(self, data: bytes) -> None:
         try:
-            view = memoryview(data)
+            # The body goes straight to its final offset; the header is written at commit.
+            view = memoryview(chunk)
+            offset = HEADER_SIZE + self.written
             while view:
-                view = view[os.write(self._fd, view) :]
+                done = os.pwrite(self._fd, view, offset)
+                view = view[done:]
+                offset += done
         except OSError as exc:
             self.abort()
             self._storage._record_error("put", f"write {self.key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
+        self._hasher.update(chunk)
+        self.written += len(chunk)
 
     def commit(self) -> None:
-        if self._done:
+        if not self._finishing.acquire(blocking=False):
             raise RuntimeError("upload already finished")
         if self.written != self.size:
-            self.abort()
+            self._remove_partial()
             raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
         storage = self._storage
         final = storage._entry_path(self.key)
@@ -506,25 +522,27 @@ class DiskUpload:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            storage._ensure_shard(self.key)
             os.link(self._tmp_path, final)
         except FileExistsError:
-            self.abort()
+            self._remove_partial()
             raise EntryExists(f"{self.key} was stored by a concurrent upload") from None
         except OSError as exc:
-            self.abort()
+            self._remove_partial()
+            storage._shards.discard(self.key[:2])  # in case the directory itself went away
             storage._record_error("put", f"commit {self.key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         if storage.fsync:
             _fsync_dir(os.path.dirname(final))
         _unlink_quietly(self._tmp_path)
-        self._done = True
         storage._publish(self.key, self.size + HEADER_SIZE)
 
     def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
+        if self._finishing.acquire(blocking=False):
+            self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        """Called exactly once, by whoever took `_finishing`."""
         if self._fd >= 0:
             _close_quietly(self._fd)
             self._fd = -1

@@ -48,11 +48,6 @@ class EntryHeader:
         return cls(size, digest, created)
 
 
-def placeholder_header() -> bytes:
-    """Written first so the body lands at its final offset; replaced at commit."""
-    return b"\0" * HEADER_SIZE
-
-
 def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
