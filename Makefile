@@ -8,10 +8,10 @@ NX_CLIENT := tests/nx_client
 
 .PHONY: run test bench wheels clean
 
-$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock requirements-dev.txt
+$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
-		-c cache_server/requirements.lock -e cache_server
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+		-c cache_server/requirements.lock
 	touch $@
 
 $(NX_CLIENT)/node_modules/.package-lock.json: $(NX_CLIENT)/package.json $(NX_CLIENT)/package-lock.json

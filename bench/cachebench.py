@@ -40,7 +40,7 @@ ROOT = HERE.parent
 TOKEN = "bench-" + secrets.token_hex(8)
 SIZES = {"4k": 4 << 10, "1m": 1 << 20, "64m": 64 << 20}
 PRELOAD = {"4k": 2000, "1m": 200, "64m": 12}
-TMPFS_GIB = 10
+TMPFS_GIB = 12
 
 # research/perf.md, main matrix: the Go peer (enxtur/nx-caching-server) as a ratio to nginx per cell,
 # and its server CPU seconds per GB. (size, C) -> (PUT ratio, GET ratio).
@@ -184,7 +184,7 @@ def start_nxcache(base: Path, name: str, extra: list[str]) -> Server:
     tokens.write_text(token_line("bench", Scope.READWRITE, TOKEN))
     port = free_port()
     cmd = [sys.executable, "-m", "cache_server", "--bind", f"127.0.0.1:{port}", "--storage", str(store),
-           "--tokens", str(tokens), "--max-size", "2GiB", "--min-free-disk", "0",
+           "--tokens", str(tokens), "--max-size", "3GiB", "--min-free-disk", "0",
            "--access-log", str(base / f"{name}-access.log"), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
     wait_port(port, proc)

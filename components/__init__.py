@@ -1,0 +1,1 @@
+"""nx-farm's Pulumi layer: validated settings, pure render functions, one ComponentResource per role."""

@@ -1,0 +1,139 @@
+"""What the cache host gets: its systemd unit, its tokens file and its install/remove scripts."""
+
+from __future__ import annotations
+
+import shlex
+
+from cache_server.auth import Scope, token_line
+
+from ..settings import CacheHostSettings
+
+UNIT_NAME = "nx-farm-cache.service"
+INSTALL_ROOT = "/opt/nx-farm/cache"
+TOKENS_PATH = "/etc/nx-farm/cache-tokens"
+SERVICE_USER = "nxfarm-cache"
+
+
+def cache_url(cache: CacheHostSettings) -> str:
+    host = cache.listen_address
+    return f"http://[{host}]:{cache.port}" if ":" in host else f"http://{host}:{cache.port}"
+
+
+def cache_unit(cache: CacheHostSettings, install_root: str = INSTALL_ROOT) -> str:
+    listen = cache.listen_address
+    shown = f"[{listen}]" if ":" in listen else listen
+    args = [
+        f"{install_root}/venv/bin/python", "-m", "cache_server",
+        "--bind", f"{shown}:{cache.port}", "--bind", f"127.0.0.1:{cache.port}",
+        "--storage", cache.storage_path, "--tokens", TOKENS_PATH,
+        "--max-size", cache.max_size, "--max-artifact-size", cache.max_artifact_size,
+    ]
+    return f"""[Unit]
+Description=nx-farm cache server (Nx self-hosted remote cache)
+Documentation=https://nx.dev/docs/kb/self-hosted-caching
+Wants=network-online.target
+After=network-online.target tailscaled.service
+# The tailnet address may appear after boot: keep retrying the bind, never give up
+StartLimitIntervalSec=0
+
+[Service]
+Type=exec
+User={SERVICE_USER}
+Group={SERVICE_USER}
+ExecStart={shlex.join(args)}
+ExecReload=/bin/kill -HUP $MAINPID
+# SIGTERM lets uploads in flight finish (the server's --drain-timeout is 30 s)
+TimeoutStopSec=45
+Restart=on-failure
+RestartSec=2
+Environment=PYTHONUNBUFFERED=1
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+ReadWritePaths={cache.storage_path}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def tokens_file(tokens: dict[str, str], read_only: frozenset[str] = frozenset()) -> str:
+    """One `<name> <scope> sha256:<hex>` line per token, sorted by name; only hashes leave this function."""
+    header = "# nx-farm cache tokens, written by Pulumi (components/cache_host.py). Hashes only.\n"
+    return header + "".join(
+        token_line(name, Scope.READ if name in read_only else Scope.READWRITE, token)
+        for name, token in sorted(tokens.items())
+    )
+
+
+def install_script(cache: CacheHostSettings, wheels_dir: str) -> str:
+    """Idempotent install from the shipped wheels (no package index needed on the host).
+
+    Each wheel set gets its own venv, `venv-<digest>`, switched in by an atomic symlink
+    rename; the service restarts only when the wheels or the unit changed. Reads the unit
+    on stdin. Prints `changed` or `unchanged` as its last line.
+    """
+    q = shlex.quote
+    root = INSTALL_ROOT
+    return f"""set -eu
+changed=0
+id -u {SERVICE_USER} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}
+install -d -m 0750 -o {SERVICE_USER} -g {SERVICE_USER} {q(cache.storage_path)}
+install -d -m 0755 {root}
+digest=$(cat {q(wheels_dir)}/*.whl | sha256sum | cut -c1-16)
+venv={root}/venv-$digest
+if [ ! -e "$venv/.complete" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links {q(wheels_dir)} nxfarm-cache-server
+  touch "$venv/.complete"
+fi
+if [ "$(readlink {root}/venv 2>/dev/null)" != "venv-$digest" ]; then
+  ln -sfn "venv-$digest" {root}/venv.next && mv -T {root}/venv.next {root}/venv
+  changed=1
+fi
+for old in {root}/venv-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done
+unit=/etc/systemd/system/{UNIT_NAME}
+new_unit=$(mktemp)
+cat > "$new_unit"
+if ! cmp -s "$new_unit" "$unit"; then
+  install -m 0644 "$new_unit" "$unit"
+  systemctl daemon-reload
+  changed=1
+fi
+rm -f "$new_unit"
+systemctl enable --quiet {UNIT_NAME}
+if [ "$changed" = 1 ]; then systemctl restart {UNIT_NAME}; else systemctl start {UNIT_NAME}; fi
+{wait_for_health(cache)}
+if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
+"""
+
+
+def wait_for_health(cache: CacheHostSettings, seconds: int = 30) -> str:
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{cache.port}/health', timeout=2)"
+    return (f"i=0; until python3 -c {shlex.quote(probe)} 2>/dev/null; do i=$((i+1)); "
+            f"if [ $i -ge {seconds} ]; then echo 'cache server not healthy after {seconds}s' >&2; "
+            f"journalctl -u {UNIT_NAME} -n 20 --no-pager >&2 || true; exit 1; fi; sleep 1; done")
+
+
+def tokens_install_command() -> str:
+    """Reads the tokens file on stdin; atomic replace, then SIGHUP (the server also notices the new file)."""
+    return (f"install -d -m 0755 {TOKENS_PATH.rsplit('/', 1)[0]} && "
+            f"install -m 0640 -o root -g {SERVICE_USER} /dev/stdin {TOKENS_PATH}.new && "
+            f"mv -f {TOKENS_PATH}.new {TOKENS_PATH} && "
+            f"(systemctl reload {UNIT_NAME} 2>/dev/null || true)")
+
+
+def remove_script(cache: CacheHostSettings, purge: bool) -> str:
+    """Stop and disable the service; the cached data stays unless `purge`."""
+    q = shlex.quote
+    purge_line = f"rm -rf {q(cache.storage_path)}\n" if purge else ""
+    return (f"set -eu\nsystemctl disable --now {UNIT_NAME} 2>/dev/null || true\n"
+            f"rm -f /etc/systemd/system/{UNIT_NAME}\nsystemctl daemon-reload\n"
+            f"rm -rf {INSTALL_ROOT} {TOKENS_PATH}\n{purge_line}")

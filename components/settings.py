@@ -1,0 +1,254 @@
+"""Stack config: one pydantic model per shape, validated before any resource exists.
+
+Keys are camelCase in `Pulumi.<stack>.yaml` (`nx-farm:cacheHost`, `nx-farm:agents`, ...). A bad
+config stops the program with one line per problem, naming the key path
+(`nx-farm:agents[1].host: field required`). Secrets never live here: they come from Pulumi
+secret config or generated secret resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+PROJECT = "nx-farm"
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_TAG = re.compile(r"tag:[a-z0-9][a-z0-9-]{0,62}")
+_AGE_RECIPIENT = re.compile(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
+_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B?)?", re.IGNORECASE)
+_ABS_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigInvalid(Exception):
+    """Raised with one line per problem; `__main__` turns it into a `pulumi.RunError`."""
+
+
+def check_tag(value: str) -> str:
+    if not _TAG.fullmatch(value):
+        raise ValueError(f"tags must look like 'tag:name' (lowercase letters, digits, -), got {value!r}")
+    return value
+
+
+def check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError(f"not an IP address or DNS name: {value!r}") from None
+    return value
+
+
+def check_host_key(value: str) -> str:
+    """An OpenSSH public host key line (`<type> <base64> [comment]`) whose blob names the same type."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+        raise ValueError(f"host key must be '<type> <base64>' with type one of {', '.join(_HOST_KEY_TYPES)} "
+                         "(as printed by ssh-keyscan)")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise ValueError("host key is not valid base64") from None
+    length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4 : 4 + length].decode("ascii", "replace") != parts[0]:
+        raise ValueError(f"host key blob does not encode a {parts[0]} key")
+    return f"{parts[0]} {parts[1]}"
+
+
+def check_age_recipient(value: str) -> str:
+    if not _AGE_RECIPIENT.fullmatch(value):
+        raise ValueError(f"not an age recipient (age1 followed by 58 bech32 characters): {value[:20]!r}...")
+    return value
+
+
+def check_size(value: str) -> str:
+    if not _SIZE.fullmatch(value.strip()):
+        raise ValueError(f"not a size (examples: 50GiB, 512MiB): {value!r}")
+    return value.strip()
+
+
+def check_abs_path(value: str) -> str:
+    if not _ABS_PATH.fullmatch(value) or "/../" in value + "/" or "//" in value:
+        raise ValueError(f"must be an absolute path of letters, digits, . _ - /: {value!r}")
+    return value.rstrip("/") or "/"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class SshTarget(_Model):
+    """How the deploy reaches a host: address, user and pinned host key."""
+
+    host: str
+    ssh_port: Port = 22
+    ssh_user: str = "root"
+    host_key: str
+
+    _host = field_validator("host")(lambda cls, v: check_host(v))
+    _key = field_validator("host_key")(lambda cls, v: check_host_key(v))
+
+
+class CacheHostSettings(SshTarget):
+    name: Name
+    bind_address: str | None = None  # where the server listens besides 127.0.0.1; default: `host` if it is an IP
+    port: Port = 3333
+    storage_path: str = "/var/lib/nx-farm/cache"
+    max_size: str = "50GiB"
+    max_artifact_size: str = "2GiB"
+
+    _path = field_validator("storage_path")(lambda cls, v: check_abs_path(v))
+    _sizes = field_validator("max_size", "max_artifact_size")(lambda cls, v: check_size(v))
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # ValueError names the value
+        return value
+
+    @property
+    def listen_address(self) -> str:
+        if self.bind_address:
+            return self.bind_address
+        try:
+            return str(ipaddress.ip_address(self.host))
+        except ValueError:
+            raise ConfigInvalid(f"{PROJECT}:cacheHost.bindAddress: required when cacheHost.host is a DNS name "
+                                f"({self.host!r}): the server binds to an address, never to all interfaces") from None
+
+
+class AgentSettings(SshTarget):
+    name: Name
+    task_slots: Annotated[int, Field(ge=1, le=256)] = 2
+    labels: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]] = []
+    tags: list[str] = []
+    workspace_path: str = "/var/lib/nx-farm/workspace"
+    age_recipient: str
+
+    _tags = field_validator("tags")(lambda cls, v: [check_tag(t) for t in v])
+    _path = field_validator("workspace_path")(lambda cls, v: check_abs_path(v))
+    _age = field_validator("age_recipient")(lambda cls, v: check_age_recipient(v))
+
+
+class SubnetRouter(_Model):
+    name: Name
+    routes: list[str] = Field(min_length=1)
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: list[str]) -> list[str]:
+        out = []
+        for route in value:
+            try:
+                out.append(str(ipaddress.ip_network(route, strict=True)))
+            except ValueError as exc:
+                raise ValueError(f"route {route!r}: {exc}") from None
+        return out
+
+
+class TailnetSettings(_Model):
+    agent_tag: str = "tag:nx-agent"
+    cache_tag: str = "tag:nx-cache"
+    orchestrator_tag: str = "tag:nx-orchestrator"
+    operators: list[str] = Field(default_factory=lambda: ["autogroup:admin"])
+    base_policy_file: str = "infra/tailnet-policy.hujson"
+    scheduler_port: Port = 8786
+    subnet_routers: list[SubnetRouter] = []
+
+    _tags = field_validator("agent_tag", "cache_tag", "orchestrator_tag")(lambda cls, v: check_tag(v))
+
+    @field_validator("operators")
+    @classmethod
+    def _operators(cls, value: list[str]) -> list[str]:
+        for who in value:
+            if not (who.startswith(("group:", "autogroup:", "tag:")) or re.fullmatch(r"[^@\s]+@[^@\s]+", who)):
+                raise ValueError(f"operator {who!r} must be a login email, group:, autogroup: or tag:")
+        return value
+
+
+class SopsSettings(_Model):
+    operator_recipients: list[str] = Field(min_length=1)
+    config_file: str = ".sops.yaml"
+    shared_file: str = "infra/nx-farm.sops.env"
+    agents_dir: str = "infra/agents"
+
+    _age = field_validator("operator_recipients")(lambda cls, v: [check_age_recipient(r) for r in v])
+
+
+class FarmSettings(_Model):
+    deploy_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "nxfarm"
+    secrets_generation: Annotated[int, Field(ge=1)] = 1
+    orchestrators: list[Name] = Field(default_factory=lambda: ["operator"])
+    cache_host: CacheHostSettings
+    agents: list[AgentSettings] = []
+    tailnet: TailnetSettings = TailnetSettings()
+    sops: SopsSettings
+
+
+def _cross_checks(settings: FarmSettings) -> list[str]:
+    """Rules across entries, each reported at the later of the clashing entries."""
+    problems = []
+    seen_names: dict[str, str] = {}
+    seen_hosts: dict[str, str] = {}
+    for i, agent in enumerate(settings.agents):
+        where = f"agents[{i}]"
+        if agent.name in seen_names:
+            problems.append(f"{PROJECT}:{where}.name: duplicate agent name {agent.name!r} (also {seen_names[agent.name]})")
+        seen_names.setdefault(agent.name, where)
+        if agent.host in seen_hosts:
+            problems.append(f"{PROJECT}:{where}.host: two agents on one address {agent.host!r} (also {seen_hosts[agent.host]})")
+        seen_hosts.setdefault(agent.host, where)
+    for i, name in enumerate(settings.orchestrators):
+        if name in seen_names:
+            problems.append(f"{PROJECT}:orchestrators[{i}]: {name!r} is also {seen_names[name]}'s name; each gets its own token")
+        seen_names.setdefault(name, f"orchestrators[{i}]")
+    return problems
+
+
+TOP_LEVEL_KEYS = ("deployUser", "secretsGeneration", "orchestrators", "cacheHost", "agents", "tailnet", "sops")
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validate(raw: dict[str, Any]) -> FarmSettings:
+    """Validate the stack config (camelCase keys, as in the stack file); ConfigInvalid lists every problem."""
+    try:
+        settings = FarmSettings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            message = message[:1].lower() + message[1:]
+            where = _path(err["loc"])
+            lines.append(f"{PROJECT}:{where}: {message}" if where else f"{PROJECT}: {message}")
+        raise ConfigInvalid("\n".join(lines)) from None
+    problems = _cross_checks(settings)
+    if problems:
+        raise ConfigInvalid("\n".join(problems))
+    return settings
+
+
+def load(config: Any) -> FarmSettings:
+    """Read the structured keys from a `pulumi.Config(PROJECT)` and validate them."""
+    raw: dict[str, Any] = {}
+    for key in TOP_LEVEL_KEYS:
+        value = config.get_object(key) if key not in ("deployUser",) else config.get(key)
+        if value is not None:
+            raw[key] = value
+    return validate(raw)
