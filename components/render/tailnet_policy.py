@@ -1,0 +1,122 @@
+"""The tailnet policy: the operator's base policy plus exactly what the farm needs.
+
+`tailscale.Acl` owns the whole policy file, so the farm's entries are merged into the
+operator's own (HuJSON) policy and nothing of it is ever dropped: unknown sections pass
+through untouched, lists are appended to, `tagOwners` and `autoApprovers` are merged.
+A `tests` section asserts every path the farm opens and denies the nearby ones it does not,
+so Tailscale rejects a policy that drifts (tests run on every policy change).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import json5
+
+from ..settings import FarmSettings
+
+CACHE_PORT_DEFAULT = 3333
+WORKER_PORT = 8789  # Dask workers listen here on agents (nxfarm agent run; see the distributed-build issue)
+SSH_PORT = 22
+
+
+class PolicyError(ValueError):
+    """The base policy cannot be merged (names the section)."""
+
+
+def parse_hujson(text: str, source: str) -> dict[str, Any]:
+    try:
+        value = json5.loads(text)
+    except ValueError as exc:
+        raise PolicyError(f"{source}: not valid HuJSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise PolicyError(f"{source}: the policy must be an object")
+    return value
+
+
+def _tcp(*ports: int) -> list[str]:
+    return [f"tcp:{port}" for port in ports]
+
+
+def farm_tags(settings: FarmSettings) -> list[str]:
+    tailnet = settings.tailnet
+    extra = sorted({tag for agent in settings.agents for tag in agent.tags} - {tailnet.agent_tag})
+    return [tailnet.agent_tag, tailnet.cache_tag, tailnet.orchestrator_tag, *extra]
+
+
+def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
+    t = settings.tailnet
+    cache_port = settings.cache_host.port
+    grants = [
+        # agents upload to and read from the cache, and join the scheduler
+        {"src": [t.agent_tag], "dst": [t.cache_tag], "ip": _tcp(cache_port, t.scheduler_port)},
+        # orchestrators (dev boxes, CI) replay from the cache and submit to the scheduler
+        {"src": [t.orchestrator_tag, *t.operators], "dst": [t.cache_tag], "ip": _tcp(cache_port, t.scheduler_port)},
+        # the scheduler (on the cache host) reaches the workers
+        {"src": [t.cache_tag], "dst": [t.agent_tag], "ip": _tcp(WORKER_PORT)},
+        # operators deploy over SSH
+        {"src": list(t.operators), "dst": [t.agent_tag, t.cache_tag], "ip": _tcp(SSH_PORT)},
+    ]
+    routes = [route for router in t.subnet_routers for route in router.routes]
+    if routes:
+        # agents behind a subnet router are reached through its routes
+        grants.append({"src": [t.cache_tag, *t.operators], "dst": routes, "ip": _tcp(SSH_PORT, WORKER_PORT)})
+    return grants
+
+
+def farm_ssh(settings: FarmSettings) -> list[dict[str, Any]]:
+    t = settings.tailnet
+    return [{"action": "accept", "src": list(t.operators), "dst": [t.agent_tag, t.cache_tag],
+             "users": [settings.deploy_user]}]
+
+
+def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
+    """One test per farm identity: what it must reach, and the neighbours it must not."""
+    t = settings.tailnet
+    cache, agent, orch = t.cache_tag, t.agent_tag, t.orchestrator_tag
+    cache_port, sched = settings.cache_host.port, t.scheduler_port
+    tests: list[dict[str, Any]] = [
+        {"src": agent, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
+         "deny": [f"{cache}:{SSH_PORT}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}"]},
+        {"src": orch, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
+         "deny": [f"{cache}:{SSH_PORT}", f"{agent}:{SSH_PORT}", f"{agent}:{WORKER_PORT}"]},
+        {"src": cache, "proto": "tcp", "accept": [f"{agent}:{WORKER_PORT}"],
+         "deny": [f"{agent}:{SSH_PORT}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}"]},
+    ]
+    for who in t.operators:
+        if who.startswith("autogroup:"):
+            continue  # tests take a user, group, tag or host as src
+        tests.append({"src": who, "proto": "tcp",
+                      "accept": [f"{agent}:{SSH_PORT}", f"{cache}:{SSH_PORT}", f"{cache}:{cache_port}", f"{cache}:{sched}"]})
+    return tests
+
+
+def build_policy(base: dict[str, Any], settings: FarmSettings) -> dict[str, Any]:
+    """The base policy with the farm's tagOwners, grants, ssh, autoApprovers and tests merged in."""
+    policy = copy.deepcopy(base)
+    t = settings.tailnet
+
+    owners = policy.setdefault("tagOwners", {})
+    if not isinstance(owners, dict):
+        raise PolicyError("tagOwners must be an object")
+    for tag in farm_tags(settings):
+        current = owners.setdefault(tag, [])
+        current.extend(who for who in t.operators if who not in current)
+
+    for section, entries in (("grants", farm_grants(settings)), ("ssh", farm_ssh(settings)),
+                             ("tests", farm_tests(settings))):
+        existing = policy.setdefault(section, [])
+        if not isinstance(existing, list):
+            raise PolicyError(f"{section} must be a list")
+        existing.extend(entry for entry in entries if entry not in existing)
+
+    if t.subnet_routers:
+        approvers = policy.setdefault("autoApprovers", {})
+        routes = approvers.setdefault("routes", {})
+        for router in t.subnet_routers:
+            for route in router.routes:
+                current = routes.setdefault(route, [])
+                if t.agent_tag not in current:
+                    current.append(t.agent_tag)
+    return policy
