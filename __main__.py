@@ -1,0 +1,67 @@
+"""nx-farm: the Pulumi program. Validate the stack config, then declare the farm.
+
+Nothing is registered before the whole config is valid: a bad stack stops here with one
+line per problem.
+"""
+
+import os
+from pathlib import Path
+
+import pulumi
+import pulumi_random as random
+from pulumi_command import remote
+
+from components.cache_host import CacheHost, CacheHostArgs, WheelsMissing, wheels_digest
+from components.settings import PROJECT, ConfigInvalid, SshTarget, load
+
+ROOT = Path(__file__).resolve().parent
+WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")
+
+config = pulumi.Config(PROJECT)
+try:
+    settings = load(config)
+    settings.cache_host.listen_address  # noqa: B018 - validates bindAddress for DNS hosts
+    wheels_digest(WHEELS_DIR)
+except (ConfigInvalid, WheelsMissing) as exc:
+    raise pulumi.RunError(f"invalid stack config or missing build output:\n{exc}") from None
+
+ssh_private_key = config.require_secret("sshPrivateKey")
+
+
+def connection(target: SshTarget) -> remote.ConnectionArgs:
+    return remote.ConnectionArgs(
+        host=target.host,
+        port=target.ssh_port,
+        user=target.ssh_user,
+        private_key=ssh_private_key,
+        host_key=target.host_key,  # pinned: the provider ignores host keys when this is unset
+        dial_error_limit=3,
+        per_dial_timeout=15,
+    )
+
+
+def cache_token(name: str) -> pulumi.Output[str]:
+    """One random token per agent and orchestrator; bumping secretsGeneration replaces them all."""
+    return random.RandomPassword(
+        f"cache-token-{name}",
+        length=43,
+        special=False,
+        keepers={"generation": str(settings.secrets_generation)},
+    ).result
+
+
+tokens = {agent.name: cache_token(agent.name) for agent in settings.agents}
+tokens.update({name: cache_token(name) for name in settings.orchestrators})
+
+cache = CacheHost(
+    settings.cache_host.name,
+    CacheHostArgs(
+        settings=settings.cache_host,
+        connection=connection(settings.cache_host),
+        tokens=tokens,
+        wheels_dir=WHEELS_DIR,
+    ),
+)
+
+pulumi.export("cacheUrl", cache.url)
+pulumi.export("orchestratorTokens", pulumi.Output.secret({name: tokens[name] for name in settings.orchestrators}))

@@ -1,0 +1,110 @@
+"""CacheHost: the Nx remote cache on one machine, deployed over SSH from shipped wheels."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+from pulumi_command import remote
+
+from .render.cache_host import (
+    TOKENS_PATH,
+    cache_unit,
+    cache_url,
+    install_script,
+    remove_script,
+    tokens_file,
+    tokens_install_command,
+)
+from .settings import CacheHostSettings
+
+REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/cache"
+
+
+class WheelsMissing(Exception):
+    """The wheels to ship were not built (`make wheels`)."""
+
+
+def wheels_digest(directory: Path) -> str:
+    """A digest of the wheel set: part of the install command, so new code means an update run."""
+    wheels = sorted(directory.glob("*.whl"))
+    if not any(w.name.startswith("nxfarm_cache_server-") for w in wheels):
+        raise WheelsMissing(f"{directory} has no nxfarm_cache_server wheel: run `make wheels` before `pulumi up`")
+    digest = hashlib.sha256()
+    for wheel in wheels:
+        digest.update(wheel.name.encode() + b"\0" + hashlib.sha256(wheel.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheHostArgs:
+    """+ settings: the `cacheHost` stack config
+    + connection: SSH to the host, host key pinned
+    + tokens: token name -> secret token (one per agent and orchestrator)
+    + read_only: names whose token may only read
+    + wheels_dir: local directory with the server's wheel and its dependency wheels
+    + purge_on_delete: also delete the cached data when the resource is destroyed
+    """
+
+    settings: CacheHostSettings
+    connection: remote.ConnectionArgs
+    tokens: dict[str, pulumi.Input[str]]
+    wheels_dir: Path
+    read_only: frozenset[str] = field(default_factory=frozenset)
+    purge_on_delete: bool = False
+
+
+class CacheHost(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: CacheHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("nxfarm:index:CacheHost", name, None, opts)
+        settings = args.settings
+        digest = wheels_digest(args.wheels_dir)
+        secret_output = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdout", "stderr"])
+
+        self.wheels = remote.CopyToRemote(
+            f"{name}-wheels",
+            connection=args.connection,
+            source=pulumi.FileArchive(str(args.wheels_dir) + "/"),
+            remote_path=REMOTE_WHEELS_DIR,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.read_only))
+        ensure_user = (f"id -u nxfarm-cache >/dev/null 2>&1 || useradd --system --home-dir /nonexistent "
+                       f"--shell /usr/sbin/nologin nxfarm-cache")
+        install_tokens = f"{ensure_user} && {tokens_install_command()}"
+        self.tokens_file = remote.Command(
+            f"{name}-tokens",
+            connection=args.connection,
+            create=install_tokens,
+            update=install_tokens,
+            delete=f"rm -f {TOKENS_PATH}",
+            stdin=pulumi.Output.secret(token_text),
+            logging=remote.Logging.STDERR,
+            add_previous_output_in_env=False,
+            opts=secret_output,
+        )
+
+        # The digest and the unit travel in the command inputs, so a new wheel set or a changed
+        # unit is an update (the script restarts only then); nothing here uses `triggers`.
+        script = install_script(settings, REMOTE_WHEELS_DIR)
+        install = f"NXFARM_WHEELS={digest} sh -c {shlex.quote(script)}"
+        self.service = remote.Command(
+            f"{name}-service",
+            connection=args.connection,
+            create=install,
+            update=install,
+            delete=f"sh -c {shlex.quote(remove_script(settings, args.purge_on_delete))}",
+            stdin=cache_unit(settings),
+            logging=remote.Logging.STDOUT_AND_STDERR,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
+        )
+
+        self.url = pulumi.Output.from_input(cache_url(settings))
+        self.register_outputs({"url": self.url})
