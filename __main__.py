@@ -12,7 +12,9 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.cache_host import CacheHost, CacheHostArgs, WheelsMissing, wheels_digest
+from components.render.tailnet_policy import PolicyError, build_policy, parse_hujson
 from components.settings import PROJECT, ConfigInvalid, SshTarget, load
+from components.tailnet import TailnetPolicy, TailnetPolicyArgs
 
 ROOT = Path(__file__).resolve().parent
 WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")
@@ -22,7 +24,13 @@ try:
     settings = load(config)
     settings.cache_host.listen_address  # noqa: B018 - validates bindAddress for DNS hosts
     wheels_digest(WHEELS_DIR)
-except (ConfigInvalid, WheelsMissing) as exc:
+    policy_path = ROOT / settings.tailnet.base_policy_file
+    try:
+        base_policy_text = policy_path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{PROJECT}:tailnet.basePolicyFile: cannot read {policy_path}: {exc.strerror}") from None
+    policy = build_policy(parse_hujson(base_policy_text, str(policy_path)), settings)
+except (ConfigInvalid, WheelsMissing, PolicyError) as exc:
     raise pulumi.RunError(f"invalid stack config or missing build output:\n{exc}") from None
 
 ssh_private_key = config.require_secret("sshPrivateKey")
@@ -52,6 +60,8 @@ def cache_token(name: str) -> pulumi.Output[str]:
 
 tokens = {agent.name: cache_token(agent.name) for agent in settings.agents}
 tokens.update({name: cache_token(name) for name in settings.orchestrators})
+
+tailnet = TailnetPolicy("tailnet", TailnetPolicyArgs(policy=policy))
 
 cache = CacheHost(
     settings.cache_host.name,

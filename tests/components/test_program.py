@@ -107,3 +107,22 @@ def test_adding_an_agent_adds_its_token_and_changes_only_the_tokens_file(raw_con
     assert set(a) - set(b) == {"cache-token-agent-3"}
     changed = {name for name in b if unwrap(b[name].inputs) != unwrap(a[name].inputs)}
     assert changed == {"cache-tokens"}
+
+
+def test_one_acl_holds_the_base_policy_and_the_farm(raw_config):
+    import json
+
+    result = run(raw_config)
+    (acl,) = result.of_type("tailscale:index/acl:Acl")
+    assert acl.name == "tailnet-acl"
+    policy = json.loads(acl.inputs["acl"])
+    assert policy["nodeAttrs"] and policy["groups"]["group:nx-operators"] == ["alice@example.com"]
+    assert "tag:nx-cache" in policy["tagOwners"] and policy["tests"]
+    assert result.by_name()["tailnet"].typ == "nxfarm:index:TailnetPolicy"
+
+
+def test_unreadable_base_policy_stops_before_any_resource(raw_config):
+    raw = {**raw_config, "tailnet": {"basePolicyFile": "infra/missing.hujson"}}
+    result = run(raw)
+    assert "nx-farm:tailnet.basePolicyFile: cannot read" in str(result.error)
+    assert result.resources == []
