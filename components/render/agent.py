@@ -1,0 +1,86 @@
+"""What each agent gets: the agent service, the health-monitor timer, and the env file's plaintext.
+
+The env file reaches the agent SOPS-encrypted; the service decrypts it into its own
+environment at start (`sops exec-env`), so the plaintext is never at rest on the agent.
+The runtime these units start (`nxfarm agent run`, `nxfarm health --heal`) comes from the
+distributed-build and health-monitor issues.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from ..settings import AgentSettings
+
+AGENT_UNIT = "nx-farm-agent.service"
+HEALTH_UNIT = "nx-farm-health.service"
+HEALTH_TIMER = "nx-farm-health.timer"
+INSTALL_ROOT = "/opt/nx-farm/agent"
+ENV_FILE = "/etc/nx-farm/agent.sops.env"
+AGE_KEY_FILE = "/etc/nx-farm/agent-age.key"
+HEALTH_INTERVAL_S = 60
+
+
+def env_file(*, cache_url: str, token: str, scheduler_address: str, agent: AgentSettings) -> str:
+    """Plaintext dotenv (encrypt it before it goes anywhere). Values are single-line by construction."""
+    values = {
+        "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": cache_url,
+        "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": token,
+        "NXFARM_SCHEDULER": scheduler_address,
+        "NXFARM_AGENT_NAME": agent.name,
+    }
+    for key, value in values.items():
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{key} must be a single line")
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def agent_unit(agent: AgentSettings, deploy_user: str, install_root: str = INSTALL_ROOT) -> str:
+    run = shlex.join([f"{install_root}/venv/bin/nxfarm", "agent", "run", "--slots", str(agent.task_slots),
+                      "--workspace", agent.workspace_path, "--bind", agent.host])
+    return f"""[Unit]
+Description=nx-farm build agent {agent.name} (Dask worker running Nx tasks)
+Wants=network-online.target
+After=network-online.target tailscaled.service
+
+[Service]
+Type=exec
+User={deploy_user}
+Environment=SOPS_AGE_KEY_FILE={AGE_KEY_FILE}
+# Decrypted into the process environment only; never written to disk in plaintext
+ExecStart={install_root}/venv/bin/sops exec-env {ENV_FILE} {shlex.quote(run)}
+Restart=on-failure
+RestartSec=5
+WorkingDirectory={agent.workspace_path}
+NoNewPrivileges=yes
+ProtectSystem=full
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def health_service(install_root: str = INSTALL_ROOT) -> str:
+    return f"""[Unit]
+Description=nx-farm health monitor: check and heal the farm's services
+
+[Service]
+Type=oneshot
+ExecStart={install_root}/venv/bin/nxfarm health --heal
+"""
+
+
+def health_timer() -> str:
+    return f"""[Unit]
+Description=Run the nx-farm health monitor every {HEALTH_INTERVAL_S} s
+
+[Timer]
+OnBootSec={HEALTH_INTERVAL_S}s
+OnUnitActiveSec={HEALTH_INTERVAL_S}s
+AccuracySec=5s
+Unit={HEALTH_UNIT}
+
+[Install]
+WantedBy=timers.target
+"""

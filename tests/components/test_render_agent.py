@@ -1,0 +1,45 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from components.render.agent import HEALTH_UNIT, agent_unit, env_file, health_service, health_timer
+from components.settings import validate
+
+
+@pytest.fixture
+def agent(raw_config):
+    return validate(raw_config).agents[0]
+
+
+def test_units_pass_systemd_analyze_verify(agent, tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    root = tmp_path / "agent"
+    (root / "venv" / "bin").mkdir(parents=True)
+    for tool in ("nxfarm", "sops"):
+        os.symlink("/bin/true", root / "venv" / "bin" / tool)
+    files = {"nx-farm-agent.service": agent_unit(agent, "nxfarm", install_root=str(root)),
+             HEALTH_UNIT: health_service(install_root=str(root)), "nx-farm-health.timer": health_timer()}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in files)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_agent_unit_decrypts_at_start_and_binds_its_own_address(agent):
+    unit = agent_unit(agent, "nxfarm")
+    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    assert "sops exec-env /etc/nx-farm/agent.sops.env" in exec_start
+    assert "--slots 4" in exec_start and "--bind 100.64.0.11" in exec_start and "0.0.0.0" not in unit
+    assert "User=nxfarm" in unit
+
+
+def test_env_file_is_dotenv_and_refuses_multiline_values(agent):
+    text = env_file(cache_url="http://100.64.0.10:3333", token="t0k", scheduler_address="tls://100.64.0.10:8786",
+                    agent=agent)
+    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 4
+    with pytest.raises(ValueError, match="NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN must be a single line"):
+        env_file(cache_url="http://x", token="a\nB=c", scheduler_address="tls://x:1", agent=agent)
