@@ -13,17 +13,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-@pytest.fixture
 def fs_server(tmp_path, small_fs):
     server = CacheServer(tmp_path, "--no-fsync", "--min-free-disk", "0", "--max-artifact-size", "8MiB",
                          storage=small_fs / "cache").start()

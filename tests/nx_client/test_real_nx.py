@@ -64,17 +64,6 @@ def test_wrong_token_shows_our_401_text(workspace, cache):
     assert workspace.executed() == []
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 @pytest.mark.parametrize("fault", ["read-only", "full"])
 def test_build_succeeds_when_storage_cannot_write(workspace, tmp_path, small_fs, fault):
     server = CacheServer(tmp_path, "--min-free-disk", "0", storage=small_fs / "cache").start()
