@@ -279,3 +279,27 @@ def test_abort_after_commit_keeps_the_entry_and_the_accounting(tmp_path):
     assert storage.stats().reserved_bytes == 0 and storage.stats().bytes == 3 + HEADER_SIZE
     with pytest.raises(RuntimeError):
         upload.commit()
+
+
+def test_a_refused_upload_evicts_nothing_even_when_over_the_cap(tmp_path):
+    unit = MiB - HEADER_SIZE
+    storage = make(tmp_path, max_bytes=2 * MiB, max_artifact_bytes=MiB)
+    put(storage, "1", os.urandom(unit))
+    put(storage, "2", os.urandom(unit))
+    storage.min_free_bytes = 1 << 60  # the disk check will refuse
+    with pytest.raises(NotStored):
+        storage.begin_put("3", unit)  # would have evicted "1" for the cap
+    assert list(storage._lru) == ["1", "2"] and storage.stats().bytes == 2 * MiB
+    assert os.path.exists(entry_path(storage, "1"))
+
+
+def test_an_unindexed_file_is_adopted_instead_of_blocking_its_key_forever(tmp_path):
+    storage = make(tmp_path)
+    put(storage, "70", b"orphan")
+    with storage._lock:
+        storage._lru.remove("70")  # as if the index lost it
+    upload = storage.begin_put("70", 3)
+    upload.write(b"new")
+    with pytest.raises(EntryExists):
+        upload.commit()
+    assert read(storage, "70") == b"orphan"

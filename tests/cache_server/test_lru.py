@@ -34,3 +34,12 @@ def test_evict_until_zero_empties_and_negative_limit_is_safe():
     lru.add("b", 1)
     assert [k for k, _ in lru.evict_until(-5)] == ["a", "b"]
     assert lru.evict_until(0) == []
+
+
+def test_restore_oldest_undoes_an_eviction_in_order():
+    lru = SizedLRU()
+    for key in "abcd":
+        lru.add(key, 1)
+    victims = lru.evict_until(2)
+    lru.restore_oldest(victims)
+    assert list(lru) == ["a", "b", "c", "d"] and lru.total == 4

@@ -268,7 +268,11 @@ class DiskStorage:
             if self._reserved + file_size > self.max_bytes:
                 raise NotStored(f"not stored: {file_size} bytes do not fit the cache's {self.max_bytes}-byte cap")
             victims = self._lru.evict_until(self.max_bytes - self._reserved - file_size)
-            victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims))
+            try:
+                victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims))
+            except NotStored:
+                self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
+                raise
             self._reserved += file_size
             self._rename_to_trash(victims)
         self._schedule_deletes(victims)
@@ -354,9 +358,22 @@ class DiskStorage:
         self._schedule_deletes(victims)
 
     def _forget(self, key: str) -> None:
+        """Drop a key whose file is gone, unless a new upload has just published it again."""
         with self._lock:
+            if os.path.lexists(self._entry_path(key)):
+                return
             self._lru.remove(key)
             self._atime_saved.pop(key, None)
+
+    def _adopt(self, key: str) -> None:
+        """A published file the index does not know (a race, or copied in by hand): index it."""
+        try:
+            size = os.stat(self._entry_path(key)).st_size
+        except OSError:
+            return
+        with self._lock:
+            if key not in self._lru:
+                self._lru.add(key, size)
 
     # ------------------------------------------------------------- quarantine
 
@@ -368,9 +385,9 @@ class DiskStorage:
             same = False
         finally:
             os.close(fd)
-        self._forget(key)
         if same:
             self._move_to_quarantine(self._entry_path(key), key, reason)
+            self._forget(key)
 
     def _move_to_quarantine(self, path: str, key: str, reason: str) -> None:
         self.counters.damaged += 1
@@ -526,6 +543,7 @@ class DiskUpload:
             os.link(self._tmp_path, final)
         except FileExistsError:
             self._remove_partial()
+            storage._adopt(self.key)  # normally a no-op: the concurrent upload indexed it
             raise EntryExists(f"{self.key} was stored by a concurrent upload") from None
         except OSError as exc:
             self._remove_partial()

@@ -55,6 +55,12 @@ class SizedLRU:
             self.total -= size
         return size
 
+    def restore_oldest(self, victims: list[tuple[str, int]]) -> None:
+        """Undo `evict_until`: put the victims back as the oldest keys, in their old order."""
+        for key, size in reversed(victims):
+            self.add(key, size)
+            self._sizes.move_to_end(key, last=False)
+
     def evict_until(self, limit: int) -> list[tuple[str, int]]:
         """Drop least recently used keys until `total <= limit`; returns them in order."""
         victims: list[tuple[str, int]] = []
