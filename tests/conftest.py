@@ -2,6 +2,8 @@ import subprocess
 
 import pytest
 
+from .helpers import AGE_A, AGE_B, host_key
+
 
 @pytest.fixture
 def small_fs(tmp_path):
@@ -14,3 +16,16 @@ def small_fs(tmp_path):
         pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
     yield mountpoint
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def raw_config():
+    return {
+        "cacheHost": {"name": "cache", "host": "100.64.0.10", "hostKey": host_key(1)},
+        "agents": [
+            {"name": "agent-1", "host": "100.64.0.11", "hostKey": host_key(2), "ageRecipient": AGE_A,
+             "tags": ["tag:nx-agent"], "taskSlots": 4},
+            {"name": "agent-2", "host": "100.64.0.12", "hostKey": host_key(3), "ageRecipient": AGE_B},
+        ],
+        "sops": {"operatorRecipients": [AGE_A]},
+    }

@@ -96,7 +96,7 @@ def test_new_wheels_update_the_service_command(raw_config, wheels):
 
 
 def test_adding_an_agent_adds_its_token_and_changes_only_the_tokens_file(raw_config):
-    from .conftest import host_key
+    from tests.helpers import host_key
 
     before = run(raw_config)
     raw = copy.deepcopy(raw_config)

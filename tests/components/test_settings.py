@@ -6,7 +6,7 @@ import yaml
 
 from components.settings import ConfigInvalid, validate
 
-from .conftest import host_key
+from tests.helpers import host_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

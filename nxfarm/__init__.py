@@ -1,0 +1,1 @@
+"""nx-farm runtime used on the operator box, the agents and the orchestrator."""
