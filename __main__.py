@@ -11,7 +11,12 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import remote
 
+from components.agent import NxAgent, NxAgentArgs
 from components.cache_host import CacheHost, CacheHostArgs, WheelsMissing, wheels_digest
+from components.render.agent import env_file
+from components.render.cache_host import cache_url
+from components.render.sops_config import agent_file
+from components.sops_recipients import SopsRecipients, SopsRecipientsArgs
 from components.render.tailnet_policy import PolicyError, build_policy, parse_hujson
 from components.settings import PROJECT, ConfigInvalid, SshTarget, load
 from components.tailnet import TailnetPolicy, TailnetPolicyArgs
@@ -72,6 +77,38 @@ cache = CacheHost(
         wheels_dir=WHEELS_DIR,
     ),
 )
+
+url = cache_url(settings.cache_host)
+scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.scheduler_port}"
+
+
+def agent_env(agent):  # noqa: ANN001, ANN201 - AgentSettings -> Output[str]
+    return tokens[agent.name].apply(
+        lambda token: env_file(cache_url=url, token=token, scheduler_address=scheduler, agent=agent)
+    )
+
+
+# The shared file holds what every agent needs and nothing that is one agent's own; removing an
+# agent rotates its data key (nxfarm.sops sync), and that agent's token leaves with it.
+plaintexts = {agent_file(settings, agent.name): agent_env(agent) for agent in settings.agents}
+plaintexts[settings.sops.shared_file] = pulumi.Output.from_input(
+    f"NX_SELF_HOSTED_REMOTE_CACHE_SERVER={url}\nNXFARM_SCHEDULER={scheduler}\n"
+    f"NXFARM_SECRETS_GENERATION={settings.secrets_generation}\n"
+)
+encrypted = SopsRecipients("sops", SopsRecipientsArgs(settings=settings, plaintexts=plaintexts, repo_root=ROOT))
+
+for agent in settings.agents:
+    NxAgent(
+        agent.name,
+        NxAgentArgs(
+            settings=agent,
+            connection=connection(agent),
+            env_ciphertext=encrypted.ciphertexts[agent_file(settings, agent.name)],
+            deploy_user=settings.deploy_user,
+            agent_tag=settings.tailnet.agent_tag,
+            acl=tailnet.acl,
+        ),
+    )
 
 pulumi.export("cacheUrl", cache.url)
 pulumi.export("orchestratorTokens", pulumi.Output.secret({name: tokens[name] for name in settings.orchestrators}))

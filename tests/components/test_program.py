@@ -34,12 +34,22 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert {r.name for r in result.of_type("random:index/randomPassword:RandomPassword")} == {
         "cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
     assert names["cache"].typ == "nxfarm:index:CacheHost"
-    for child in ("cache-wheels", "cache-tokens", "cache-service"):
+    for child in ("cache-wheels", "cache-tokens", "cache-service", "sops-config", "sops-infra-nx-farm",
+                  "sops-infra-agents-agent-1", "agent-1-env", "agent-1-enable", "agent-1-tags", "agent-1-key"):
         assert child in names
-    for resource in result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote"):
+    assert names["agent-1"].typ == "nxfarm:index:NxAgent" and names["sops"].typ == "nxfarm:index:SopsRecipients"
+    assert unwrap(names["agent-1-tags"].inputs)["tags"] == ["tag:nx-agent"]
+    assert unwrap(names["agent-1-key"].inputs)["keyExpiryDisabled"] is True
+    keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
+    remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
+    assert len(remotes) == 3 + 5 * len(raw_config["agents"])
+    for resource in remotes:
         connection = resource.inputs["connection"]
         assert is_secret(connection), "connections (private key) must stay secret"
-        assert unwrap(connection)["hostKey"] == raw_config["cacheHost"]["hostKey"], "host key pinned"
+        assert unwrap(connection)["hostKey"] == keys[unwrap(connection)["host"]], "host key pinned, per host"
+    for sync in (r for r in result.of_type("command:local:Command") if r.name != "sops-config"):
+        assert is_secret(sync.inputs["stdin"]), f"{sync.name}: plaintext env must stay secret"
+        assert "nxfarm.sops sync" in sync.inputs["create"]
     tokens = names["cache-tokens"]
     assert is_secret(tokens.inputs["stdin"])
     assert unwrap(tokens.inputs["stdin"]).count("readwrite sha256:") == 3
@@ -76,16 +86,6 @@ def test_missing_wheels_stop_before_any_resource(raw_config, wheels):
     assert result.resources == []
 
 
-def test_bumping_the_generation_renews_every_token_and_nothing_else_on_the_service(raw_config):
-    before = run(raw_config)
-    after = run({**raw_config, "secretsGeneration": 2})
-    old, new = token_values(before), token_values(after)
-    assert old.keys() == new.keys() and all(old[k] != new[k] for k in old)
-    b, a = before.by_name(), after.by_name()
-    assert unwrap(b["cache-tokens"].inputs["stdin"]) != unwrap(a["cache-tokens"].inputs["stdin"])
-    assert unwrap(b["cache-service"].inputs) == unwrap(a["cache-service"].inputs), "no restart for a token change"
-
-
 def test_new_wheels_update_the_service_command(raw_config, wheels):
     before = run(raw_config)
     (wheels / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v2")
@@ -95,34 +95,49 @@ def test_new_wheels_update_the_service_command(raw_config, wheels):
     assert create_before != create_after and "triggers" not in after.by_name()["cache-service"].inputs
 
 
-def test_adding_an_agent_adds_its_token_and_changes_only_the_tokens_file(raw_config):
+def changed_between(before, after):
+    b, a = before.by_name(), after.by_name()
+    return (set(a) - set(b), set(b) - set(a),
+            {name for name in set(a) & set(b) if unwrap(b[name].inputs) != unwrap(a[name].inputs)})
+
+
+def test_adding_an_agent_adds_only_its_resources_and_touches_tokens_policy_and_sops_files(raw_config):
     from tests.helpers import host_key
 
     before = run(raw_config)
     raw = copy.deepcopy(raw_config)
     raw["agents"].append({"name": "agent-3", "host": "100.64.0.13", "hostKey": host_key(4),
-                          "ageRecipient": raw_config["agents"][0]["ageRecipient"]})
+                          "ageRecipient": "age1" + "z" * 58, "tags": ["tag:gpu"]})
     after = run(raw)
-    b, a = before.by_name(), after.by_name()
-    assert set(a) - set(b) == {"cache-token-agent-3"}
-    changed = {name for name in b if unwrap(b[name].inputs) != unwrap(a[name].inputs)}
-    assert changed == {"cache-tokens"}
+    added, removed, changed = changed_between(before, after)
+    assert removed == set()
+    assert added == {"cache-token-agent-3", "agent-3", "agent-3-env", "agent-3-unit-nx-farm-agent-service",
+                     "agent-3-unit-nx-farm-health-service", "agent-3-unit-nx-farm-health-timer", "agent-3-enable", "agent-3-tags", "agent-3-key",
+                     "sops-infra-agents-agent-3"}
+    assert changed == {"cache-tokens", "tailnet-acl", "sops-config", "sops-infra-nx-farm"}
+    assert "age1" + "z" * 58 in unwrap(after.by_name()["sops-config"].inputs)["stdin"]
 
 
-def test_one_acl_holds_the_base_policy_and_the_farm(raw_config):
-    import json
+def test_removing_an_agent_removes_its_resources_token_and_recipient(raw_config):
+    before = run(raw_config)
+    raw = copy.deepcopy(raw_config)
+    gone = raw["agents"].pop(1)
+    after = run(raw)
+    added, removed, changed = changed_between(before, after)
+    assert added == set()
+    assert {"cache-token-agent-2", "agent-2", "agent-2-env", "agent-2-tags", "sops-infra-agents-agent-2"} <= removed
+    assert changed == {"cache-tokens", "sops-config", "sops-infra-nx-farm"}
+    assert "agent-2 " not in unwrap(after.by_name()["cache-tokens"].inputs["stdin"])
+    assert gone["ageRecipient"] not in unwrap(after.by_name()["sops-config"].inputs)["stdin"]
+    shared = unwrap(after.by_name()["sops-infra-nx-farm"].inputs)["create"]
+    assert gone["ageRecipient"] not in shared, "the shared file is re-synced (rotated) without the agent"
 
-    result = run(raw_config)
-    (acl,) = result.of_type("tailscale:index/acl:Acl")
-    assert acl.name == "tailnet-acl"
-    policy = json.loads(acl.inputs["acl"])
-    assert policy["nodeAttrs"] and policy["groups"]["group:nx-operators"] == ["alice@example.com"]
-    assert "tag:nx-cache" in policy["tagOwners"] and policy["tests"]
-    assert result.by_name()["tailnet"].typ == "nxfarm:index:TailnetPolicy"
 
-
-def test_unreadable_base_policy_stops_before_any_resource(raw_config):
-    raw = {**raw_config, "tailnet": {"basePolicyFile": "infra/missing.hujson"}}
-    result = run(raw)
-    assert "nx-farm:tailnet.basePolicyFile: cannot read" in str(result.error)
-    assert result.resources == []
+def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_config):
+    before = run(raw_config)
+    after = run({**raw_config, "secretsGeneration": 2})
+    added, removed, changed = changed_between(before, after)
+    assert added == removed == set()
+    encrypted = {"sops-infra-nx-farm", "sops-infra-agents-agent-1", "sops-infra-agents-agent-2"}
+    tokens = {"cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
+    assert changed == tokens | encrypted | {"cache-tokens", "agent-1-env", "agent-2-env"}

@@ -1,0 +1,100 @@
+"""NxAgent: one build agent. Its encrypted env file, its units, its tailnet device settings."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_tailscale as tailscale
+from pulumi_command import remote
+
+from .render.agent import (
+    AGENT_UNIT,
+    ENV_FILE,
+    HEALTH_TIMER,
+    HEALTH_UNIT,
+    agent_unit,
+    health_service,
+    health_timer,
+)
+from .settings import AgentSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class NxAgentArgs:
+    """+ settings: this agent's stack config
+    + connection: SSH to the agent, host key pinned
+    + env_ciphertext: the agent's SOPS-encrypted env file (from SopsRecipients)
+    + deploy_user: the user the agent service runs as
+    + agent_tag: the farm's agent tag, always applied to the device
+    + acl: the tailnet policy that defines the tags (tags are applied after it)
+    """
+
+    settings: AgentSettings
+    connection: remote.ConnectionArgs
+    env_ciphertext: pulumi.Input[str]
+    deploy_user: str
+    agent_tag: str
+    acl: pulumi.Resource
+
+
+def _install_file(path: str, mode: str, then: str) -> str:
+    return f"install -D -m {mode} /dev/stdin {path} && {then}"
+
+
+class NxAgent(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NxAgentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("nxfarm:index:NxAgent", name, None, opts)
+        agent = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        # Ciphertext only: the service decrypts it into its environment at start.
+        install_env = _install_file(ENV_FILE, "0640", f"chgrp {shlex.quote(args.deploy_user)} {ENV_FILE} && "
+                                    f"(systemctl try-restart {AGENT_UNIT} || true)")
+        self.env_file = remote.Command(
+            f"{name}-env",
+            connection=args.connection,
+            create=install_env,
+            update=install_env,
+            delete=f"rm -f {ENV_FILE}",
+            stdin=args.env_ciphertext,
+            logging=remote.Logging.STDERR,
+            add_previous_output_in_env=False,
+            opts=child,
+        )
+
+        units = {AGENT_UNIT: agent_unit(agent, args.deploy_user), HEALTH_UNIT: health_service(),
+                 HEALTH_TIMER: health_timer()}
+        self.units = [
+            remote.Command(
+                f"{name}-unit-{unit.replace('.', '-')}",
+                connection=args.connection,
+                create=_install_file(f"/etc/systemd/system/{unit}", "0644", "systemctl daemon-reload"),
+                update=_install_file(f"/etc/systemd/system/{unit}", "0644",
+                                     "systemctl daemon-reload" + (f" && (systemctl try-restart {unit} || true)"
+                                                                  if unit == AGENT_UNIT else "")),
+                delete=f"systemctl disable --now {unit} 2>/dev/null || true; rm -f /etc/systemd/system/{unit}; "
+                       "systemctl daemon-reload",
+                stdin=text,
+                add_previous_output_in_env=False,
+                opts=child,
+            )
+            for unit, text in units.items()
+        ]
+        self.enabled = remote.Command(
+            f"{name}-enable",
+            connection=args.connection,
+            create=f"systemctl enable --now {AGENT_UNIT} {HEALTH_TIMER}",
+            delete=f"systemctl disable --now {AGENT_UNIT} {HEALTH_TIMER} 2>/dev/null || true",
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.env_file, *self.units]),
+        )
+
+        device = tailscale.get_device_output(hostname=agent.name)
+        tags = sorted({args.agent_tag, *agent.tags})
+        after_acl = pulumi.ResourceOptions(parent=self, depends_on=[args.acl])  # the tags exist only once the policy does
+        self.device_tags = tailscale.DeviceTags(f"{name}-tags", device_id=device.node_id, tags=tags, opts=after_acl)
+        self.device_key = tailscale.DeviceKey(f"{name}-key", device_id=device.node_id, key_expiry_disabled=True,
+                                              opts=after_acl)
+        self.register_outputs({"tags": tags})
