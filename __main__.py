@@ -75,6 +75,8 @@ cache = CacheHost(
         connection=connection(settings.cache_host),
         tokens=tokens,
         wheels_dir=WHEELS_DIR,
+        cache_tag=settings.tailnet.cache_tag,
+        acl=tailnet.acl,
     ),
 )
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
+import pulumi_tailscale as tailscale
 from pulumi_command import remote
 
 from .render.cache_host import (
@@ -46,15 +47,17 @@ class CacheHostArgs:
     + tokens: token name -> secret token (one per agent and orchestrator)
     + read_only: names whose token may only read
     + wheels_dir: local directory with the server's wheel and its dependency wheels
-    + purge_on_delete: also delete the cached data when the resource is destroyed
+    + cache_tag: the tailnet tag of the cache host's device
+    + acl: the tailnet policy that defines the tags (tags are applied after it)
     """
 
     settings: CacheHostSettings
     connection: remote.ConnectionArgs
     tokens: dict[str, pulumi.Input[str]]
     wheels_dir: Path
+    cache_tag: str
+    acl: pulumi.Resource
     read_only: frozenset[str] = field(default_factory=frozenset)
-    purge_on_delete: bool = False
 
 
 class CacheHost(pulumi.ComponentResource):
@@ -99,12 +102,19 @@ class CacheHost(pulumi.ComponentResource):
             connection=args.connection,
             create=install,
             update=install,
-            delete=f"sh -c {shlex.quote(remove_script(settings, args.purge_on_delete))}",
+            delete=f"sh -c {shlex.quote(remove_script(settings, settings.purge_on_destroy))}",
             stdin=cache_unit(settings),
             logging=remote.Logging.STDOUT_AND_STDERR,
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
         )
+
+        device = tailscale.get_device_output(hostname=settings.name)
+        after_acl = pulumi.ResourceOptions(parent=self, depends_on=[args.acl])
+        self.device_tags = tailscale.DeviceTags(f"{name}-tags", device_id=device.node_id, tags=[args.cache_tag],
+                                                opts=after_acl)
+        self.device_key = tailscale.DeviceKey(f"{name}-key", device_id=device.node_id, key_expiry_disabled=True,
+                                              opts=after_acl)
 
         self.url = pulumi.Output.from_input(cache_url(settings))
         self.register_outputs({"url": self.url})

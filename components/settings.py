@@ -106,6 +106,7 @@ class CacheHostSettings(SshTarget):
     storage_path: str = "/var/lib/nx-farm/cache"
     max_size: str = "50GiB"
     max_artifact_size: str = "2GiB"
+    purge_on_destroy: bool = False  # also delete the cached data when the cache host is destroyed
 
     _path = field_validator("storage_path")(lambda cls, v: check_abs_path(v))
     _sizes = field_validator("max_size", "max_artifact_size")(lambda cls, v: check_size(v))

@@ -40,6 +40,7 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert names["agent-1"].typ == "nxfarm:index:NxAgent" and names["sops"].typ == "nxfarm:index:SopsRecipients"
     assert unwrap(names["agent-1-tags"].inputs)["tags"] == ["tag:nx-agent"]
     assert unwrap(names["agent-1-key"].inputs)["keyExpiryDisabled"] is True
+    assert unwrap(names["cache-tags"].inputs)["tags"] == ["tag:nx-cache"]
     keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
     remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
     assert len(remotes) == 3 + 5 * len(raw_config["agents"])
@@ -84,6 +85,14 @@ def test_missing_wheels_stop_before_any_resource(raw_config, wheels):
     result = run(raw_config)
     assert "run `make wheels` before `pulumi up`" in str(result.error)
     assert result.resources == []
+
+
+def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
+    keep = unwrap(run(raw_config).by_name()["cache-service"].inputs)["delete"]
+    purge = unwrap(run({**raw_config, "cacheHost": {**raw_config["cacheHost"], "purgeOnDestroy": True}})
+                   .by_name()["cache-service"].inputs)["delete"]
+    assert "disable --now nx-farm-cache.service" in keep and "/var/lib/nx-farm/cache" not in keep
+    assert "rm -rf /var/lib/nx-farm/cache" in purge
 
 
 def test_new_wheels_update_the_service_command(raw_config, wheels):
