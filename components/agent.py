@@ -6,9 +6,9 @@ import shlex
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_tailscale as tailscale
 from pulumi_command import remote
 
+from ._device import tag_device
 from .render.agent import (
     AGENT_UNIT,
     ENV_FILE,
@@ -91,10 +91,6 @@ class NxAgent(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.env_file, *self.units]),
         )
 
-        device = tailscale.get_device_output(hostname=agent.name)
         tags = sorted({args.agent_tag, *agent.tags})
-        after_acl = pulumi.ResourceOptions(parent=self, depends_on=[args.acl])  # the tags exist only once the policy does
-        self.device_tags = tailscale.DeviceTags(f"{name}-tags", device_id=device.node_id, tags=tags, opts=after_acl)
-        self.device_key = tailscale.DeviceKey(f"{name}-key", device_id=device.node_id, key_expiry_disabled=True,
-                                              opts=after_acl)
+        self.device_tags, self.device_key = tag_device(name, hostname=agent.name, tags=tags, acl=args.acl, parent=self)
         self.register_outputs({"tags": tags})

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
-import pulumi_tailscale as tailscale
 from pulumi_command import remote
 
+from ._device import tag_device
 from .render.cache_host import (
     TOKENS_PATH,
     cache_unit,
@@ -109,12 +109,8 @@ class CacheHost(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
         )
 
-        device = tailscale.get_device_output(hostname=settings.name)
-        after_acl = pulumi.ResourceOptions(parent=self, depends_on=[args.acl])
-        self.device_tags = tailscale.DeviceTags(f"{name}-tags", device_id=device.node_id, tags=[args.cache_tag],
-                                                opts=after_acl)
-        self.device_key = tailscale.DeviceKey(f"{name}-key", device_id=device.node_id, key_expiry_disabled=True,
-                                              opts=after_acl)
+        self.device_tags, self.device_key = tag_device(name, hostname=settings.name, tags=[args.cache_tag],
+                                                       acl=args.acl, parent=self)
 
         self.url = pulumi.Output.from_input(cache_url(settings))
         self.register_outputs({"url": self.url})
