@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .storage.disk import DiskStorage
+from .storage.base import Storage
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -40,7 +40,7 @@ class LatencyHistogram:
 
 
 class Metrics(Collector):
-    def __init__(self, storage: DiskStorage) -> None:
+    def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self.hits = 0
         self.misses = 0

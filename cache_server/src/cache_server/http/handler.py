@@ -21,7 +21,8 @@ from aiohttp.web_request import BaseRequest
 
 from .. import __version__
 from ..auth import Identity, TokenStore
-from ..storage.disk import DiskStorage, is_valid_key
+from ..storage.base import Storage
+from ..storage.disk import is_valid_key
 from ..storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class CacheHandler:
     def __init__(
         self,
         *,
-        storage: DiskStorage,
+        storage: Storage,
         tokens: TokenStore,
         metrics: Metrics,
         access_log: AccessLog,

@@ -56,7 +56,32 @@ class StorageStats:
     min_free_disk_bytes: int
 
 
+@dataclass(slots=True)
+class StorageFault:
+    """The last storage error, for /health: when, during what, and the OS's words."""
+
+    at: float
+    op: str
+    message: str
+
+
+@dataclass(slots=True)
+class StorageCounters:
+    """Plain integers bumped on the hot path; /metrics reads them at scrape time."""
+
+    evictions: int = 0
+    evicted_bytes: int = 0
+    damaged: int = 0
+    errors: int = 0
+    swept_at_start: int = 0
+    last_error: StorageFault | None = None
+
+
 class Storage(Protocol):
+    max_artifact_bytes: int
+    fsync: bool  # True when `Upload.commit` may block (call it off the event loop)
+    counters: StorageCounters
+
     def get(self, key: str) -> Blob | None:
         """Open an entry for reading; a damaged entry is quarantined and reads as a miss."""
 

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .base import Blob, StorageStats
+from .base import Blob, StorageCounters, StorageFault, StorageStats
 from .entry_format import (
     HEADER_SIZE,
     DamagedEntry,
@@ -51,25 +51,6 @@ _SCRUB_CHUNK = 1 << 20
 
 class StorageSetupError(Exception):
     """The storage directory cannot be used (message names the path and the fix)."""
-
-
-@dataclass(slots=True)
-class StorageError:
-    at: float
-    op: str
-    message: str
-
-
-@dataclass(slots=True)
-class StorageCounters:
-    """Plain integers bumped on the hot path; /metrics reads them at scrape time."""
-
-    evictions: int = 0
-    evicted_bytes: int = 0
-    damaged: int = 0
-    errors: int = 0
-    swept_at_start: int = 0
-    last_error: StorageError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +459,7 @@ class DiskStorage:
 
     def _record_error_locked(self, op: str, message: str) -> None:
         self.counters.errors += 1
-        self.counters.last_error = StorageError(time.time(), op, message)
+        self.counters.last_error = StorageFault(time.time(), op, message)
         log.error("storage error during %s: %s", op, message)
 
     def flush(self) -> None:
