@@ -150,3 +150,6 @@ def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_confi
     encrypted = {"sops-infra-nx-farm", "sops-infra-agents-agent-1", "sops-infra-agents-agent-2"}
     tokens = {"cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
     assert changed == tokens | encrypted | {"cache-tokens", "agent-1-env", "agent-2-env"}
+    # Only the tokens are replaced (their keepers); everything else changes by update: no resource
+    # uses `triggers`, which would replace it and run the old `delete` after the new `create`.
+    assert not [r.name for r in after.resources if r.inputs.get("triggers")]
