@@ -26,10 +26,11 @@ test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json
 bench: $(VENV)/.installed
 	$(PY) bench/cachebench.py $(ARGS)
 
-# The server's wheel plus every dependency wheel, for hosts without internet.
+# What `pulumi up` ships to hosts without internet: each program's wheel plus every dependency wheel.
 wheels: $(VENV)/.installed
 	rm -rf dist/wheels
-	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels -r cache_server/requirements.lock ./cache_server
+	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/cache -r cache_server/requirements.lock ./cache_server
+	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent ./nxfarm
 
 clean:
 	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules

@@ -12,7 +12,8 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.agent import NxAgent, NxAgentArgs
-from components.cache_host import CacheHost, CacheHostArgs, WheelsMissing, wheels_digest
+from components._wheels import WheelsMissing, wheels_digest
+from components.cache_host import CacheHost, CacheHostArgs
 from components.render.agent import env_file
 from components.render.cache_host import cache_url
 from components.render.sops_config import agent_file
@@ -22,13 +23,14 @@ from components.settings import PROJECT, ConfigInvalid, SshTarget, load
 from components.tailnet import TailnetPolicy, TailnetPolicyArgs
 
 ROOT = Path(__file__).resolve().parent
-WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")
+WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")  # cache/ and agent/ sets
 
 config = pulumi.Config(PROJECT)
 try:
     settings = load(config)
     settings.cache_host.listen_address  # noqa: B018 - validates bindAddress for DNS hosts
-    wheels_digest(WHEELS_DIR)
+    wheels_digest(WHEELS_DIR / "cache", "nxfarm_cache_server")
+    wheels_digest(WHEELS_DIR / "agent", "nxfarm")
     policy_path = ROOT / settings.tailnet.base_policy_file
     try:
         base_policy_text = policy_path.read_text()
@@ -74,7 +76,7 @@ cache = CacheHost(
         settings=settings.cache_host,
         connection=connection(settings.cache_host),
         tokens=tokens,
-        wheels_dir=WHEELS_DIR,
+        wheels_dir=WHEELS_DIR / "cache",
         cache_tag=settings.tailnet.cache_tag,
         acl=tailnet.acl,
     ),
@@ -109,6 +111,7 @@ for agent in settings.agents:
             deploy_user=settings.deploy_user,
             agent_tag=settings.tailnet.agent_tag,
             acl=tailnet.acl,
+            wheels_dir=WHEELS_DIR / "agent",
         ),
     )
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 from pulumi_command import remote
 
 from ._device import tag_device
+from ._wheels import wheels_digest
 from .render.agent import (
     AGENT_UNIT,
+    INSTALL_ROOT,
     ENV_FILE,
     HEALTH_TIMER,
     HEALTH_UNIT,
     agent_unit,
     health_service,
     health_timer,
+    install_script,
 )
 from .settings import AgentSettings
 
@@ -29,6 +33,7 @@ class NxAgentArgs:
     + deploy_user: the user the agent service runs as
     + agent_tag: the farm's agent tag, always applied to the device
     + acl: the tailnet policy that defines the tags (tags are applied after it)
+    + wheels_dir: local directory with the nxfarm runtime's wheel and its dependency wheels
     """
 
     settings: AgentSettings
@@ -37,6 +42,10 @@ class NxAgentArgs:
     deploy_user: str
     agent_tag: str
     acl: pulumi.Resource
+    wheels_dir: Path
+
+
+REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/agent"
 
 
 def _install_file(path: str, mode: str, then: str) -> str:
@@ -48,6 +57,26 @@ class NxAgent(pulumi.ComponentResource):
         super().__init__("nxfarm:index:NxAgent", name, None, opts)
         agent = args.settings
         child = pulumi.ResourceOptions(parent=self)
+
+        self.wheels = remote.CopyToRemote(
+            f"{name}-wheels",
+            connection=args.connection,
+            source=pulumi.FileArchive(str(args.wheels_dir) + "/"),
+            remote_path=REMOTE_WHEELS_DIR,
+            opts=child,
+        )
+        # The wheel-set digest is in the command, so new runtime code is an update (and a restart).
+        runtime = (f"NXFARM_WHEELS={wheels_digest(args.wheels_dir, 'nxfarm')} "
+                   f"sh -c {shlex.quote(install_script(agent, args.deploy_user, REMOTE_WHEELS_DIR))}")
+        self.runtime = remote.Command(
+            f"{name}-runtime",
+            connection=args.connection,
+            create=runtime,
+            update=runtime,
+            delete=f"rm -rf {INSTALL_ROOT} {REMOTE_WHEELS_DIR}",
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels]),
+        )
 
         # Ciphertext only: the service decrypts it into its environment at start.
         install_env = _install_file(ENV_FILE, "0640", f"chgrp {shlex.quote(args.deploy_user)} {ENV_FILE} && "
@@ -88,7 +117,7 @@ class NxAgent(pulumi.ComponentResource):
             create=f"systemctl enable --now {AGENT_UNIT} {HEALTH_TIMER}",
             delete=f"systemctl disable --now {AGENT_UNIT} {HEALTH_TIMER} 2>/dev/null || true",
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.env_file, *self.units]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.env_file, *self.units]),
         )
 
         tags = sorted({args.agent_tag, *agent.tags})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,9 @@ import pulumi
 from pulumi_command import remote
 
 from ._device import tag_device
+from ._wheels import wheels_digest
 from .render.cache_host import (
+    SERVICE_USER,
     TOKENS_PATH,
     cache_unit,
     cache_url,
@@ -20,24 +21,10 @@ from .render.cache_host import (
     tokens_file,
     tokens_install_command,
 )
+from .render.venv import ensure_system_user
 from .settings import CacheHostSettings
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/cache"
-
-
-class WheelsMissing(Exception):
-    """The wheels to ship were not built (`make wheels`)."""
-
-
-def wheels_digest(directory: Path) -> str:
-    """A digest of the wheel set: part of the install command, so new code means an update run."""
-    wheels = sorted(directory.glob("*.whl"))
-    if not any(w.name.startswith("nxfarm_cache_server-") for w in wheels):
-        raise WheelsMissing(f"{directory} has no nxfarm_cache_server wheel: run `make wheels` before `pulumi up`")
-    digest = hashlib.sha256()
-    for wheel in wheels:
-        digest.update(wheel.name.encode() + b"\0" + hashlib.sha256(wheel.read_bytes()).digest())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +53,7 @@ class CacheHost(pulumi.ComponentResource):
     def __init__(self, name: str, args: CacheHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("nxfarm:index:CacheHost", name, None, opts)
         settings = args.settings
-        digest = wheels_digest(args.wheels_dir)
+        digest = wheels_digest(args.wheels_dir, "nxfarm_cache_server")
         secret_output = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdout", "stderr"])
 
         self.wheels = remote.CopyToRemote(
@@ -78,9 +65,7 @@ class CacheHost(pulumi.ComponentResource):
         )
 
         token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.read_only))
-        ensure_user = (f"id -u nxfarm-cache >/dev/null 2>&1 || useradd --system --home-dir /nonexistent "
-                       f"--shell /usr/sbin/nologin nxfarm-cache")
-        install_tokens = f"{ensure_user} && {tokens_install_command()}"
+        install_tokens = f"{ensure_system_user(SERVICE_USER)} && {tokens_install_command()}"
         self.tokens_file = remote.Command(
             f"{name}-tokens",
             connection=args.connection,

@@ -136,9 +136,10 @@ class AgentSettings(SshTarget):
     tags: list[str] = []
     workspace_path: str = "/var/lib/nx-farm/workspace"
     age_recipient: str
+    sops_path: str = "/usr/local/bin/sops"  # sops on the agent; its service decrypts its env file with it
 
     _tags = field_validator("tags")(lambda cls, v: [check_tag(t) for t in v])
-    _path = field_validator("workspace_path")(lambda cls, v: check_abs_path(v))
+    _path = field_validator("workspace_path", "sops_path")(lambda cls, v: check_abs_path(v))
     _age = field_validator("age_recipient")(lambda cls, v: check_age_recipient(v))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 
 from ..settings import AgentSettings
+from .venv import venv_from_wheels
 
 AGENT_UNIT = "nx-farm-agent.service"
 HEALTH_UNIT = "nx-farm-health.service"
@@ -48,7 +49,7 @@ Type=exec
 User={deploy_user}
 Environment=SOPS_AGE_KEY_FILE={AGE_KEY_FILE}
 # Decrypted into the process environment only; never written to disk in plaintext
-ExecStart={install_root}/venv/bin/sops exec-env {ENV_FILE} {shlex.quote(run)}
+ExecStart={agent.sops_path} exec-env {ENV_FILE} {shlex.quote(run)}
 Restart=on-failure
 RestartSec=5
 WorkingDirectory={agent.workspace_path}
@@ -83,4 +84,30 @@ Unit={HEALTH_UNIT}
 
 [Install]
 WantedBy=timers.target
+"""
+
+
+def install_script(agent: AgentSettings, deploy_user: str, wheels_dir: str) -> str:
+    """Idempotent: service user, workspace, prerequisites checked, runtime venv from the shipped wheels.
+
+    The agent's age identity is made on the agent by the operator (its public half is
+    `ageRecipient` in the stack), so it never leaves the machine.
+    """
+    q = shlex.quote
+    return f"""set -eu
+changed=0
+id -u {deploy_user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/nx-farm/home \\
+  --shell /usr/sbin/nologin {deploy_user}
+install -d -m 0750 -o {deploy_user} -g {deploy_user} {q(agent.workspace_path)}
+install -d -m 0755 /etc/nx-farm
+if [ ! -x {q(agent.sops_path)} ]; then
+  echo "{agent.name}: sops is not at {agent.sops_path}: install sops 3.9+ there, or set agents[].sopsPath" >&2; exit 1
+fi
+if [ ! -s {AGE_KEY_FILE} ]; then
+  echo "{agent.name}: no age identity at {AGE_KEY_FILE}: run 'age-keygen -o {AGE_KEY_FILE}' on the agent" \\
+    "and put its public key in agents[].ageRecipient" >&2; exit 1
+fi
+chgrp {deploy_user} {AGE_KEY_FILE} && chmod 0640 {AGE_KEY_FILE}
+{venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm")}
+if [ "$changed" = 1 ]; then systemctl try-restart {AGENT_UNIT} || true; echo changed; else echo unchanged; fi
 """

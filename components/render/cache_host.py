@@ -7,6 +7,7 @@ import shlex
 from cache_server.auth import Scope, token_line
 
 from ..settings import CacheHostSettings
+from .venv import ensure_system_user, venv_from_wheels
 
 UNIT_NAME = "nx-farm-cache.service"
 INSTALL_ROOT = "/opt/nx-farm/cache"
@@ -75,30 +76,14 @@ def tokens_file(tokens: dict[str, str], read_only: frozenset[str] = frozenset())
 def install_script(cache: CacheHostSettings, wheels_dir: str) -> str:
     """Idempotent install from the shipped wheels (no package index needed on the host).
 
-    Each wheel set gets its own venv, `venv-<digest>`, switched in by an atomic symlink
-    rename; the service restarts only when the wheels or the unit changed. Reads the unit
-    on stdin. Prints `changed` or `unchanged` as its last line.
+    The service restarts only when the wheels or the unit changed. Reads the unit on stdin.
+    Prints `changed` or `unchanged` as its last line.
     """
-    q = shlex.quote
-    root = INSTALL_ROOT
     return f"""set -eu
 changed=0
-id -u {SERVICE_USER} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {SERVICE_USER}
-install -d -m 0750 -o {SERVICE_USER} -g {SERVICE_USER} {q(cache.storage_path)}
-install -d -m 0755 {root}
-digest=$(cat {q(wheels_dir)}/*.whl | sha256sum | cut -c1-16)
-venv={root}/venv-$digest
-if [ ! -e "$venv/.complete" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links {q(wheels_dir)} nxfarm-cache-server
-  touch "$venv/.complete"
-fi
-if [ "$(readlink {root}/venv 2>/dev/null)" != "venv-$digest" ]; then
-  ln -sfn "venv-$digest" {root}/venv.next && mv -T {root}/venv.next {root}/venv
-  changed=1
-fi
-for old in {root}/venv-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done
+{ensure_system_user(SERVICE_USER)}
+install -d -m 0750 -o {SERVICE_USER} -g {SERVICE_USER} {shlex.quote(cache.storage_path)}
+{venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm-cache-server")}
 unit=/etc/systemd/system/{UNIT_NAME}
 new_unit=$(mktemp)
 cat > "$new_unit"

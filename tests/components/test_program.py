@@ -11,10 +11,13 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH
 
 @pytest.fixture(autouse=True)
 def wheels(tmp_path, monkeypatch):
+    """Stand-ins for `make wheels` output: dist/wheels/cache and dist/wheels/agent."""
     directory = tmp_path / "wheels"
-    directory.mkdir()
-    (directory / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v1")
-    (directory / "aiohttp-3.14.5-cp311-cp311-manylinux.whl").write_bytes(b"dependency")
+    (directory / "cache").mkdir(parents=True)
+    (directory / "agent").mkdir()
+    (directory / "cache" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v1")
+    (directory / "cache" / "aiohttp-3.14.5-cp311-cp311-manylinux.whl").write_bytes(b"dependency")
+    (directory / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v1")
     monkeypatch.setenv("NXFARM_WHEELS_DIR", str(directory))
     return directory
 
@@ -43,7 +46,7 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert unwrap(names["cache-tags"].inputs)["tags"] == ["tag:nx-cache"]
     keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
     remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
-    assert len(remotes) == 3 + 5 * len(raw_config["agents"])
+    assert len(remotes) == 3 + 7 * len(raw_config["agents"])
     for resource in remotes:
         connection = resource.inputs["connection"]
         assert is_secret(connection), "connections (private key) must stay secret"
@@ -80,11 +83,18 @@ def test_invalid_config_registers_nothing(raw_config):
 
 
 def test_missing_wheels_stop_before_any_resource(raw_config, wheels):
-    for wheel in wheels.iterdir():
+    for wheel in (wheels / "cache").iterdir():
         wheel.unlink()
     result = run(raw_config)
     assert "run `make wheels` before `pulumi up`" in str(result.error)
     assert result.resources == []
+
+
+def test_new_runtime_wheels_update_every_agent_and_nothing_else(raw_config, wheels):
+    before = run(raw_config)
+    (wheels / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v2")
+    added, removed, changed = changed_between(before, run(raw_config))
+    assert added == removed == set() and changed == {"agent-1-runtime", "agent-2-runtime"}
 
 
 def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
@@ -97,7 +107,7 @@ def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
 
 def test_new_wheels_update_the_service_command(raw_config, wheels):
     before = run(raw_config)
-    (wheels / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v2")
+    (wheels / "cache" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v2")
     after = run(raw_config)
     create_before = unwrap(before.by_name()["cache-service"].inputs)["create"]
     create_after = unwrap(after.by_name()["cache-service"].inputs)["create"]
@@ -120,7 +130,8 @@ def test_adding_an_agent_adds_only_its_resources_and_touches_tokens_policy_and_s
     after = run(raw)
     added, removed, changed = changed_between(before, after)
     assert removed == set()
-    assert added == {"cache-token-agent-3", "agent-3", "agent-3-env", "agent-3-unit-nx-farm-agent-service",
+    assert added == {"cache-token-agent-3", "agent-3", "agent-3-wheels", "agent-3-runtime", "agent-3-env",
+                     "agent-3-unit-nx-farm-agent-service",
                      "agent-3-unit-nx-farm-health-service", "agent-3-unit-nx-farm-health-timer", "agent-3-enable", "agent-3-tags", "agent-3-key",
                      "sops-infra-agents-agent-3"}
     assert changed == {"cache-tokens", "tailnet-acl", "sops-config", "sops-infra-nx-farm"}

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from components.render.agent import HEALTH_UNIT, agent_unit, env_file, health_service, health_timer
+from components.render.agent import HEALTH_UNIT, agent_unit, env_file, health_service, health_timer, install_script
 from components.settings import validate
 
 
@@ -20,6 +20,7 @@ def test_units_pass_systemd_analyze_verify(agent, tmp_path):
     (root / "venv" / "bin").mkdir(parents=True)
     for tool in ("nxfarm", "sops"):
         os.symlink("/bin/true", root / "venv" / "bin" / tool)
+    agent = agent.model_copy(update={"sops_path": str(root / "venv" / "bin" / "sops")})
     files = {"nx-farm-agent.service": agent_unit(agent, "nxfarm", install_root=str(root)),
              HEALTH_UNIT: health_service(install_root=str(root)), "nx-farm-health.timer": health_timer()}
     for name, text in files.items():
@@ -32,7 +33,7 @@ def test_units_pass_systemd_analyze_verify(agent, tmp_path):
 def test_agent_unit_decrypts_at_start_and_binds_its_own_address(agent):
     unit = agent_unit(agent, "nxfarm")
     exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
-    assert "sops exec-env /etc/nx-farm/agent.sops.env" in exec_start
+    assert exec_start.startswith("ExecStart=/usr/local/bin/sops exec-env /etc/nx-farm/agent.sops.env ")
     assert "--slots 4" in exec_start and "--bind 100.64.0.11" in exec_start and "0.0.0.0" not in unit
     assert "User=nxfarm" in unit
 
@@ -43,3 +44,11 @@ def test_env_file_is_dotenv_and_refuses_multiline_values(agent):
     assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 4
     with pytest.raises(ValueError, match="NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN must be a single line"):
         env_file(cache_url="http://x", token="a\nB=c", scheduler_address="tls://x:1", agent=agent)
+
+
+def test_install_script_is_valid_shell_and_checks_its_prerequisites(agent):
+    script = install_script(agent, "nxfarm", "/opt/nx-farm/wheels/agent")
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+    assert "install sops 3.9+ there, or set agents[].sopsPath" in script
+    assert "age-keygen -o /etc/nx-farm/agent-age.key" in script
+    assert "--no-index --find-links /opt/nx-farm/wheels/agent nxfarm" in script

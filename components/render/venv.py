@@ -1,0 +1,32 @@
+"""Shell snippets shared by the hosts' install scripts."""
+
+from __future__ import annotations
+
+import shlex
+
+
+def ensure_system_user(user: str) -> str:
+    return f"id -u {user} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {user}"
+
+
+def venv_from_wheels(root: str, wheels_dir: str, package: str) -> str:
+    """Install `package` into `<root>/venv` from the shipped wheels only (no package index on the host).
+
+    Each wheel set gets its own `venv-<digest>`, switched in by an atomic symlink rename, so a
+    half-built venv is never live; sets `changed=1` when the live venv changed.
+    """
+    q = shlex.quote
+    return f"""install -d -m 0755 {root}
+digest=$(cat {q(wheels_dir)}/*.whl | sha256sum | cut -c1-16)
+venv={root}/venv-$digest
+if [ ! -e "$venv/.complete" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index --find-links {q(wheels_dir)} {package}
+  touch "$venv/.complete"
+fi
+if [ "$(readlink {root}/venv 2>/dev/null)" != "venv-$digest" ]; then
+  ln -sfn "venv-$digest" {root}/venv.next && mv -T {root}/venv.next {root}/venv
+  changed=1
+fi
+for old in {root}/venv-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done"""
