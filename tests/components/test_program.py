@@ -164,3 +164,17 @@ def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_confi
     # Only the tokens are replaced (their keepers); everything else changes by update: no resource
     # uses `triggers`, which would replace it and run the old `delete` after the new `create`.
     assert not [r.name for r in after.resources if r.inputs.get("triggers")]
+
+
+def test_the_example_stack_runs_whole(raw_config):
+    import yaml
+
+    from .pulumi_harness import ROOT
+
+    stack = yaml.safe_load((ROOT / "Pulumi.homelab.yaml").read_text())["config"]
+    config = {key.split(":", 1)[1]: value for key, value in stack.items() if key.startswith("nx-farm:")}
+    result = run(config)
+    assert result.error is None, result.error
+    assert len(result.of_type("nxfarm:index:NxAgent")) == 3
+    tags = {r.name: unwrap(r.inputs)["tags"] for r in result.of_type("tailscale:index/deviceTags:DeviceTags")}
+    assert tags["agent-wsl-tags"] == ["tag:homelab-wsl2", "tag:nx-agent"] and tags["cache-tags"] == ["tag:nx-cache"]
