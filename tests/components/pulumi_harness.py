@@ -134,4 +134,5 @@ def run_program(config: dict[str, Any], secret_config: dict[str, str]) -> Progra
     finally:
         pulumi.runtime.set_all_config({})
         loop.close()
+        asyncio.set_event_loop(None)
     return ProgramRun(mocks.resources, outputs, error)
