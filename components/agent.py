@@ -10,6 +10,7 @@ import pulumi
 from pulumi_command import remote
 
 from ._device import tag_device
+from ._remote import host_command, ship_wheels
 from ._wheels import wheels_digest
 from .render.agent import (
     AGENT_UNIT,
@@ -58,65 +59,43 @@ class NxAgent(pulumi.ComponentResource):
         agent = args.settings
         child = pulumi.ResourceOptions(parent=self)
 
-        self.wheels = remote.CopyToRemote(
-            f"{name}-wheels",
-            connection=args.connection,
-            source=pulumi.FileArchive(str(args.wheels_dir) + "/"),
-            remote_path=REMOTE_WHEELS_DIR,
-            opts=child,
-        )
+        self.wheels = ship_wheels(f"{name}-wheels", args.connection, args.wheels_dir, REMOTE_WHEELS_DIR, self)
         # The wheel-set digest is in the command, so new runtime code is an update (and a restart).
         runtime = (f"NXFARM_WHEELS={wheels_digest(args.wheels_dir, 'nxfarm')} "
                    f"sh -c {shlex.quote(install_script(agent, args.deploy_user, REMOTE_WHEELS_DIR))}")
-        self.runtime = remote.Command(
-            f"{name}-runtime",
-            connection=args.connection,
-            create=runtime,
-            update=runtime,
-            delete=f"rm -rf {INSTALL_ROOT} {REMOTE_WHEELS_DIR}",
-            add_previous_output_in_env=False,
+        self.runtime = host_command(
+            f"{name}-runtime", args.connection, run=runtime, delete=f"rm -rf {INSTALL_ROOT} {REMOTE_WHEELS_DIR}",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels]),
         )
 
         # Ciphertext only: the service decrypts it into its environment at start.
         install_env = _install_file(ENV_FILE, "0640", f"chgrp {shlex.quote(args.deploy_user)} {ENV_FILE} && "
                                     f"(systemctl try-restart {AGENT_UNIT} || true)")
-        self.env_file = remote.Command(
-            f"{name}-env",
-            connection=args.connection,
-            create=install_env,
-            update=install_env,
-            delete=f"rm -f {ENV_FILE}",
-            stdin=args.env_ciphertext,
-            logging=remote.Logging.STDERR,
-            add_previous_output_in_env=False,
-            opts=child,
+        self.env_file = host_command(
+            f"{name}-env", args.connection, run=install_env, delete=f"rm -f {ENV_FILE}",
+            stdin=args.env_ciphertext, logging=remote.Logging.STDERR, opts=child,
         )
 
         units = {AGENT_UNIT: agent_unit(agent, args.deploy_user), HEALTH_UNIT: health_service(),
                  HEALTH_TIMER: health_timer()}
         self.units = [
-            remote.Command(
+            host_command(
                 f"{name}-unit-{unit.replace('.', '-')}",
-                connection=args.connection,
-                create=_install_file(f"/etc/systemd/system/{unit}", "0644", "systemctl daemon-reload"),
+                args.connection,
+                run=_install_file(f"/etc/systemd/system/{unit}", "0644", "systemctl daemon-reload"),
                 update=_install_file(f"/etc/systemd/system/{unit}", "0644",
                                      "systemctl daemon-reload" + (f" && (systemctl try-restart {unit} || true)"
                                                                   if unit == AGENT_UNIT else "")),
                 delete=f"systemctl disable --now {unit} 2>/dev/null || true; rm -f /etc/systemd/system/{unit}; "
                        "systemctl daemon-reload",
                 stdin=text,
-                add_previous_output_in_env=False,
                 opts=child,
             )
             for unit, text in units.items()
         ]
-        self.enabled = remote.Command(
-            f"{name}-enable",
-            connection=args.connection,
-            create=f"systemctl enable --now {AGENT_UNIT} {HEALTH_TIMER}",
+        self.enabled = host_command(
+            f"{name}-enable", args.connection, run=f"systemctl enable --now {AGENT_UNIT} {HEALTH_TIMER}",
             delete=f"systemctl disable --now {AGENT_UNIT} {HEALTH_TIMER} 2>/dev/null || true",
-            add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.env_file, *self.units]),
         )
 

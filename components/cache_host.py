@@ -10,6 +10,7 @@ import pulumi
 from pulumi_command import remote
 
 from ._device import tag_device
+from ._remote import host_command, ship_wheels
 from ._wheels import wheels_digest
 from .render.cache_host import (
     SERVICE_USER,
@@ -56,41 +57,23 @@ class CacheHost(pulumi.ComponentResource):
         digest = wheels_digest(args.wheels_dir, "nxfarm_cache_server")
         secret_output = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdout", "stderr"])
 
-        self.wheels = remote.CopyToRemote(
-            f"{name}-wheels",
-            connection=args.connection,
-            source=pulumi.FileArchive(str(args.wheels_dir) + "/"),
-            remote_path=REMOTE_WHEELS_DIR,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.wheels = ship_wheels(f"{name}-wheels", args.connection, args.wheels_dir, REMOTE_WHEELS_DIR, self)
 
         token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.read_only))
         install_tokens = f"{ensure_system_user(SERVICE_USER)} && {tokens_install_command()}"
-        self.tokens_file = remote.Command(
-            f"{name}-tokens",
-            connection=args.connection,
-            create=install_tokens,
-            update=install_tokens,
-            delete=f"rm -f {TOKENS_PATH}",
-            stdin=pulumi.Output.secret(token_text),
-            logging=remote.Logging.STDERR,
-            add_previous_output_in_env=False,
-            opts=secret_output,
+        self.tokens_file = host_command(
+            f"{name}-tokens", args.connection, run=install_tokens, delete=f"rm -f {TOKENS_PATH}",
+            stdin=pulumi.Output.secret(token_text), logging=remote.Logging.STDERR, opts=secret_output,
         )
 
         # The digest and the unit travel in the command inputs, so a new wheel set or a changed
         # unit is an update (the script restarts only then); nothing here uses `triggers`.
         script = install_script(settings, REMOTE_WHEELS_DIR)
         install = f"NXFARM_WHEELS={digest} sh -c {shlex.quote(script)}"
-        self.service = remote.Command(
-            f"{name}-service",
-            connection=args.connection,
-            create=install,
-            update=install,
+        self.service = host_command(
+            f"{name}-service", args.connection, run=install,
             delete=f"sh -c {shlex.quote(remove_script(settings, settings.purge_on_destroy))}",
-            stdin=cache_unit(settings),
-            logging=remote.Logging.STDOUT_AND_STDERR,
-            add_previous_output_in_env=False,
+            stdin=cache_unit(settings), logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
         )
 
