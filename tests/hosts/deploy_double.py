@@ -1,0 +1,63 @@
+"""A stand-in for `pulumi up` with the pulumi-command provider, for resources a program run registered.
+
+What it does, per resource, keyed by resource name (unique in this program), comparing the inputs
+recorded by two runs of the program under Pulumi mocks:
+  * new `remote.Command` -> run `create` over real SSH with `stdin`; changed inputs -> `update`
+    (or `create` when there is none); gone -> `delete`, after all creates and updates;
+  * `remote.CopyToRemote` of a directory archive ending in "/" -> copy its contents (scp) when new
+    or changed; nothing on delete (the provider does not delete either).
+  * unchanged resources are left alone.
+What it does not do: the engine's real diff (secret-aware, provider Check/Diff), replacement
+semantics of `triggers` (this program uses none), dependency-ordered parallelism (resources run in
+registration order, which follows `depends_on` here), or the provider's own SSH/SFTP code.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from tests.components.pulumi_harness import ProgramRun, unwrap
+
+from .testhosts import TestHost
+
+REMOTE_TYPES = ("command:remote:Command", "command:remote:CopyToRemote")
+
+
+class DeployDouble:
+    def __init__(self, hosts: list[TestHost]) -> None:
+        self.hosts = {host.ip: host for host in hosts}
+        self.state: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.outputs: dict[str, str] = {}
+
+    def up(self, run: ProgramRun) -> list[tuple[str, str]]:
+        """Apply one program run; returns the (resource, action) pairs executed, in order."""
+        wanted = {r.name: (r.typ, unwrap(r.inputs)) for r in run.resources if r.typ in REMOTE_TYPES}
+        actions = []
+        for name, (typ, inputs) in wanted.items():
+            if name not in self.state:
+                actions.append((name, "create"))
+                self._apply(typ, inputs, "create", name)
+            elif self.state[name][1] != inputs:
+                actions.append((name, "update"))
+                self._apply(typ, inputs, "update" if inputs.get("update") else "create", name)
+        for name in [n for n in self.state if n not in wanted]:
+            typ, inputs = self.state[name]
+            if typ == "command:remote:Command" and inputs.get("delete"):
+                actions.append((name, "delete"))
+                self._apply(typ, inputs, "delete", name)
+        self.state = wanted
+        return actions
+
+    def destroy(self) -> list[tuple[str, str]]:
+        return self.up(ProgramRun([], {}, None))
+
+    def _apply(self, typ: str, inputs: dict[str, Any], phase: str, name: str) -> None:
+        host = self.hosts[inputs["connection"]["host"]]
+        if typ == "command:remote:CopyToRemote":
+            host.ssh(f"mkdir -p {shlex.quote(inputs['remotePath'])}")
+            for item in sorted(Path(inputs["source"][1]).iterdir()):
+                host.copy(item, inputs["remotePath"] + "/")
+            return
+        self.outputs[name] = host.ssh(inputs[phase], stdin=inputs.get("stdin") or "").stdout
