@@ -1,0 +1,1 @@
+"""Facts about a workspace and the farm: pure parsers of what tools print."""
