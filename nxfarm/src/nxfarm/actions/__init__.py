@@ -1,0 +1,1 @@
+"""Decide and do: plans built from probes, then run."""
