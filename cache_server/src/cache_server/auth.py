@@ -1,10 +1,9 @@
 """Bearer tokens: a file of `<name> <scope> sha256:<hex>` lines, hashes only at rest.
 
-A token is looked up by the SHA-256 of what the client presents, then the
-stored digest is compared with `hmac.compare_digest`. Timing can at most tell an
-attacker about the hash of a guess they already chose, which does not help find
-a preimage. Reloads swap one immutable mapping, so requests in flight keep the
-table they started with and none is dropped.
+The SHA-256 of what the client presents is compared with every stored digest
+by `hmac.compare_digest`, with no early exit, so the time taken says nothing
+about which token (if any) matched. Reloads swap one immutable tuple, so requests
+in flight keep the table they started with and none is dropped.
 """
 
 from __future__ import annotations
@@ -54,9 +53,9 @@ def token_line(name: str, scope: Scope, token: str) -> str:
     return f"{name} {scope.value} sha256:{hash_token(token)}\n"
 
 
-def parse_tokens(text: str, source: str) -> dict[bytes, tuple[bytes, Identity]]:
-    """Parse a tokens file; raises TokenFileError naming the first bad line."""
-    table: dict[bytes, tuple[bytes, Identity]] = {}
+def parse_tokens(text: str, source: str) -> dict[bytes, Identity]:
+    """Parse a tokens file (digest -> identity); raises TokenFileError naming the first bad line."""
+    table: dict[bytes, Identity] = {}
     names: set[str] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -80,9 +79,9 @@ def parse_tokens(text: str, source: str) -> dict[bytes, tuple[bytes, Identity]]:
             raise TokenFileError(f"{where}: third field must be sha256:<64 lowercase hex digits>")
         digest = bytes.fromhex(match[1])
         if digest in table:
-            raise TokenFileError(f"{where}: same token hash as {table[digest][1].name!r}")
+            raise TokenFileError(f"{where}: same token hash as {table[digest].name!r}")
         names.add(name)
-        table[digest] = (digest, Identity(name, scope))
+        table[digest] = Identity(name, scope)
     return table
 
 
@@ -96,12 +95,15 @@ class TokenStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._table: dict[bytes, tuple[bytes, Identity]] = {}
+        self._table: tuple[tuple[bytes, Identity], ...] = ()
         self._signature: tuple[int, int, int, int] | None = None
         self.reload()
 
     def __len__(self) -> int:
         return len(self._table)
+
+    def names(self) -> set[str]:
+        return {identity.name for _, identity in self._table}
 
     def reload(self) -> None:
         """Read the file again; on any error keep the previous table and raise."""
@@ -113,7 +115,7 @@ class TokenStore:
             raise TokenFileError(f"tokens file {self.path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise TokenFileError(f"tokens file {self.path}: not UTF-8 text") from None
-        self._table = parse_tokens(text, self.path)
+        self._table = tuple(parse_tokens(text, self.path).items())
         self._signature = signature
 
     def changed_on_disk(self) -> bool:
@@ -130,7 +132,8 @@ class TokenStore:
         if not token:
             return None
         digest = hashlib.sha256(token.encode()).digest()
-        entry = self._table.get(digest)
-        if entry is None or not hmac.compare_digest(entry[0], digest):
-            return None
-        return entry[1]
+        found = None
+        for stored, identity in self._table:
+            if hmac.compare_digest(stored, digest):
+                found = identity
+        return found

@@ -113,11 +113,8 @@ def _token(argv: list[str]) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if os.path.exists(args.tokens):
-        existing = TokenStore(args.tokens)  # refuses to append to a malformed file
-        del existing
-        with open(args.tokens, encoding="utf-8") as fh:
-            if any(l.split()[:1] == [args.name] for l in fh):
-                raise ConfigError(f"{args.tokens} already has a token named {args.name!r}")
+        if args.name in TokenStore(args.tokens).names():  # also refuses to append to a malformed file
+            raise ConfigError(f"{args.tokens} already has a token named {args.name!r}")
     else:
         os.makedirs(os.path.dirname(os.path.abspath(args.tokens)), mode=0o700, exist_ok=True)
     fd = os.open(args.tokens, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
