@@ -47,9 +47,10 @@ class _BodyTimeout(Exception):
 class _Record:
     """What the access log says about one request."""
 
-    __slots__ = ("status", "token", "bytes_in", "bytes_out", "reason")
+    __slots__ = ("key", "status", "token", "bytes_in", "bytes_out", "reason")
 
-    def __init__(self) -> None:
+    def __init__(self, key: str | None) -> None:
+        self.key = key  # the cache key, only when it is valid
         self.status: int | None = None
         self.token: str | None = None
         self.bytes_in = 0
@@ -134,7 +135,7 @@ class CacheHandler:
         started = time.perf_counter()
         kind, key = self._route(request.raw_path)
         method = request.method
-        rec = _Record()
+        rec = _Record(key if kind == "cache" and is_valid_key(key) else None)
         try:
             if kind == "cache":
                 if method == "GET" or method == "HEAD":
@@ -170,7 +171,7 @@ class CacheHandler:
             if self.access_log.enabled:
                 self.access_log.write(
                     remote=request.remote, method=method, route=kind,
-                    key=key if kind == "cache" and is_valid_key(key) else None,
+                    key=rec.key,
                     status=rec.status, ms=elapsed * 1000, token=rec.token,
                     bytes_in=rec.bytes_in, bytes_out=rec.bytes_out, reason=rec.reason,
                 )
@@ -188,7 +189,7 @@ class CacheHandler:
     async def _get(self, request: BaseRequest, key: str, rec: _Record) -> web.StreamResponse:
         if self._authenticate(request, rec) is None:
             return rec.answer(_text(401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)"))
-        if not is_valid_key(key):
+        if rec.key is None:
             self.metrics.reject("bad_key")
             return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128"))
         blob = self.storage.get(key)
@@ -244,7 +245,7 @@ class CacheHandler:
             self.metrics.reject("read_only")
             return await self._reject(request, rec, 403, f"token {identity.name!r} is read-only: not stored",
                                       length, expect_continue)
-        if not is_valid_key(key):
+        if rec.key is None:
             self.metrics.reject("bad_key")
             return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128", close=True))
         if length is None:
