@@ -1,8 +1,12 @@
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from .helpers import AGE_A, AGE_B, host_key
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -29,3 +33,14 @@ def raw_config():
         ],
         "sops": {"operatorRecipients": [AGE_A]},
     }
+
+
+@pytest.fixture(scope="session")
+def built_wheels(tmp_path_factory):
+    """What `make wheels` produces: dist/wheels/cache and dist/wheels/agent."""
+    out = tmp_path_factory.mktemp("wheels")
+    for target, args in (("cache", ["-r", str(ROOT / "cache_server" / "requirements.lock"), str(ROOT / "cache_server")]),
+                         ("agent", [str(ROOT / "nxfarm")])):
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                        "-w", str(out / target), *args], check=True, capture_output=True, timeout=600)
+    return out

@@ -1,12 +1,6 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from . import testhosts
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +26,3 @@ def start_host(testhost_base):
     yield start
     for host in started:
         testhosts.stop(host)
-
-
-@pytest.fixture(scope="session")
-def built_wheels(tmp_path_factory):
-    """What `make wheels` produces: dist/wheels/cache and dist/wheels/agent."""
-    out = tmp_path_factory.mktemp("wheels")
-    for target, args in (("cache", ["-r", str(ROOT / "cache_server" / "requirements.lock"), str(ROOT / "cache_server")]),
-                         ("agent", [str(ROOT / "nxfarm")])):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                        "-w", str(out / target), *args], check=True, capture_output=True, timeout=600)
-    return out
