@@ -45,7 +45,7 @@ def _run(args: list[str], *, stdin: str | None = None, identity: str | None = No
     result = subprocess.run([sops_binary(), *args], input=stdin, capture_output=True, text=True, env=env, cwd=cwd)
     if result.returncode != 0:
         detail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-        raise SopsError(f"sops {args[0] if args[0] != '--config' else args[2]} failed: {detail[0]}")
+        raise SopsError(f"sops {args[2].lstrip('-')} failed: {detail[0]}")  # args: --config FILE <action> ...
     return result.stdout
 
 
