@@ -28,6 +28,7 @@ class Registered:
     name: str
     inputs: dict[str, Any]
     urn: str
+    depends_on: frozenset[str] = frozenset()  # names of the resources it depends on (explicit and by input)
 
 
 def is_secret(value: Any) -> bool:
@@ -97,6 +98,21 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """Also records each registration's dependencies, which the mocks' callback does not see."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.dependencies: dict[str, frozenset[str]] = {}
+
+    def RegisterResource(self, request):  # noqa: N802, ANN001, ANN201 - the gRPC method name
+        urns = set(request.dependencies)
+        for deps in request.propertyDependencies.values():
+            urns.update(deps.urns)
+        self.dependencies[request.name] = frozenset(urn.rsplit("::", 1)[-1] for urn in urns)
+        return super().RegisterResource(request)
+
+
 @dataclass
 class ProgramRun:
     resources: list[Registered]
@@ -115,7 +131,7 @@ def run_program(config: dict[str, Any], secret_config: dict[str, str]) -> Progra
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     mocks = RecordingMocks()
-    monitor = pulumi.runtime.mocks.MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="nx-farm", stack="test", preview=False, monitor=monitor)
     values = {f"nx-farm:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values.update({f"nx-farm:{k}": v for k, v in secret_config.items()})
@@ -135,4 +151,6 @@ def run_program(config: dict[str, Any], secret_config: dict[str, str]) -> Progra
         pulumi.runtime.set_all_config({})
         loop.close()
         asyncio.set_event_loop(None)
+    for resource in mocks.resources:
+        resource.depends_on = monitor.dependencies.get(resource.name, frozenset())
     return ProgramRun(mocks.resources, outputs, error)

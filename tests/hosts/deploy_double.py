@@ -7,9 +7,10 @@ recorded by two runs of the program under Pulumi mocks:
   * `remote.CopyToRemote` of a directory archive ending in "/" -> copy its contents (scp) when new
     or changed; nothing on delete (the provider does not delete either).
   * unchanged resources are left alone.
+Creates and updates run in dependency order (the dependencies each registration declared, as the
+engine would use them), deletes in the reverse order, one at a time.
 What it does not do: the engine's real diff (secret-aware, provider Check/Diff), replacement
-semantics of `triggers` (this program uses none), dependency-ordered parallelism (resources run in
-registration order, which follows `depends_on` here), or the provider's own SSH/SFTP code.
+semantics of `triggers` (this program uses none), parallelism, or the provider's own SSH/SFTP code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from tests.components.pulumi_harness import ProgramRun, unwrap
+from tests.components.pulumi_harness import ProgramRun, Registered, unwrap
 
 from .testhosts import TestHost
 
@@ -33,7 +34,8 @@ class DeployDouble:
 
     def up(self, run: ProgramRun) -> list[tuple[str, str]]:
         """Apply one program run; returns the (resource, action) pairs executed, in order."""
-        wanted = {r.name: (r.typ, unwrap(r.inputs)) for r in run.resources if r.typ in REMOTE_TYPES}
+        remote = [r for r in run.resources if r.typ in REMOTE_TYPES]
+        wanted = {r.name: (r.typ, unwrap(r.inputs)) for r in _dependency_order(remote)}
         actions = []
         for name, (typ, inputs) in wanted.items():
             if name not in self.state:
@@ -42,7 +44,7 @@ class DeployDouble:
             elif self.state[name][1] != inputs:
                 actions.append((name, "update"))
                 self._apply(typ, inputs, "update" if inputs.get("update") else "create", name)
-        for name in [n for n in self.state if n not in wanted]:
+        for name in [n for n in reversed(self.state) if n not in wanted]:
             typ, inputs = self.state[name]
             if typ == "command:remote:Command" and inputs.get("delete"):
                 actions.append((name, "delete"))
@@ -61,3 +63,23 @@ class DeployDouble:
                 host.copy(item, inputs["remotePath"] + "/")
             return
         self.outputs[name] = host.ssh(inputs[phase], stdin=inputs.get("stdin") or "").stdout
+
+
+def _dependency_order(resources: list[Registered]) -> list[Registered]:
+    """Each resource after the ones it depends on; ties keep registration order."""
+    by_name = {r.name: r for r in resources}
+    done: dict[str, Registered] = {}
+
+    def visit(resource: Registered, path: tuple[str, ...]) -> None:
+        if resource.name in done:
+            return
+        if resource.name in path:
+            raise ValueError(f"dependency cycle: {' -> '.join((*path, resource.name))}")
+        for dep in sorted(resource.depends_on):
+            if dep in by_name:
+                visit(by_name[dep], (*path, resource.name))
+        done[resource.name] = resource
+
+    for resource in resources:
+        visit(resource, ())
+    return list(done.values())

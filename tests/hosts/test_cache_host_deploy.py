@@ -36,8 +36,11 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     deploy = DeployDouble([host])
     url = f"http://{host.ip}:3333"
 
-    first = deploy.up(program(host, monkeypatch, built_wheels))
-    assert first == [("cache-wheels", "create"), ("cache-tokens", "create"), ("cache-service", "create")]
+    run = program(host, monkeypatch, built_wheels)
+    assert run.by_name()["cache-service"].depends_on >= {"cache-wheels", "cache-tokens"}
+    first = deploy.up(run)
+    assert sorted(first) == [("cache-service", "create"), ("cache-tokens", "create"), ("cache-wheels", "create")]
+    assert first[-1] == ("cache-service", "create"), "the service is installed after what it depends on"
     assert deploy.outputs["cache-service"].strip().endswith("changed")
     status, body = http(f"{url}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
