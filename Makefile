@@ -8,10 +8,11 @@ NX_CLIENT := tests/nx_client
 
 .PHONY: run test bench wheels clean
 
-$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock requirements.txt requirements-dev.txt
+$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
+		requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
-		-c cache_server/requirements.lock
+		-c cache_server/requirements.lock -c nxfarm/requirements.lock
 	touch $@
 
 $(NX_CLIENT)/node_modules/.package-lock.json: $(NX_CLIENT)/package.json $(NX_CLIENT)/package-lock.json
@@ -30,7 +31,7 @@ bench: $(VENV)/.installed
 wheels: $(VENV)/.installed
 	rm -rf dist/wheels
 	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/cache -r cache_server/requirements.lock ./cache_server
-	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent ./nxfarm
+	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent -r nxfarm/requirements.lock ./nxfarm
 
 clean:
 	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules

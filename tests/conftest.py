@@ -40,7 +40,7 @@ def built_wheels(tmp_path_factory):
     """What `make wheels` produces: dist/wheels/cache and dist/wheels/agent."""
     out = tmp_path_factory.mktemp("wheels")
     for target, args in (("cache", ["-r", str(ROOT / "cache_server" / "requirements.lock"), str(ROOT / "cache_server")]),
-                         ("agent", [str(ROOT / "nxfarm")])):
+                         ("agent", ["-r", str(ROOT / "nxfarm" / "requirements.lock"), str(ROOT / "nxfarm")])):
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
                         "-w", str(out / target), *args], check=True, capture_output=True, timeout=600)
     return out
