@@ -1,5 +1,4 @@
-"""`nxfarm`: the runtime's command line. Subcommands arrive with their issues
-(`agent run`, `health`, `build`, ...); what exists today is listed by --help."""
+"""`nxfarm`: the runtime's command line, one subcommand per job."""
 
 from __future__ import annotations
 
@@ -9,18 +8,41 @@ import sys
 from . import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nxfarm", description="nx-farm runtime")
+def _parser() -> argparse.ArgumentParser:
+    from .agent import worker
+    from .build import command as build
+    from . import scheduler
+
+    parser = argparse.ArgumentParser(prog="nxfarm", description="nx-farm: Nx remote cache and build agents")
     parser.add_argument("--version", action="version", version=f"nxfarm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sops", help="keep a SOPS file in step with its recipients (see python -m nxfarm.sops -h)",
-                   add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "sops":
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build_parser = sub.add_parser("build", help="run Nx tasks on the farm, then replay them here",
+                                  epilog=build.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    build.add_arguments(build_parser)
+    build_parser.set_defaults(run=build.run)
+
+    agent = sub.add_parser("agent", help="this machine as a build agent").add_subparsers(dest="action", required=True)
+    agent_run = agent.add_parser("run", help="serve the farm's tasks (a Dask worker with one checkout per slot)")
+    worker.add_arguments(agent_run)
+    agent_run.set_defaults(run=worker.run)
+
+    sched = sub.add_parser("scheduler", help="the farm's task scheduler").add_subparsers(dest="action", required=True)
+    sched_run = sched.add_parser("run", help="serve the farm's scheduler (mutual TLS, one address)")
+    scheduler.add_arguments(sched_run)
+    sched_run.set_defaults(run=scheduler.run)
+
+    sub.add_parser("sops", help="keep a SOPS file in step with its recipients (nxfarm sops -h)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sops"]:
         from . import sops
 
-        return sops.main(rest)
-    return 2  # pragma: no cover - argparse exits first
+        return sops.main(argv[1:])
+    args = _parser().parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The build agent: a Dask worker whose task slots each own a checkout of the workspace."""

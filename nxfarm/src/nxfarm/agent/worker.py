@@ -1,0 +1,80 @@
+"""`nxfarm agent run`: this machine's task slots as a Dask worker on the farm's scheduler.
+
+No nanny: systemd restarts the process (dte.md 3.1, a frozen nanny delays failover by 30 s).
+Every listener, the worker's HTTP endpoint included, binds to the given address only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from ..farm import security as tls
+from .checkout import Checkouts
+from .task import AgentContext, configure
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheduler", default=os.environ.get("NXFARM_SCHEDULER"),
+                        help="tls://host:port of the farm's scheduler (default: $NXFARM_SCHEDULER)")
+    parser.add_argument("--bind", required=True, help="this agent's address (its tailnet IP); never all interfaces")
+    parser.add_argument("--port", type=int, default=0, help="worker port (default: any free port)")
+    parser.add_argument("--slots", type=int, default=2, help="tasks run at once, each in its own checkout")
+    parser.add_argument("--workspace", required=True, type=Path, help="directory for the mirror and slot checkouts")
+    parser.add_argument("--name", default=os.environ.get("NXFARM_AGENT_NAME") or socket.gethostname(),
+                        help="agent name shown in builds (default: $NXFARM_AGENT_NAME or the host name)")
+    for field in ("ca", "cert", "key"):
+        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+
+
+def check(args: argparse.Namespace) -> str | None:
+    if not args.scheduler:
+        return "agent run: no scheduler: pass --scheduler tls://HOST:PORT or set NXFARM_SCHEDULER"
+    if not args.scheduler.startswith("tls://"):
+        return f"agent run: --scheduler {args.scheduler!r} must be tls://HOST:PORT (the cluster is mutual TLS only)"
+    if args.bind in ("0.0.0.0", "::", ""):
+        return f"agent run: --bind {args.bind!r}: bind to this agent's own address, not all interfaces"
+    if not 1 <= args.slots <= 256:
+        return f"agent run: --slots {args.slots}: must be 1..256"
+    if not os.environ.get("NX_SELF_HOSTED_REMOTE_CACHE_SERVER"):
+        return "agent run: NX_SELF_HOSTED_REMOTE_CACHE_SERVER is not set: tasks would not share outputs"
+    return None
+
+
+async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
+    from distributed import Worker
+
+    worker = Worker(
+        args.scheduler, name=args.name, nthreads=args.slots, host=args.bind, port=args.port, protocol="tls",
+        security=tls.security(files, "worker"), dashboard=False, dashboard_address=f"{args.bind}:0",
+        memory_limit=0,  # the work happens in Nx subprocesses; Dask's memory manager would only pause us
+        resources={"slots": args.slots},
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.close(reason="signal")))
+    await worker
+    print(f"nxfarm agent {args.name}: {args.slots} slot(s) at {worker.address}, scheduler {args.scheduler}",
+          flush=True)
+    await worker.finished()
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
+    except tls.TlsConfigError as exc:
+        print(f"agent run: {exc}", file=sys.stderr)
+        return 2
+    args.workspace.mkdir(parents=True, exist_ok=True)
+    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ)))
+    asyncio.run(_serve(args, files))
+    return 0

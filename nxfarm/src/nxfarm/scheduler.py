@@ -1,0 +1,52 @@
+"""`nxfarm scheduler run`: the farm's Dask scheduler, mutual TLS only, bound to one address.
+
+The dashboard has no authentication (dte.md 3.1), so it listens on the same address only.
+A short worker TTL makes a silently vanished agent (host off, tailnet down) count as lost
+within seconds instead of Dask's default five minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from .farm import security as tls
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", required=True, help="address to listen on (the cache host's tailnet IP)")
+    parser.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786)")
+    parser.add_argument("--dashboard-port", type=int, default=8787, help="dashboard port on --bind (default 8787)")
+    parser.add_argument("--worker-ttl", default="30s", help="drop an agent silent this long (default 30s)")
+    for field in ("ca", "cert", "key"):
+        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+
+
+async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
+    from distributed import Scheduler
+
+    scheduler = Scheduler(host=args.bind, port=args.port, protocol="tls", security=tls.security(files, "scheduler"),
+                          dashboard_address=f"{args.bind}:{args.dashboard_port}", worker_ttl=args.worker_ttl)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(scheduler.close()))
+    await scheduler
+    print(f"nxfarm scheduler at {scheduler.address}, dashboard http://{args.bind}:"
+          f"{scheduler.http_server.port}/status", flush=True)
+    await scheduler.finished()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bind in ("0.0.0.0", "::", ""):
+        print(f"scheduler run: --bind {args.bind!r}: bind to the cache host's own address, not all interfaces",
+              file=sys.stderr)
+        return 2
+    try:
+        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
+    except tls.TlsConfigError as exc:
+        print(f"scheduler run: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(args, files))
+    return 0
