@@ -60,8 +60,10 @@ def git(repo: Path, *args: str) -> str:
 
 
 class FarmWorkspace:
-    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int] | None = None) -> None:
+    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int] | None = None,
+                 projects: dict[str, tuple[str, list[str]]] | None = None) -> None:
         self.root, self.origin = root, origin
+        self.projects = projects or PROJECTS
         root.mkdir(parents=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copy(NX_CLIENT_DIR / name, root / name)
@@ -77,16 +79,16 @@ class FarmWorkspace:
         }, indent=2))
         (root / "tools").mkdir()
         (root / "tools" / "build.js").write_text(BUILD_JS)
-        (root / "tools" / "roots.json").write_text(json.dumps({n: r for n, (r, _) in PROJECTS.items()}))
+        (root / "tools" / "roots.json").write_text(json.dumps({n: r for n, (r, _) in self.projects.items()}))
         (root / "tools" / "delay.json").write_text(json.dumps(delays or {}))
-        for name, (project_root, deps) in PROJECTS.items():
+        for name, (project_root, deps) in self.projects.items():
             (root / project_root / "src").mkdir(parents=True)
-            (root / project_root / "src" / "index.js").write_text(f"// {name} {salt}\n")
             (root / project_root / "project.json").write_text(json.dumps({
                 "name": name, "root": project_root, "implicitDependencies": deps,
                 "targets": {"build": {"executor": "nx:run-commands",
                                       "options": {"command": f"node tools/build.js {name} {project_root} {' '.join(deps)}"}}},
             }, indent=2))
+        self._write_sources(salt)
         subprocess.run(["git", "init", "--quiet", "--bare", str(origin)], check=True)
         git(root, "init", "--quiet", "-b", "main")
         git(root, "add", "-A")
@@ -96,19 +98,30 @@ class FarmWorkspace:
         git(root, "fetch", "--quiet", "origin")
         (root / "node_modules").symlink_to(NX_CLIENT_DIR / "node_modules")  # ignored: the tree stays clean
 
+    def _write_sources(self, salt: str) -> None:
+        for name, (project_root, _) in self.projects.items():
+            (self.root / project_root / "src" / "index.js").write_text(f"// {name} {salt}\n")
+
+    def new_commit(self, salt: str) -> None:
+        """Change every project's source, commit and push: every task hash changes."""
+        self._write_sources(salt)
+        git(self.root, "commit", "--quiet", "-am", f"salt {salt}")
+        git(self.root, "push", "--quiet", "origin", "main")
+        git(self.root, "fetch", "--quiet", "origin")
+
     def executed(self) -> list[str]:
         log = self.root / ".harness" / "exec.log"
         return log.read_text().split() if log.exists() else []
 
     def clear_outputs(self) -> None:
-        for _, (project_root, _) in PROJECTS.items():
+        for _, (project_root, _) in self.projects.items():
             shutil.rmtree(self.root / project_root / "dist", ignore_errors=True)
         shutil.rmtree(self.root / ".harness", ignore_errors=True)
         shutil.rmtree(self.root / ".nx", ignore_errors=True)
 
     def outputs(self) -> dict[str, str]:
         found = {}
-        for _, (project_root, _) in PROJECTS.items():
+        for _, (project_root, _) in self.projects.items():
             for path in sorted((self.root / project_root / "dist").rglob("*")):
                 if path.is_file():
                     found[str(path.relative_to(self.root))] = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -41,7 +41,7 @@ def plain_local_build(tmp_path, workspace: FarmWorkspace):
                             env=clean_env(tmp_path / "plain-home"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     plain = FarmWorkspace.__new__(FarmWorkspace)
-    plain.root = clone
+    plain.root, plain.projects = clone, workspace.projects
     return plain.outputs()
 
 
