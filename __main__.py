@@ -14,6 +14,9 @@ from pulumi_command import remote
 from components.agent import NxAgent, NxAgentArgs
 from components._wheels import WheelsMissing, wheels_digest
 from components.cache_host import CacheHost, CacheHostArgs
+from components.farm_ca import FarmCA, FarmCAArgs
+from components.render.agent import env_lines, tls_values
+from components.scheduler import FarmScheduler, FarmSchedulerArgs
 from components.render.agent import env_file
 from components.render.cache_host import cache_url
 from components.render.sops_config import agent_file
@@ -83,12 +86,35 @@ cache = CacheHost(
 )
 
 url = cache_url(settings.cache_host)
+
+# The Dask cluster's own CA: one certificate for the scheduler, each agent and each orchestrator.
+SCHEDULER_MEMBER = "scheduler"
+ca = FarmCA("farm-ca", FarmCAArgs(
+    members={SCHEDULER_MEMBER: [settings.cache_host.listen_address],
+             **{agent.name: [agent.host] for agent in settings.agents},
+             **{f"orchestrator-{name}": [] for name in settings.orchestrators}},
+    generation=settings.secrets_generation,
+))
+scheduler_tls = ca.members[SCHEDULER_MEMBER]
+farm_scheduler = FarmScheduler(
+    f"{settings.cache_host.name}-scheduler",
+    FarmSchedulerArgs(
+        connection=connection(settings.cache_host),
+        bind=settings.cache_host.listen_address,
+        port=settings.tailnet.scheduler_port,
+        tls_env=pulumi.Output.all(scheduler_tls.ca_pem, scheduler_tls.cert_pem, scheduler_tls.key_pem).apply(
+            lambda pems: env_lines(tls_values(*pems))),
+        wheels_dir=WHEELS_DIR / "agent",
+    ),
+)
 scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.scheduler_port}"
 
 
 def agent_env(agent):  # noqa: ANN001, ANN201 - AgentSettings -> Output[str]
-    return tokens[agent.name].apply(
-        lambda token: env_file(cache_url=url, token=token, scheduler_address=scheduler, agent=agent)
+    member = ca.members[agent.name]
+    return pulumi.Output.all(tokens[agent.name], member.ca_pem, member.cert_pem, member.key_pem).apply(
+        lambda values: env_file(cache_url=url, token=values[0], scheduler_address=scheduler, agent=agent,
+                                tls=(values[1], values[2], values[3]))
     )
 
 
@@ -116,4 +142,12 @@ for agent in settings.agents:
     )
 
 pulumi.export("cacheUrl", cache.url)
+pulumi.export("schedulerAddress", farm_scheduler.address)
+# What each orchestrator puts in NXFARM_TLS_CA / _CERT / _KEY (files or base64: values).
+pulumi.export("orchestratorTls", pulumi.Output.secret({
+    name: pulumi.Output.all(ca.members[f"orchestrator-{name}"].ca_pem, ca.members[f"orchestrator-{name}"].cert_pem,
+                            ca.members[f"orchestrator-{name}"].key_pem).apply(
+        lambda pems: {"ca": pems[0], "cert": pems[1], "key": pems[2]})
+    for name in settings.orchestrators
+}))
 pulumi.export("orchestratorTokens", pulumi.Output.secret({name: tokens[name] for name in settings.orchestrators}))

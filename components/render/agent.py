@@ -8,9 +8,11 @@ distributed-build and health-monitor issues.
 
 from __future__ import annotations
 
+import base64
 import shlex
 
 from ..settings import AgentSettings
+from .tailnet_policy import WORKER_PORT
 from .venv import venv_from_wheels
 
 AGENT_UNIT = "nx-farm-agent.service"
@@ -22,23 +24,37 @@ AGE_KEY_FILE = "/etc/nx-farm/agent-age.key"
 HEALTH_INTERVAL_S = 60
 
 
-def env_file(*, cache_url: str, token: str, scheduler_address: str, agent: AgentSettings) -> str:
-    """Plaintext dotenv (encrypt it before it goes anywhere). Values are single-line by construction."""
-    values = {
-        "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": cache_url,
-        "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": token,
-        "NXFARM_SCHEDULER": scheduler_address,
-        "NXFARM_AGENT_NAME": agent.name,
-    }
+def tls_values(ca_pem: str, cert_pem: str, key_pem: str) -> dict[str, str]:
+    """The cluster's TLS material as single-line `base64:` values (what `nxfarm` reads)."""
+    encode = lambda pem: "base64:" + base64.b64encode(pem.encode()).decode()  # noqa: E731
+    return {"NXFARM_TLS_CA": encode(ca_pem), "NXFARM_TLS_CERT": encode(cert_pem), "NXFARM_TLS_KEY": encode(key_pem)}
+
+
+def env_lines(values: dict[str, str]) -> str:
     for key, value in values.items():
         if "\n" in value or "\r" in value:
             raise ValueError(f"{key} must be a single line")
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
+def env_file(*, cache_url: str, token: str, scheduler_address: str, agent: AgentSettings,
+             tls: tuple[str, str, str]) -> str:
+    """Plaintext dotenv (encrypt it before it goes anywhere): the cache, this agent's own token,
+    the scheduler and this agent's cluster certificate and key. Values are single-line."""
+    values = {
+        "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": cache_url,
+        "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": token,
+        "NXFARM_SCHEDULER": scheduler_address,
+        "NXFARM_AGENT_NAME": agent.name,
+        **tls_values(*tls),
+    }
+    return env_lines(values)
+
+
 def agent_unit(agent: AgentSettings, deploy_user: str, install_root: str = INSTALL_ROOT) -> str:
     run = shlex.join([f"{install_root}/venv/bin/nxfarm", "agent", "run", "--slots", str(agent.task_slots),
-                      "--workspace", agent.workspace_path, "--bind", agent.host])
+                      "--workspace", agent.workspace_path, "--bind", agent.host,
+                      "--port", str(WORKER_PORT)])
     return f"""[Unit]
 Description=nx-farm build agent {agent.name} (Dask worker running Nx tasks)
 Wants=network-online.target

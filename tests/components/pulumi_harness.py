@@ -71,14 +71,83 @@ def mock_token(resource_name: str, keepers: dict[str, Any]) -> str:
     return "tok" + hashlib.sha256(seed.encode()).hexdigest()[:40]
 
 
+_MOCK_KEYS: dict[tuple[str, str], str] = {}
+
+
+def mock_private_key(name: str, trigger: str) -> str:
+    """A real key, the same for one (name, replacement trigger) for the whole test session, so
+    reruns of the program see unchanged certificates, and a new secrets generation new ones."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if (name, trigger) not in _MOCK_KEYS:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _MOCK_KEYS[(name, trigger)] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()).decode()
+    return _MOCK_KEYS[(name, trigger)]
+
+
+_MOCK_TLS: dict[str, dict[str, Any]] = {}
+
+
+def _mock_tls(typ: str, inputs: dict[str, Any], name: str, trigger: str) -> dict[str, Any]:
+    """What the tls provider computes, computed for real (so deployed scheduler and agents can
+    actually speak mutual TLS); the same inputs give the same outputs for the whole session
+    (ECDSA signatures are randomized, so they are remembered, like provider state)."""
+    seen = json.dumps([typ, name, trigger, inputs], sort_keys=True, default=str)
+    if seen not in _MOCK_TLS:
+        _MOCK_TLS[seen] = _compute_tls(typ, inputs, name, trigger)
+    return _MOCK_TLS[seen]
+
+
+def _compute_tls(typ: str, inputs: dict[str, Any], name: str, trigger: str) -> dict[str, Any]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    pem = lambda obj: obj.public_bytes(serialization.Encoding.PEM).decode()  # noqa: E731
+    load_key = lambda text: serialization.load_pem_private_key(text.encode(), None)  # noqa: E731
+    epoch = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    if typ == "tls:index/privateKey:PrivateKey":
+        return {"privateKeyPem": mock_private_key(name, trigger)}
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])]) \
+        if "subject" in inputs else None
+    if typ == "tls:index/selfSignedCert:SelfSignedCert":
+        key = load_key(inputs["privateKeyPem"])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(int(hashlib.sha256(name.encode()).hexdigest()[:15], 16))
+                .not_valid_before(epoch).not_valid_after(epoch + datetime.timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        return {"certPem": pem(cert)}
+    if typ == "tls:index/certRequest:CertRequest":
+        key = load_key(inputs["privateKeyPem"])
+        return {"certRequestPem": pem(x509.CertificateSigningRequestBuilder().subject_name(subject)
+                                      .sign(key, hashes.SHA256()))}
+    if typ == "tls:index/locallySignedCert:LocallySignedCert":
+        request = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        cert = (x509.CertificateBuilder().subject_name(request.subject).issuer_name(ca.subject)
+                .public_key(request.public_key()).serial_number(int(hashlib.sha256(name.encode()).hexdigest()[:15], 16))
+                .not_valid_before(epoch).not_valid_after(epoch + datetime.timedelta(days=3650))
+                .sign(load_key(inputs["caPrivateKeyPem"]), hashes.SHA256()))
+        return {"certPem": pem(cert)}
+    return {}
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[Registered] = []
+        self.triggers: dict[str, str] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
         if args.typ == "random:index/randomPassword:RandomPassword":
             outputs["result"] = mock_token(args.name, unwrap(args.inputs.get("keepers", {})))
+        if args.typ.startswith("tls:"):
+            outputs.update(_mock_tls(args.typ, unwrap(dict(args.inputs)), args.name, self.triggers.get(args.name, "")))
         if args.typ == "command:remote:Command":
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
@@ -110,6 +179,8 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
         for deps in request.propertyDependencies.values():
             urns.update(deps.urns)
         self.dependencies[request.name] = frozenset(urn.rsplit("::", 1)[-1] for urn in urns)
+        if request.HasField("replacement_trigger"):
+            self.mocks.triggers[request.name] = str(request.replacement_trigger)
         return super().RegisterResource(request)
 
 

@@ -46,7 +46,14 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert unwrap(names["cache-tags"].inputs)["tags"] == ["tag:nx-cache"]
     keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
     remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
-    assert len(remotes) == 3 + 7 * len(raw_config["agents"])
+    assert len(remotes) == 3 + 3 + 7 * len(raw_config["agents"])
+    assert names["cache-scheduler"].typ == "nxfarm:index:FarmScheduler"
+    assert is_secret(names["cache-scheduler-tls"].inputs["stdin"])
+    assert "--bind 100.64.0.10 --port 8786" in unwrap(names["cache-scheduler-service"].inputs["stdin"])
+    assert names["cache-scheduler-service"].depends_on >= {"cache-scheduler-wheels", "cache-scheduler-tls"}
+    members = {r.name for r in result.of_type("tls:index/locallySignedCert:LocallySignedCert")}
+    assert members == {"farm-ca-scheduler-cert", "farm-ca-agent-1-cert", "farm-ca-agent-2-cert",
+                       "farm-ca-orchestrator-operator-cert"}
     for resource in remotes:
         connection = resource.inputs["connection"]
         assert is_secret(connection), "connections (private key) must stay secret"
@@ -72,6 +79,16 @@ def test_no_secret_appears_outside_secret_inputs(raw_config):
             for secret in secrets:
                 assert secret not in text, f"{resource.name} carries a secret in a plain input"
     assert scanned >= 10  # commands, scripts, unit text, paths: the scan really looked
+    import base64
+    from .pulumi_harness import _MOCK_KEYS
+    keys = list(_MOCK_KEYS.values())
+    assert len(keys) >= 5  # the CA, the scheduler, two agents, one orchestrator
+    for resource in result.resources:
+        for text in plain_strings(resource.inputs):
+            for key in keys:
+                body = key.splitlines()[1]
+                assert body not in text and base64.b64encode(key.encode()).decode()[:40] not in text, \
+                    f"{resource.name} carries a TLS private key in a plain input"
 
 
 def test_invalid_config_registers_nothing(raw_config):
@@ -94,7 +111,8 @@ def test_new_runtime_wheels_update_every_agent_and_nothing_else(raw_config, whee
     before = run(raw_config)
     (wheels / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v2")
     added, removed, changed = changed_between(before, run(raw_config))
-    assert added == removed == set() and changed == {"agent-1-runtime", "agent-2-runtime"}
+    # The scheduler runs the same runtime (client and workers must match its dask version).
+    assert added == removed == set() and changed == {"agent-1-runtime", "agent-2-runtime", "cache-scheduler-service"}
 
 
 def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
@@ -133,7 +151,8 @@ def test_adding_an_agent_adds_only_its_resources_and_touches_tokens_policy_and_s
     assert added == {"cache-token-agent-3", "agent-3", "agent-3-wheels", "agent-3-runtime", "agent-3-env",
                      "agent-3-unit-nx-farm-agent-service",
                      "agent-3-unit-nx-farm-health-service", "agent-3-unit-nx-farm-health-timer", "agent-3-enable", "agent-3-tags", "agent-3-key",
-                     "sops-infra-agents-agent-3"}
+                     "sops-infra-agents-agent-3", "farm-ca-agent-3-key", "farm-ca-agent-3-csr",
+                     "farm-ca-agent-3-cert"}
     assert changed == {"cache-tokens", "tailnet-acl", "sops-config", "sops-infra-nx-farm"}
     assert "age1" + "z" * 58 in unwrap(after.by_name()["sops-config"].inputs)["stdin"]
 
@@ -145,7 +164,8 @@ def test_removing_an_agent_removes_its_resources_token_and_recipient(raw_config)
     after = run(raw)
     added, removed, changed = changed_between(before, after)
     assert added == set()
-    assert {"cache-token-agent-2", "agent-2", "agent-2-env", "agent-2-tags", "sops-infra-agents-agent-2"} <= removed
+    assert {"cache-token-agent-2", "agent-2", "agent-2-env", "agent-2-tags", "sops-infra-agents-agent-2",
+            "farm-ca-agent-2-key", "farm-ca-agent-2-cert"} <= removed
     assert changed == {"cache-tokens", "sops-config", "sops-infra-nx-farm"}
     assert "agent-2 " not in unwrap(after.by_name()["cache-tokens"].inputs["stdin"])
     assert gone["ageRecipient"] not in unwrap(after.by_name()["sops-config"].inputs)["stdin"]
@@ -160,7 +180,10 @@ def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_confi
     assert added == removed == set()
     encrypted = {"sops-infra-nx-farm", "sops-infra-agents-agent-1", "sops-infra-agents-agent-2"}
     tokens = {"cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
-    assert changed == tokens | encrypted | {"cache-tokens", "agent-1-env", "agent-2-env"}
+    members = ("scheduler", "agent-1", "agent-2", "orchestrator-operator")
+    new_certs = {"farm-ca-ca", *(f"farm-ca-{m}-{kind}" for m in members for kind in ("csr", "cert"))}
+    assert changed == tokens | encrypted | new_certs | {"cache-tokens", "agent-1-env", "agent-2-env",
+                                                        "cache-scheduler-tls"}
     # Only the tokens are replaced (their keepers); everything else changes by update: no resource
     # uses `triggers`, which would replace it and run the old `delete` after the new `create`.
     assert not [r.name for r in after.resources if r.inputs.get("triggers")]

@@ -35,15 +35,22 @@ def test_agent_unit_decrypts_at_start_and_binds_its_own_address(agent):
     exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
     assert exec_start.startswith("ExecStart=/usr/local/bin/sops exec-env /etc/nx-farm/agent.sops.env ")
     assert "--slots 4" in exec_start and "--bind 100.64.0.11" in exec_start and "0.0.0.0" not in unit
+    assert "--port 8789" in exec_start, "the worker port the tailnet policy opens to the scheduler"
     assert "User=nxfarm" in unit
 
 
 def test_env_file_is_dotenv_and_refuses_multiline_values(agent):
+    pems = ("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\nME\n-----END CERTIFICATE-----\n",
+            "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n")
     text = env_file(cache_url="http://100.64.0.10:3333", token="t0k", scheduler_address="tls://100.64.0.10:8786",
-                    agent=agent)
-    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 4
+                    agent=agent, tls=pems)
+    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 7
+    values = dict(line.split("=", 1) for line in text.splitlines())
+    from nxfarm.farm.security import _material
+    assert _material("key", values["NXFARM_TLS_KEY"]) == pems[2], "what the agent decodes is the key we encoded"
     with pytest.raises(ValueError, match="NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN must be a single line"):
-        env_file(cache_url="http://x", token="a\nB=c", scheduler_address="tls://x:1", agent=agent)
+        env_file(cache_url="http://x", token="a\nB=c", scheduler_address="tls://x:1", agent=agent, tls=pems)
 
 
 def test_install_script_is_valid_shell_and_checks_its_prerequisites(agent):

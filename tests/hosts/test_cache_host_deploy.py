@@ -6,7 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.components.pulumi_harness import mock_token, run_program
+from tests.components.pulumi_harness import mock_token, run_program, unwrap
 from tests.helpers import AGE_A
 
 from .deploy_double import DeployDouble
@@ -31,6 +31,37 @@ def http(url, token=None, data=None, method="GET"):
         return exc.code, exc.read()
 
 
+def check_scheduler(host, run):
+    """The deployed scheduler listens on the host's address only and speaks mutual TLS with
+    certificates of the farm's CA (connecting with the scheduler's own, which that CA signed)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listening = host.ssh("ss -Hltn").stdout.split("\n")
+        local = {line.split()[3] for line in listening if line.strip()}
+        if f"{host.ip}:8786" in local and f"{host.ip}:8787" in local:
+            break
+        time.sleep(0.5)
+    assert {f"{host.ip}:8786", f"{host.ip}:8787"} <= local, local
+    assert not [a for a in local if a.startswith(("0.0.0.0:", "*:", "[::]:")) and a.endswith((":8786", ":8787"))]
+    env = dict(line.split("=", 1) for line in
+               unwrap(run.by_name()["cache-scheduler-tls"].inputs["stdin"]).splitlines())
+    from distributed import Client
+    from nxfarm.farm import security
+
+    files = security.resolve(environ={k: v for k, v in env.items() if k.startswith("NXFARM_TLS_")})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with Client(f"tls://{host.ip}:8786", security=security.security(files, "client"), timeout=5,
+                        set_as_default=False) as client:
+                assert client.scheduler_info()["workers"] == {}
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypatch):
     host = start_host("cache1", "10.231.0.11")
     deploy = DeployDouble([host])
@@ -39,8 +70,13 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     run = program(host, monkeypatch, built_wheels)
     assert run.by_name()["cache-service"].depends_on >= {"cache-wheels", "cache-tokens"}
     first = deploy.up(run)
-    assert sorted(first) == [("cache-service", "create"), ("cache-tokens", "create"), ("cache-wheels", "create")]
-    assert first[-1] == ("cache-service", "create"), "the service is installed after what it depends on"
+    assert sorted(first) == [("cache-scheduler-service", "create"), ("cache-scheduler-tls", "create"),
+                             ("cache-scheduler-wheels", "create"), ("cache-service", "create"),
+                             ("cache-tokens", "create"), ("cache-wheels", "create")]
+    for service in ("cache-service", "cache-scheduler-service"):
+        before = [name for name, _ in first[:first.index((service, "create"))]]
+        assert set(run.by_name()[service].depends_on) & {n for n, _ in first} <= set(before), \
+            "a service is installed after what it depends on"
     assert deploy.outputs["cache-service"].strip().endswith("changed")
     status, body = http(f"{url}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -51,6 +87,7 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     assert token not in host.ssh("cat /etc/nx-farm/cache-tokens").stdout
     assert host.ssh("systemctl show -p User --value nx-farm-cache").stdout.strip() == "nxfarm-cache"
     pid = host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip()
+    check_scheduler(host, run)
 
     # The same config again: nothing to do, and a forced re-run of the install changes nothing.
     assert deploy.up(program(host, monkeypatch, built_wheels)) == []
@@ -60,7 +97,8 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
 
     # Rotate: only the tokens file is rewritten; the old token is refused at once, the server keeps running.
     rotated = deploy.up(program(host, monkeypatch, built_wheels, secretsGeneration=2))
-    assert rotated == [("cache-tokens", "update")]
+    # ... and the cluster's certificates: the scheduler gets its new ones (and restarts).
+    assert sorted(rotated) == [("cache-scheduler-tls", "update"), ("cache-tokens", "update")]
     new_token = mock_token("cache-token-operator", {"generation": "2"})
     deadline = time.monotonic() + 5
     while http(f"{url}/v1/cache/123", token)[0] != 401 and time.monotonic() < deadline:
@@ -68,6 +106,7 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     assert http(f"{url}/v1/cache/123", token)[0] == 401
     assert http(f"{url}/v1/cache/123", new_token) == (200, b"artifact")
     assert host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip() == pid
+    check_scheduler(host, program(host, monkeypatch, built_wheels, secretsGeneration=2))
 
     # Destroy without purgeOnDestroy: the service goes, the cached data stays.
     assert ("cache-service", "delete") in deploy.destroy()
