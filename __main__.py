@@ -105,6 +105,7 @@ farm_scheduler = FarmScheduler(
         tls_env=pulumi.Output.all(scheduler_tls.ca_pem, scheduler_tls.cert_pem, scheduler_tls.key_pem).apply(
             lambda pems: env_lines(tls_values(*pems))),
         wheels_dir=WHEELS_DIR / "agent",
+        cache_url=f"http://127.0.0.1:{settings.cache_host.port}",
     ),
 )
 scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.scheduler_port}"
@@ -138,6 +139,7 @@ for agent in settings.agents:
             agent_tag=settings.tailnet.agent_tag,
             acl=tailnet.acl,
             wheels_dir=WHEELS_DIR / "agent",
+            cache_url=url,
         ),
     )
 

@@ -35,6 +35,7 @@ class NxAgentArgs:
     + agent_tag: the farm's agent tag, always applied to the device
     + acl: the tailnet policy that defines the tags (tags are applied after it)
     + wheels_dir: local directory with the nxfarm runtime's wheel and its dependency wheels
+    + cache_url: the cache server the health monitor checks
     """
 
     settings: AgentSettings
@@ -44,6 +45,7 @@ class NxAgentArgs:
     agent_tag: str
     acl: pulumi.Resource
     wheels_dir: Path
+    cache_url: str
 
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/agent"
@@ -76,7 +78,7 @@ class NxAgent(pulumi.ComponentResource):
             stdin=args.env_ciphertext, logging=remote.Logging.STDERR, opts=child,
         )
 
-        units = {AGENT_UNIT: agent_unit(agent, args.deploy_user), HEALTH_UNIT: health_service(),
+        units = {AGENT_UNIT: agent_unit(agent, args.deploy_user), HEALTH_UNIT: health_service(args.cache_url),
                  HEALTH_TIMER: health_timer()}
         self.units = [
             host_command(

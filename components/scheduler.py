@@ -11,7 +11,8 @@ from pulumi_command import remote
 
 from ._remote import host_command, ship_wheels
 from ._wheels import wheels_digest
-from .render.scheduler import install_script, remove_script, scheduler_unit, tls_install_command
+from .render.agent import HEALTH_TIMER, HEALTH_UNIT, health_service, health_timer
+from .render.scheduler import INSTALL_ROOT, install_script, remove_script, scheduler_unit, tls_install_command
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/agent"
 
@@ -23,6 +24,7 @@ class FarmSchedulerArgs:
     + port: the scheduler port (tailnet.schedulerPort)
     + tls_env: the scheduler's NXFARM_TLS_* lines (secret)
     + wheels_dir: the nxfarm runtime's wheel set (the agents' set)
+    + cache_url: the cache server as this host reaches it, for the health monitor
     """
 
     connection: remote.ConnectionArgs
@@ -30,6 +32,7 @@ class FarmSchedulerArgs:
     port: int
     tls_env: pulumi.Input[str]
     wheels_dir: Path
+    cache_url: str
 
 
 class FarmScheduler(pulumi.ComponentResource):
@@ -47,6 +50,23 @@ class FarmScheduler(pulumi.ComponentResource):
             f"{name}-service", args.connection, run=run, delete=f"sh -c {shlex.quote(remove_script())}",
             stdin=scheduler_unit(args.bind, args.port), logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tls]),
+        )
+        # The health monitor heals the cache host's services too (cache server and scheduler).
+        units = {HEALTH_UNIT: health_service(args.cache_url, INSTALL_ROOT), HEALTH_TIMER: health_timer()}
+        self.health_units = [
+            host_command(
+                f"{name}-unit-{unit.replace('.', '-')}", args.connection,
+                run=f"install -m 0644 /dev/stdin /etc/systemd/system/{unit} && systemctl daemon-reload",
+                delete=f"systemctl disable --now {unit} 2>/dev/null || true; rm -f /etc/systemd/system/{unit}; "
+                       "systemctl daemon-reload",
+                stdin=text, opts=pulumi.ResourceOptions(parent=self),
+            )
+            for unit, text in units.items()
+        ]
+        self.health = host_command(
+            f"{name}-health", args.connection, run=f"systemctl enable --now {HEALTH_TIMER}",
+            delete=f"systemctl disable --now {HEALTH_TIMER} 2>/dev/null || true",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service, *self.health_units]),
         )
         self.address = pulumi.Output.from_input(f"tls://{args.bind}:{args.port}")
         self.register_outputs({"address": self.address})

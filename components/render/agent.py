@@ -78,13 +78,13 @@ WantedBy=multi-user.target
 """
 
 
-def health_service(install_root: str = INSTALL_ROOT) -> str:
+def health_service(cache_url: str, install_root: str = INSTALL_ROOT) -> str:
     return f"""[Unit]
 Description=nx-farm health monitor: check and heal the farm's services
 
 [Service]
 Type=oneshot
-ExecStart={install_root}/venv/bin/nxfarm health --heal
+ExecStart={install_root}/venv/bin/nxfarm health --heal --cache-url {shlex.quote(cache_url)}
 """
 
 

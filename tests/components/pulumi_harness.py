@@ -138,9 +138,14 @@ def _compute_tls(typ: str, inputs: dict[str, Any], name: str, trigger: str) -> d
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
+    """With `local_dir`, `local.Command` really runs its `create` (stdin included) in that
+    directory, as the provider would in the repository, and returns the real stdout."""
+
+    def __init__(self, local_dir: Path | None = None, local_env: dict[str, str] | None = None) -> None:
         self.resources: list[Registered] = []
         self.triggers: dict[str, str] = {}
+        self.local_dir = local_dir
+        self.local_env = local_env or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -151,7 +156,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == "command:remote:Command":
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
-        if args.typ == "command:local:Command":
+        if args.typ == "command:local:Command" and self.local_dir is not None:
+            import os
+            import subprocess
+
+            inputs = unwrap(dict(args.inputs))
+            result = subprocess.run(["sh", "-c", inputs["create"]], input=inputs.get("stdin"), capture_output=True,
+                                    text=True, cwd=self.local_dir, env={**os.environ, **self.local_env}, timeout=120)
+            if result.returncode != 0:
+                raise RuntimeError(f"local command {args.name} failed: {result.stderr[-1000:]}")
+            outputs["stdout"], outputs["stderr"] = result.stdout, result.stderr
+        elif args.typ == "command:local:Command":
             # stands in for the ciphertext: changes exactly when the command or its stdin changes
             seen = json.dumps([unwrap(args.inputs.get("create")), unwrap(args.inputs.get("stdin"))])
             outputs["stdout"] = "ENC[" + hashlib.sha256(seen.encode()).hexdigest()[:32] + "]"
@@ -197,11 +212,13 @@ class ProgramRun:
         return [r for r in self.resources if r.typ == typ]
 
 
-def run_program(config: dict[str, Any], secret_config: dict[str, str]) -> ProgramRun:
-    """Run `__main__.py` once with this stack config (camelCase keys without the project prefix)."""
+def run_program(config: dict[str, Any], secret_config: dict[str, str], local_dir: Path | None = None,
+                local_env: dict[str, str] | None = None) -> ProgramRun:
+    """Run `__main__.py` once with this stack config (camelCase keys without the project prefix).
+    `local_dir`: execute local commands for real there (a scratch stand-in for the repository)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(local_dir, local_env)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="nx-farm", stack="test", preview=False, monitor=monitor)
     values = {f"nx-farm:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}

@@ -46,7 +46,7 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert unwrap(names["cache-tags"].inputs)["tags"] == ["tag:nx-cache"]
     keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
     remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
-    assert len(remotes) == 3 + 3 + 7 * len(raw_config["agents"])
+    assert len(remotes) == 3 + 6 + 7 * len(raw_config["agents"])  # cache, scheduler + health, agents
     assert names["cache-scheduler"].typ == "nxfarm:index:FarmScheduler"
     assert is_secret(names["cache-scheduler-tls"].inputs["stdin"])
     assert "--bind 100.64.0.10 --port 8786" in unwrap(names["cache-scheduler-service"].inputs["stdin"])

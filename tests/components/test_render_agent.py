@@ -22,7 +22,7 @@ def test_units_pass_systemd_analyze_verify(agent, tmp_path):
         os.symlink("/bin/true", root / "venv" / "bin" / tool)
     agent = agent.model_copy(update={"sops_path": str(root / "venv" / "bin" / "sops")})
     files = {"nx-farm-agent.service": agent_unit(agent, "nxfarm", install_root=str(root)),
-             HEALTH_UNIT: health_service(install_root=str(root)), "nx-farm-health.timer": health_timer()}
+             HEALTH_UNIT: health_service("http://100.64.0.10:3333", install_root=str(root)), "nx-farm-health.timer": health_timer()}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in files)],

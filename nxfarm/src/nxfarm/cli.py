@@ -31,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_arguments(sched_run)
     sched_run.set_defaults(run=scheduler.run)
 
+    from .health import command as health
+
+    health_parser = sub.add_parser("health", help="check tailnet, cache and farm services; --heal restarts",
+                                   epilog=health.HEALTH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    health.add_health_arguments(health_parser)
+    health_parser.set_defaults(run=health.run_health)
+    restart = sub.add_parser("restart", help="restart this host's farm services (idempotent)")
+    health.add_restart_arguments(restart)
+    restart.set_defaults(run=health.run_restart)
+
     sub.add_parser("sops", help="keep a SOPS file in step with its recipients (nxfarm sops -h)", add_help=False)
     return parser
 

@@ -1,0 +1,1 @@
+"""`nxfarm health` and `nxfarm restart`: the seed's monitoring and self-healing."""

