@@ -166,7 +166,8 @@ def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
     for _ in range(2):
         assert agent.ssh(f"{nxfarm} restart").stdout.startswith("nx-farm-agent.service: active")
     assert pid(agent, "nx-farm-agent.service") != old
-    assert agent.ssh("pgrep -fc 'nxfarm agent run'").stdout.strip() == "1"
+    # (anchored: sops and its shell carry the command line as an argument; so would this ssh shell)
+    assert agent.ssh("pgrep -fc '^/opt/nx-farm/agent/venv[^ ]*/bin/python[0-9.]* .*nxfarm agent run'").stdout.strip() == "1"
 
     # Restarts disabled in the units, a short timer period: kill -9, and the timer brings them back.
     period = 10
