@@ -227,9 +227,30 @@ def run_program(config: dict[str, Any], secret_config: dict[str, str], local_dir
     error: BaseException | None = None
     outputs: dict[str, Any] = {}
 
+    exports: dict[str, Any] = {}
+    real_export = pulumi.export
+
+    def record_export(name: str, value: Any) -> None:
+        exports[name] = pulumi.Output.from_input(value)
+        real_export(name, value)
+
     @pulumi.runtime.test
-    def program() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__pulumi_main__")
+    def program() -> pulumi.Output[Any]:
+        pulumi.export = record_export
+        try:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__pulumi_main__")
+        finally:
+            pulumi.export = real_export
+
+        async def resolve(name: str, output: pulumi.Output[Any]) -> None:
+            value = await output.future()
+            secret = await output.is_secret()
+            outputs[name] = {SECRET_KEY: SECRET_SIG, "value": value} if secret else value
+
+        import asyncio as _asyncio
+
+        return pulumi.Output.from_input(_asyncio.ensure_future(
+            _asyncio.gather(*(resolve(n, o) for n, o in exports.items()))))
 
     try:
         program()

@@ -201,3 +201,19 @@ def test_the_example_stack_runs_whole(raw_config):
     assert len(result.of_type("nxfarm:index:NxAgent")) == 3
     tags = {r.name: unwrap(r.inputs)["tags"] for r in result.of_type("tailscale:index/deviceTags:DeviceTags")}
     assert tags["agent-wsl-tags"] == ["tag:homelab-wsl2", "tag:nx-agent"] and tags["cache-tags"] == ["tag:nx-cache"]
+
+
+def test_orchestrators_get_their_cluster_certificate_as_a_secret_output(raw_config):
+    from cryptography import x509
+
+    result = run(raw_config)
+    assert result.error is None, result.error
+    assert result.outputs["schedulerAddress"] == "tls://100.64.0.10:8786"
+    exported = result.outputs["orchestratorTls"]
+    assert is_secret(exported), "the orchestrators' keys leave the program only as a secret"
+    bundle = unwrap(exported)["operator"]
+    cert = x509.load_pem_x509_certificate(bundle["cert"].encode())
+    ca = x509.load_pem_x509_certificate(bundle["ca"].encode())
+    cert.verify_directly_issued_by(ca)
+    assert "PRIVATE KEY" in bundle["key"]
+    assert cert.subject.rfc4514_string().startswith("CN=orchestrator-operator")

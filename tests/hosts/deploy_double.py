@@ -7,6 +7,12 @@ recorded by two runs of the program under Pulumi mocks:
   * `remote.CopyToRemote` of a directory archive ending in "/" -> copy its contents (scp) when new
     or changed; nothing on delete (the provider does not delete either).
   * unchanged resources are left alone.
+`local.Command` (the SOPS files) is not applied here: the harness executes it for real while the
+program runs (`run_program(local_dir=...)`, in a scratch stand-in for the repository) and hands
+its real stdout to the resources that consume it, as the provider would; every program run
+executes it again (the real engine would only on a changed input; `nxfarm.sops sync` answers
+"unchanged" with the same ciphertext then). `remote.Command` stdout is kept in `outputs` but
+feeds no other resource in this program.
 Creates and updates run in dependency order (the dependencies each registration declared, as the
 engine would use them), deletes in the reverse order, one at a time.
 What it does not do: the engine's real diff (secret-aware, provider Check/Diff), replacement

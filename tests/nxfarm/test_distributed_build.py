@@ -34,6 +34,7 @@ def farm(tmp_path):
 
 def plain_local_build(tmp_path, workspace: FarmWorkspace):
     """The same commit built by plain `nx` in a clone of its own, without any remote cache."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     clone = tmp_path / "plain"
     subprocess.run(["git", "clone", "--quiet", "--branch", "main", str(workspace.origin), str(clone)], check=True)
     (clone / "node_modules").symlink_to(NX_BIN.parents[3])
@@ -78,6 +79,7 @@ def test_a_worker_killed_mid_build_does_not_fail_the_build(farm, tmp_path):
             farm.agents[killed].kill_group()
     assert process.wait(600) == 0, "".join(lines)
     output = "".join(lines)
+    assert any(line.startswith("nxfarm: queued ") and "running " in line for line in lines), "live status lines"
     rows = final_pass_rows(output)
     assert set(rows) == TASKS
     survivor = "agent-2" if killed == "agent-1" else "agent-1"
@@ -116,21 +118,35 @@ def farm_bin():
     return NXFARM
 
 
-def test_scheduler_down_then_cache_down_each_build_still_succeeds_locally(farm, tmp_path):
-    workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4))
-    farm.scheduler.stop()
+def test_a_failing_task_fails_the_build_with_nx_exit_code_and_says_where(farm, tmp_path):
+    workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays={"lib-d": -1})
     result = farm.build(workspace.root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "fallback: building locally with the remote cache: scheduler unreachable" in result.stdout
-    assert sorted(workspace.executed()) == sorted(PROJECTS)
+    assert result.returncode == 1, result.stdout + result.stderr  # Nx's own exit code for a failed run
+    rows = final_pass_rows(result.stdout)
+    assert rows["lib-d:build"][0] in ("agent-1", "agent-2") and rows["lib-d:build"][1] == "executed here"
+    assert "failed in run (exit 1)" in result.stdout and "skipped: needs lib-d:build" in result.stdout
+    assert rows["lib-c:build"][1] == "remote cache" and rows["app-3:build"][1] == "remote cache"
+    assert rows["app-1:build"][1] == "not run", "Nx stops at the failed dependency here as well"
+    assert "[build.js] lib-d: failing as tools/delay.json says" in result.stdout
 
-    workspace.clear_outputs()
-    farm.cache.stop()
-    result = farm.build(workspace.root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "fallback: building locally without the remote cache: cache server" in result.stdout
-    assert sorted(workspace.executed()) == sorted(PROJECTS)
-    assert workspace.outputs() == plain_local_build(tmp_path, workspace)
+
+def test_no_workers_then_scheduler_down_then_cache_down_each_build_still_succeeds_locally(farm, tmp_path):
+    workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4))
+    steps = [
+        (lambda: [agent.stop() for agent in farm.agents.values()],
+         "fallback: building locally with the remote cache: the scheduler has no workers"),
+        (farm.scheduler.stop, "fallback: building locally with the remote cache: scheduler unreachable"),
+        (farm.cache.stop, "fallback: building locally without the remote cache: cache server"),
+    ]
+    for number, (break_something, fallback_line) in enumerate(steps):
+        break_something()
+        workspace.new_commit(f"step-{number}")  # new task hashes: nothing can come from any cache
+        workspace.clear_outputs()
+        result = farm.build(workspace.root)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert fallback_line in result.stdout
+        assert sorted(workspace.executed()) == sorted(PROJECTS)
+        assert workspace.outputs() == plain_local_build(tmp_path / f"plain-{number}", workspace)
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(farm, tmp_path):

@@ -79,3 +79,25 @@ def test_restart_refuses_what_is_not_a_farm_unit(capsys):
 
     assert main(["restart", "sshd.service"]) == 2
     assert "not a farm unit: sshd.service" in capsys.readouterr().err
+
+
+def test_health_exit_code_follows_the_real_cache_server(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.cache_server.server_proc import CacheServer
+
+    nxfarm = str(Path(sys.executable).with_name("nxfarm"))
+    server = CacheServer(tmp_path).start()
+    try:
+        up = subprocess.run([nxfarm, "health", "--cache-url", server.url], capture_output=True, text=True)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert any(line.split()[:2] == ["cache", "ok"] for line in up.stdout.splitlines())
+        as_json = subprocess.run([nxfarm, "health", "--json", "--cache-url", server.url], capture_output=True, text=True)
+        assert {c["name"]: c["ok"] for c in json.loads(as_json.stdout)}["cache"] is True
+    finally:
+        server.stop()
+    down = subprocess.run([nxfarm, "health", "--cache-url", server.url], capture_output=True, text=True)
+    assert down.returncode == 1
+    assert any(line.split()[:2] == ["cache", "FAIL"] and "unreachable" in line for line in down.stdout.splitlines())
