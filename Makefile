@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine (Python >= 3.11, Node.js with npm, make):
-#   make run    the cache server on 127.0.0.1:3333 with a generated token, printed once
+#   make run    a whole farm on this machine (nxfarm demo): cache, scheduler, two agents, two builds
 #   make test   install everything the tests need, then run them
+#   make cache  just the cache server on 127.0.0.1:3333 with a generated token, printed once
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NX_CLIENT := tests/nx_client
 
-.PHONY: run test bench wheels clean
+.PHONY: run cache test bench wheels clean
 
 $(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
@@ -19,6 +20,9 @@ $(NX_CLIENT)/node_modules/.package-lock.json: $(NX_CLIENT)/package.json $(NX_CLI
 	cd $(NX_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
 
 run: $(VENV)/.installed
+	$(VENV)/bin/nxfarm demo $(ARGS)
+
+cache: $(VENV)/.installed
 	$(PY) -m cache_server $(ARGS)
 
 test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json

@@ -14,7 +14,7 @@ import pytest
 
 from tests.nx_client.workspace import NX_BIN
 
-from .farm_procs import LocalFarm, clean_env, final_pass_rows
+from .farm_procs import NXFARM, LocalFarm, clean_env, final_pass_rows
 from .farm_workspace import PROJECTS, FarmWorkspace
 
 pytestmark = pytest.mark.skipif(not NX_BIN.exists(), reason="nx client not installed (make test installs it)")
@@ -62,7 +62,7 @@ def test_every_task_runs_on_the_agents_and_outputs_match_a_plain_local_build(far
 
 def test_a_worker_killed_mid_build_does_not_fail_the_build(farm, tmp_path):
     workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays={"*": 1500})
-    process = subprocess.Popen([farm_bin(), "build", "-t", "build", "--yes"], cwd=workspace.root,
+    process = subprocess.Popen([NXFARM, "build", "-t", "build", "--yes"], cwd=workspace.root,
                                env=farm.orchestrator_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     lines, killed = [], None
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_build_does_not_fail_the_build(farm, tmp_path):
 
 def test_when_every_agent_is_lost_the_rest_runs_locally(farm, tmp_path):
     workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays={"*": 1500})
-    process = subprocess.Popen([farm_bin(), "build", "-t", "build", "--yes", "--lost-grace", "3"],
+    process = subprocess.Popen([NXFARM, "build", "-t", "build", "--yes", "--lost-grace", "3"],
                                cwd=workspace.root, env=farm.orchestrator_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -111,11 +111,6 @@ def test_when_every_agent_is_lost_the_rest_runs_locally(farm, tmp_path):
 
 def _children(pid: int) -> list[psutil.Process]:
     return [child for child in psutil.Process(pid).children(recursive=True) if "node" in child.name()]
-
-
-def farm_bin():
-    from .farm_procs import NXFARM
-    return NXFARM
 
 
 def test_a_failing_task_fails_the_build_with_nx_exit_code_and_says_where(farm, tmp_path):
@@ -160,12 +155,12 @@ def test_dry_run_prints_the_plan_and_runs_nothing(farm, tmp_path):
         assert order.index("lib-a:build") < order.index("lib-d:build") < order.index("lib-f:build") \
             < order.index("app-1:build")
     assert workspace.executed() == [] and workspace.outputs() == {}
-    assert farm.cache.entry_files() == []
+    assert farm.entry_files() == []
 
 
 def test_without_yes_and_without_a_terminal_nothing_runs(farm, tmp_path):
     workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4))
-    result = subprocess.run([farm_bin(), "build", "-t", "build"], cwd=workspace.root, env=farm.orchestrator_env(),
+    result = subprocess.run([NXFARM, "build", "-t", "build"], cwd=workspace.root, env=farm.orchestrator_env(),
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert result.returncode == 2
     assert "pass --yes (or set DEPLOY_CONFIRM=yes)" in result.stdout

@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_arguments(sched_run)
     sched_run.set_defaults(run=scheduler.run)
 
+    from .demo import command as demo
+
+    demo_parser = sub.add_parser("demo", help="a whole farm on this machine: two builds of a sample workspace",
+                                 description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(run=demo.run)
+
     from .health import command as health
 
     health_parser = sub.add_parser("health", help="check tailnet, cache and farm services; --heal restarts",

@@ -1,0 +1,1 @@
+"""`nxfarm demo`: a whole farm on this machine, for a first look and for tests."""
