@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
 
+    from . import discover
+
+    discover_parser = sub.add_parser("discover", help="tailnet devices that could be agents, with the config to add them",
+                                     epilog=discover.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    discover.add_arguments(discover_parser)
+    discover_parser.set_defaults(run=discover.run)
+
     from .health import command as health
 
     health_parser = sub.add_parser("health", help="check tailnet, cache and farm services; --heal restarts",
