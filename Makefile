@@ -25,7 +25,10 @@ run: $(VENV)/.installed
 cache: $(VENV)/.installed
 	$(PY) -m cache_server $(ARGS)
 
-test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json
+$(NX_CLIENT)/nx23/node_modules/.package-lock.json: $(NX_CLIENT)/nx23/package.json $(NX_CLIENT)/nx23/package-lock.json
+	cd $(NX_CLIENT)/nx23 && npm ci --no-audit --no-fund --loglevel=error
+
+test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
@@ -38,4 +41,4 @@ wheels: $(VENV)/.installed
 	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent -r nxfarm/requirements.lock ./nxfarm
 
 clean:
-	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules
+	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules $(NX_CLIENT)/nx23/node_modules

@@ -38,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
 
-    from . import discover
+    from . import discover, init
+
+    init_parser = sub.add_parser("init", help="configure an Nx workspace for the farm (idempotent; --dry-run)",
+                                 description=init.__doc__, epilog=init.EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    init.add_arguments(init_parser)
+    init_parser.set_defaults(run=init.run)
 
     discover_parser = sub.add_parser("discover", help="tailnet devices that could be agents, with the config to add them",
                                      epilog=discover.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
