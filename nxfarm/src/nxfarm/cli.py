@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
 
-    from . import discover, init
+    from . import discover, doctor, init
+
+    doctor_parser = sub.add_parser("doctor", help="check prerequisites; print the fix for each failure",
+                                   epilog=doctor.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_arguments(doctor_parser)
+    doctor_parser.set_defaults(run=doctor.run)
 
     init_parser = sub.add_parser("init", help="configure an Nx workspace for the farm (idempotent; --dry-run)",
                                  description=init.__doc__, epilog=init.EPILOG,

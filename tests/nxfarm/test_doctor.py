@@ -1,0 +1,56 @@
+"""`nxfarm doctor` on this machine, for real: the tools it finds or not, a real age key, a real
+cache server (token right and wrong), the agent log. Every failure comes with its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyrage
+
+from tests.cache_server.server_proc import WRITE_TOKEN, CacheServer
+
+NXFARM = str(Path(sys.executable).with_name("nxfarm"))
+
+
+def doctor(env: dict[str, str]) -> tuple[int, dict[str, dict]]:
+    result = subprocess.run([NXFARM, "doctor", "--json"], capture_output=True, text=True, env=env)
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)}
+
+
+def test_doctor_reports_each_prerequisite_with_its_fix(tmp_path):
+    key = tmp_path / "keys.txt"
+    key.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "nx-agent.log").write_text("2026-11-26T10:00:00Z nxfarm health: restarted nx-farm-agent.service (attempt 1): ok\n")
+    server = CacheServer(tmp_path).start()
+    # PATH: this venv (sops) and node; nothing else, so pulumi, pnpm and tailscale are surely absent.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "node").symlink_to(shutil.which("node"))
+    env = {"PATH": f"{Path(sys.executable).parent}:{bin_dir}", "HOME": str(tmp_path), "SOPS_AGE_KEY_FILE": str(key),
+           "XDG_STATE_HOME": str(state), "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": server.url,
+           "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": WRITE_TOKEN, "NO_PROXY": "127.0.0.1"}
+    try:
+        code, found = doctor(env)
+        assert code == 1
+        assert {name for name, check in found.items() if check["ok"]} == {"sops", "age key", "node", "cache", "agent log"}
+        assert found["pnpm"]["fix"] == "corepack enable && corepack prepare pnpm@10.22.0 --activate"
+        assert "install the Pulumi CLI" in found["pulumi"]["fix"]
+        assert found["tailnet"]["ok"] is False and "install Tailscale" in found["tailnet"]["fix"]
+        assert all(check["fix"] for check in found.values() if check["ok"] is False), "every failure has its fix"
+
+        _, wrong = doctor({**env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": "nope",
+                           "SOPS_AGE_KEY_FILE": str(tmp_path / "none")})
+        assert "rejects the token (401)" in wrong["cache"]["detail"] and "orchestratorTokens" in wrong["cache"]["fix"]
+        assert wrong["age key"]["fix"].startswith(f"age-keygen -o {tmp_path / 'none'}")
+    finally:
+        server.stop()
+    _, down = doctor(env)
+    assert "unreachable" in down["cache"]["detail"] and "tailscale ip -4" in down["cache"]["fix"]
+    table = subprocess.run([NXFARM, "doctor"], capture_output=True, text=True, env=env)
+    assert table.returncode == 1 and table.stdout.splitlines()[0].split() == ["CHECK", "STATE", "DETAIL", "FIX"]
