@@ -1,0 +1,184 @@
+"""`nxfarm build`: the orchestrator's whole flow, from probes to Nx's exit code.
+
+  1. ask Nx for the task graph of exactly the command the developer would run;
+  2. probe the cache (briefly: Nx has no timeouts), the git tree and the scheduler, and pick
+     distributed / local / local without the remote cache, with a one-line reason;
+  3. print the plan; stop there on --dry-run; ask unless --yes or DEPLOY_CONFIRM=yes;
+  4. distribute the eligible tasks, then run the same Nx command here: distributed tasks
+     restore from the remote cache, anything missing runs here, and Nx's exit code is ours.
+
+Exit codes: Nx's own; 2 for bad usage, a refused tree or no confirmation; 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..actions.fallback import Mode, choose_mode
+from ..farm import security as tls
+from ..farm.protocol import TaskRequest
+from ..probe.cache import CacheProbe, probe_cache
+from ..probe.git import read_git_state
+from ..probe.task_graph import TaskGraphError, parse_task_graph
+from . import report
+from .dispatch import dispatch, eligible_tasks
+from .nx import CACHE_TOKEN_ENV, CACHE_URL_ENV, NxError, NxInvocation, base_env, final_pass, find_workspace, task_graph_json
+
+EPILOG = """examples:
+  nxfarm build -t build test lint                     every project, on the farm
+  nxfarm build -t build --affected --base=origin/main  only what changed
+  nxfarm build -t build --projects app,lib-a --dry-run the plan, nothing run
+  nxfarm build -t build --local --yes                 here, with the remote cache
+
+environment: NXFARM_SCHEDULER, NXFARM_TLS_CA/CERT/KEY (the orchestrator's certificate),
+NX_SELF_HOSTED_REMOTE_CACHE_SERVER and NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN, DRY_RUN=1,
+DEPLOY_CONFIRM=yes. Exit code: Nx's; 2 = usage, refused or not confirmed; 130 = interrupted."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--targets", nargs="+", required=True, metavar="TARGET", help="Nx targets to run")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--affected", action="store_true", help="only affected projects (nx affected)")
+    which.add_argument("-p", "--projects", default="", help="comma-separated projects (default: all)")
+    parser.add_argument("--base", help="with --affected: base of the change")
+    parser.add_argument("--head", help="with --affected: head of the change")
+    parser.add_argument("--configuration", "-c", help="Nx configuration passed to every task")
+    parser.add_argument("--workspace", type=Path, default=None, help="the Nx workspace (default: nx.json at or above .)")
+    parser.add_argument("--local", action="store_true", help="build on this machine only (with the remote cache)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and run nothing (also DRY_RUN=1)")
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask (also DEPLOY_CONFIRM=yes)")
+    parser.add_argument("--scheduler", default=os.environ.get("NXFARM_SCHEDULER"),
+                        help="tls://host:port of the farm's scheduler (default: $NXFARM_SCHEDULER)")
+    parser.add_argument("--remote", default="origin", help="git remote the agents fetch from (default: origin)")
+    parser.add_argument("--lost-grace", type=float, default=15.0,
+                        help="seconds without any agent before the rest runs here (default 15)")
+    parser.add_argument("--probe-timeout", type=float, default=2.0, help="seconds for each farm probe (default 2)")
+    for field in ("ca", "cert", "key"):
+        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+
+
+def _say(line: str) -> None:
+    print(f"nxfarm: {line}", flush=True)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "y")
+
+
+def _connect(args: argparse.Namespace):  # noqa: ANN202 - (Client | None, agents, error)
+    if not args.scheduler:
+        return None, {}, "no scheduler configured (NXFARM_SCHEDULER / --scheduler)"
+    try:
+        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
+    except tls.TlsConfigError as exc:
+        return None, {}, str(exc)
+    from distributed import Client
+
+    try:
+        client = Client(args.scheduler, security=tls.security(files, "client"), timeout=args.probe_timeout * 2,
+                        set_as_default=False)
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, TLS errors: all mean "not usable"
+        return None, {}, f"{args.scheduler}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    agents = {str(info.get("name", address)): int(info.get("nthreads", 1)) for address, info in workers.items()}
+    return client, agents, None
+
+
+def _confirm(args: argparse.Namespace, question: str) -> bool:
+    if args.yes or os.environ.get("DEPLOY_CONFIRM", "").lower() == "yes":
+        return True
+    if not sys.stdin.isatty():
+        _say("not confirmed: pass --yes (or set DEPLOY_CONFIRM=yes) to run without a terminal")
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _repo(workspace: Path, remote: str) -> tuple[str, str]:
+    """(URL the agents fetch from, workspace path inside the repository)."""
+    top = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--show-toplevel"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    url = subprocess.run(["git", "-C", str(workspace), "remote", "get-url", remote], capture_output=True, text=True)
+    if url.returncode != 0:
+        raise NxError(f"git remote '{remote}' is not set in {top}: agents need a remote to fetch from (--remote)")
+    relative = os.path.relpath(workspace.resolve(), Path(top).resolve())
+    return url.stdout.strip(), "" if relative == "." else relative
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    dry_run = args.dry_run or _truthy(os.environ.get("DRY_RUN"))
+    extra = (f"--configuration={args.configuration}",) if args.configuration else ()
+    if (args.base or args.head) and not args.affected:
+        print("nxfarm build: --base/--head need --affected", file=sys.stderr)
+        return 2
+    invocation = NxInvocation(tuple(args.targets), tuple(p for p in args.projects.split(",") if p), args.affected,
+                              args.base, args.head, extra)
+    env = base_env()
+    try:
+        workspace = find_workspace((args.workspace or Path.cwd()).resolve())
+        graph = parse_task_graph(task_graph_json(workspace, invocation, env))
+    except (NxError, TaskGraphError, subprocess.TimeoutExpired) as exc:
+        print(f"nxfarm build: {exc}", file=sys.stderr)
+        return 2
+
+    cache_url = env.get(CACHE_URL_ENV)
+    cache = (probe_cache(cache_url, env.get(CACHE_TOKEN_ENV), timeout=args.probe_timeout) if cache_url
+             else CacheProbe(False, f"{CACHE_URL_ENV} is not set"))
+    client, agents, scheduler_error = (None, {}, None)
+    repo_url, workspace_dir, commit = "", "", ""
+    if cache.usable and not args.local:
+        try:
+            state = read_git_state(workspace, args.remote)
+            repo_url, workspace_dir = _repo(workspace, args.remote)
+        except (RuntimeError, NxError, subprocess.CalledProcessError) as exc:
+            print(f"nxfarm build: {exc}", file=sys.stderr)
+            return 2
+        refusal = state.refusal(args.remote)
+        if refusal:
+            print(f"nxfarm build: refusing to distribute: {refusal}", file=sys.stderr)
+            return 2
+        commit = state.commit
+        client, agents, scheduler_error = _connect(args)
+    plan = choose_mode(cache=cache, scheduler_error=scheduler_error, workers=len(agents), local_requested=args.local)
+    try:
+        eligible = eligible_tasks(graph) if plan.mode is Mode.DISTRIBUTED else set()
+        _say(report.plan_text(graph, eligible, agents, plan.reason, plan.mode is Mode.DISTRIBUTED)
+             .replace("\n", "\n       "))
+        if dry_run:
+            _say("dry run: nothing was run")
+            return 0
+        where = f"on {len(agents)} agent(s)" if plan.mode is Mode.DISTRIBUTED else "here"
+        if not _confirm(args, f"Run {len(graph.tasks)} task(s) {where}?"):
+            return 2
+
+        outcomes = {}
+        if plan.mode is Mode.DISTRIBUTED and eligible:
+            def request_for(task: str) -> TaskRequest:
+                return TaskRequest(task, repo_url, commit, workspace_dir, extra)
+
+            dispatched = dispatch(client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
+            outcomes = dispatched.outcomes
+    finally:
+        if client is not None:
+            client.close()
+
+    final_env = dict(env)
+    if plan.mode is Mode.LOCAL_NO_REMOTE_CACHE:
+        final_env.pop(CACHE_URL_ENV, None)
+        final_env["NX_SKIP_REMOTE_CACHE"] = "true"
+    _say(f"final pass here: nx {' '.join(invocation.argv())}")
+    code, how = final_pass(workspace, invocation, final_env)
+    print(report.final_table(graph, outcomes, how))
+    _say(report.summary(how) + f"; nx exited {code}")
+    return code

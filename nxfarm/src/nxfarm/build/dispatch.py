@@ -1,0 +1,163 @@
+"""Hand eligible tasks to the Dask scheduler in dependency order and follow them to the end.
+
+A task is submitted only once everything it depends on has succeeded, and no future is
+passed between tasks: a lost agent loses only what it was running, which Dask reschedules
+on another worker, and outputs travel through the remote cache, never through Dask.
+When every worker is gone for `lost_grace` seconds, or the scheduler goes away, the rest is
+left to the final local pass (the build does not fail because the farm did).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..agent.task import run_task
+from ..farm.protocol import TaskRequest, TaskResult
+from ..probe.task_graph import TaskGraph
+
+POLL_S = 0.05  # futures' own state is local: polling costs no round trip
+
+
+@dataclass
+class Outcome:
+    task_id: str
+    status: str = "queued"  # queued, running, ok, failed, skipped, lost
+    result: TaskResult | None = None
+    note: str = ""
+
+
+@dataclass
+class DispatchReport:
+    outcomes: dict[str, Outcome]
+    fallback: str | None = None  # why the rest was left to the local pass
+    events: list[str] = field(default_factory=list)
+
+
+def eligible_tasks(graph: TaskGraph) -> set[str]:
+    """Distributable tasks all of whose dependencies are distributable too: an agent running
+    `nx run X` also runs X's dependencies, so one that is not cacheable would be redone there."""
+    distributable = graph.distributable()
+    memo: dict[str, bool] = {}
+
+    def ok(task: str) -> bool:
+        if task not in memo:
+            memo[task] = task in distributable and all(ok(dep) for dep in graph.dependencies[task])
+        return memo[task]
+
+    return {task for task in graph.tasks if ok(task)}
+
+
+def _worker_names(client: Any) -> dict[str, str]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {address: str(info.get("name", address)) for address, info in workers.items()}
+
+
+def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callable[[str], TaskRequest],
+             say: Callable[[str], None], lost_grace: float = 15.0, status_every: float = 5.0) -> DispatchReport:
+    build_id = uuid.uuid4().hex[:8]
+    outcomes = {task: Outcome(task) for task in tasks}
+    waiting = {task: set(graph.dependencies[task]) & tasks for task in tasks}
+    futures: dict[Any, str] = {}
+    report = DispatchReport(outcomes)
+    total = len(tasks)
+    finished = 0
+    no_workers_since: float | None = None
+    last_status = last_check = time.monotonic()
+
+    def submit_ready() -> None:
+        for task in sorted(t for t, deps in waiting.items() if not deps and outcomes[t].status == "queued"):
+            future = client.submit(run_task, request_for(task), key=f"nxfarm-{build_id}-{task}", pure=False)
+            futures[future] = task
+            outcomes[task].status = "running"
+
+    def skip_dependents(task: str) -> None:
+        for other, deps in waiting.items():
+            if task in graph.dependencies[other] and outcomes[other].status == "queued":
+                outcomes[other].status = "skipped"
+                outcomes[other].note = f"needs {task}"
+                skip_dependents(other)
+
+    def leave_rest(reason: str) -> DispatchReport:
+        for future, task in futures.items():
+            future.cancel()
+            outcomes[task].status = "lost"
+        for outcome in outcomes.values():
+            if outcome.status == "queued":
+                outcome.status = "lost"
+        report.fallback = reason
+        say(f"fallback: {reason}; the remaining {sum(o.status == 'lost' for o in outcomes.values())} task(s) "
+            "run in the local pass")
+        return report
+
+    try:
+        submit_ready()
+        while futures:
+            done = [future for future in futures if future.done()]
+            if not done:
+                time.sleep(POLL_S)
+            for future in done:
+                task = futures.pop(future)
+                outcome = outcomes[task]
+                if future.status == "finished":
+                    outcome.result = future.result()
+                    outcome.status = "ok" if outcome.result.ok else "failed"
+                else:
+                    error = future.exception() if future.status == "error" else None
+                    outcome.status = "lost"
+                    outcome.note = f"{type(error).__name__}: {error}" if error else future.status
+                finished += 1
+                for deps in waiting.values():
+                    if outcome.status == "ok":
+                        deps.discard(task)
+                if outcome.status != "ok":
+                    skip_dependents(task)
+                say(_event_line(finished, total, outcome))
+            submit_ready()
+            now = time.monotonic()
+            if now - last_check < 1.0 and not done:
+                continue
+            last_check = now
+            names = _worker_names(client)
+            if names:
+                no_workers_since = None
+            elif futures:
+                no_workers_since = no_workers_since or now
+                if now - no_workers_since >= lost_grace:
+                    return leave_rest(f"every agent left the farm ({lost_grace:g}s without a worker)")
+            if futures and now - last_status >= status_every:
+                last_status = now
+                say(_status_line(client, names, outcomes))
+    except (OSError, TimeoutError) as exc:
+        return leave_rest(f"lost the scheduler mid-build ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # distributed raises its own CommClosedError etc. when the scheduler dies
+        if type(exc).__module__.startswith(("distributed", "tornado")):
+            return leave_rest(f"lost the scheduler mid-build ({type(exc).__name__})")
+        raise
+    return report
+
+
+def _event_line(finished: int, total: int, outcome: Outcome) -> str:
+    width = len(str(total))
+    result = outcome.result
+    if result is None:
+        return f"[{finished:>{width}}/{total}] lost  {outcome.task_id}: {outcome.note}"
+    how = f", {result.cache}" if result.cache else ""
+    mark = "done" if result.ok else f"FAIL ({result.phase}, exit {result.exit_code})"
+    return f"[{finished:>{width}}/{total}] {mark:<4} {outcome.task_id} on {result.agent} ({result.seconds:.1f}s{how})"
+
+
+def _status_line(client: Any, names: dict[str, str], outcomes: dict[str, Outcome]) -> str:
+    counts = {status: sum(o.status == status for o in outcomes.values())
+              for status in ("queued", "running", "ok", "failed")}
+    hits = sum(1 for o in outcomes.values() if o.result and o.result.cache)
+    try:
+        per_agent = {names.get(address, address): len(keys) for address, keys in client.processing().items() if keys}
+    except Exception:  # noqa: BLE001 - a status line never stops the build
+        per_agent = {}
+    running = ", ".join(f"{name}: {n}" for name, n in sorted(per_agent.items())) or "-"
+    return (f"queued {counts['queued']} | running {counts['running']} ({running}) | done {counts['ok']} | "
+            f"failed {counts['failed']} | cache hits {hits}")
