@@ -7,7 +7,7 @@ import shlex
 from cache_server.auth import Scope, token_line
 
 from ..settings import CacheHostSettings
-from .venv import ensure_system_user, venv_from_wheels
+from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
 UNIT_NAME = "nx-farm-cache.service"
 INSTALL_ROOT = "/opt/nx-farm/cache"
@@ -84,17 +84,7 @@ changed=0
 {ensure_system_user(SERVICE_USER)}
 install -d -m 0750 -o {SERVICE_USER} -g {SERVICE_USER} {shlex.quote(cache.storage_path)}
 {venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm-cache-server")}
-unit=/etc/systemd/system/{UNIT_NAME}
-new_unit=$(mktemp)
-cat > "$new_unit"
-if ! cmp -s "$new_unit" "$unit"; then
-  install -m 0644 "$new_unit" "$unit"
-  systemctl daemon-reload
-  changed=1
-fi
-rm -f "$new_unit"
-systemctl enable --quiet {UNIT_NAME}
-if [ "$changed" = 1 ]; then systemctl restart {UNIT_NAME}; else systemctl start {UNIT_NAME}; fi
+{unit_from_stdin(UNIT_NAME)}
 {wait_for_health(cache)}
 if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from .venv import ensure_system_user, venv_from_wheels
+from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
 UNIT_NAME = "nx-farm-scheduler.service"
 SERVICE_USER = "nxfarm-scheduler"
@@ -57,17 +57,7 @@ def install_script(wheels_dir: str) -> str:
 changed=0
 {ensure_system_user(SERVICE_USER)}
 {venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm")}
-unit=/etc/systemd/system/{UNIT_NAME}
-new_unit=$(mktemp)
-cat > "$new_unit"
-if ! cmp -s "$new_unit" "$unit"; then
-  install -m 0644 "$new_unit" "$unit"
-  systemctl daemon-reload
-  changed=1
-fi
-rm -f "$new_unit"
-systemctl enable --quiet {UNIT_NAME}
-if [ "$changed" = 1 ]; then systemctl restart {UNIT_NAME}; else systemctl start {UNIT_NAME}; fi
+{unit_from_stdin(UNIT_NAME)}
 if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
 """
 

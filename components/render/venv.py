@@ -30,3 +30,19 @@ if [ "$(readlink {root}/venv 2>/dev/null)" != "venv-$digest" ]; then
   changed=1
 fi
 for old in {root}/venv-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done"""
+
+
+def unit_from_stdin(unit: str) -> str:
+    """Install the unit read on stdin if it differs (sets `changed=1`), enable it, and restart it
+    when anything changed (`changed` may already be 1 from the venv), else just start it."""
+    return f"""unit=/etc/systemd/system/{unit}
+new_unit=$(mktemp)
+cat > "$new_unit"
+if ! cmp -s "$new_unit" "$unit"; then
+  install -m 0644 "$new_unit" "$unit"
+  systemctl daemon-reload
+  changed=1
+fi
+rm -f "$new_unit"
+systemctl enable --quiet {unit}
+if [ "$changed" = 1 ]; then systemctl restart {unit}; else systemctl start {unit}; fi"""

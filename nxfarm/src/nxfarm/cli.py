@@ -4,68 +4,49 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from . import __version__
 
 
+def _command(sub, name: str, help: str, add_arguments: Callable, run: Callable,  # noqa: ANN001, A002
+             epilog: str | None = None, description: str | None = None) -> None:
+    parser = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import discover, doctor, init, scheduler
     from .agent import worker
     from .build import command as build
-    from . import scheduler
+    from .demo import command as demo
+    from .health import command as health
 
     parser = argparse.ArgumentParser(prog="nxfarm", description="nx-farm: Nx remote cache and build agents")
     parser.add_argument("--version", action="version", version=f"nxfarm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    build_parser = sub.add_parser("build", help="run Nx tasks on the farm, then replay them here",
-                                  epilog=build.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    build.add_arguments(build_parser)
-    build_parser.set_defaults(run=build.run)
-
+    _command(sub, "build", "run Nx tasks on the farm, then replay them here", build.add_arguments, build.run,
+             epilog=build.EPILOG)
     agent = sub.add_parser("agent", help="this machine as a build agent").add_subparsers(dest="action", required=True)
-    agent_run = agent.add_parser("run", help="serve the farm's tasks (a Dask worker with one checkout per slot)")
-    worker.add_arguments(agent_run)
-    agent_run.set_defaults(run=worker.run)
-
+    _command(agent, "run", "serve the farm's tasks (a Dask worker with one checkout per slot)",
+             worker.add_arguments, worker.run)
     sched = sub.add_parser("scheduler", help="the farm's task scheduler").add_subparsers(dest="action", required=True)
-    sched_run = sched.add_parser("run", help="serve the farm's scheduler (mutual TLS, one address)")
-    scheduler.add_arguments(sched_run)
-    sched_run.set_defaults(run=scheduler.run)
-
-    from .demo import command as demo
-
-    demo_parser = sub.add_parser("demo", help="a whole farm on this machine: two builds of a sample workspace",
-                                 description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(run=demo.run)
-
-    from . import discover, doctor, init
-
-    doctor_parser = sub.add_parser("doctor", help="check prerequisites; print the fix for each failure",
-                                   epilog=doctor.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    doctor.add_arguments(doctor_parser)
-    doctor_parser.set_defaults(run=doctor.run)
-
-    init_parser = sub.add_parser("init", help="configure an Nx workspace for the farm (idempotent; --dry-run)",
-                                 description=init.__doc__, epilog=init.EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    init.add_arguments(init_parser)
-    init_parser.set_defaults(run=init.run)
-
-    discover_parser = sub.add_parser("discover", help="tailnet devices that could be agents, with the config to add them",
-                                     epilog=discover.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    discover.add_arguments(discover_parser)
-    discover_parser.set_defaults(run=discover.run)
-
-    from .health import command as health
-
-    health_parser = sub.add_parser("health", help="check tailnet, cache and farm services; --heal restarts",
-                                   epilog=health.HEALTH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    health.add_health_arguments(health_parser)
-    health_parser.set_defaults(run=health.run_health)
-    restart = sub.add_parser("restart", help="restart this host's farm services (idempotent)")
-    health.add_restart_arguments(restart)
-    restart.set_defaults(run=health.run_restart)
-
+    _command(sched, "run", "serve the farm's scheduler (mutual TLS, one address)", scheduler.add_arguments,
+             scheduler.run)
+    _command(sub, "demo", "a whole farm on this machine: two builds of a sample workspace", demo.add_arguments,
+             demo.run, description=demo.__doc__)
+    _command(sub, "doctor", "check prerequisites; print the fix for each failure", doctor.add_arguments, doctor.run,
+             epilog=doctor.EPILOG)
+    _command(sub, "init", "configure an Nx workspace for the farm (idempotent; --dry-run)", init.add_arguments,
+             init.run, epilog=init.EPILOG, description=init.__doc__)
+    _command(sub, "discover", "tailnet devices that could be agents, with the config to add them",
+             discover.add_arguments, discover.run, epilog=discover.EPILOG)
+    _command(sub, "health", "check tailnet, cache and farm services; --heal restarts", health.add_health_arguments,
+             health.run_health, epilog=health.HEALTH_EPILOG)
+    _command(sub, "restart", "restart this host's farm services (idempotent)", health.add_restart_arguments,
+             health.run_restart)
     sub.add_parser("sops", help="keep a SOPS file in step with its recipients (nxfarm sops -h)", add_help=False)
     return parser
 

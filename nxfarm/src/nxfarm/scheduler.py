@@ -20,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786)")
     parser.add_argument("--dashboard-port", type=int, default=8787, help="dashboard port on --bind (default 8787)")
     parser.add_argument("--worker-ttl", default="30s", help="drop an agent silent this long (default 30s)")
-    for field in ("ca", "cert", "key"):
-        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+    tls.add_arguments(parser)
 
 
 async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
@@ -43,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"scheduler run: --bind {args.bind!r}: bind to the cache host's own address, not all interfaces",
               file=sys.stderr)
         return 2
-    try:
-        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
-    except tls.TlsConfigError as exc:
-        print(f"scheduler run: {exc}", file=sys.stderr)
+    files = tls.from_args(args, "scheduler run")
+    if files is None:
         return 2
     asyncio.run(_serve(args, files))
     return 0

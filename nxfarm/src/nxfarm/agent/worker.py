@@ -28,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", required=True, type=Path, help="directory for the mirror and slot checkouts")
     parser.add_argument("--name", default=os.environ.get("NXFARM_AGENT_NAME") or socket.gethostname(),
                         help="agent name shown in builds (default: $NXFARM_AGENT_NAME or the host name)")
-    for field in ("ca", "cert", "key"):
-        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+    tls.add_arguments(parser)
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -69,10 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    try:
-        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
-    except tls.TlsConfigError as exc:
-        print(f"agent run: {exc}", file=sys.stderr)
+    files = tls.from_args(args, "agent run")
+    if files is None:
         return 2
     args.workspace.mkdir(parents=True, exist_ok=True)
     configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ)))

@@ -57,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lost-grace", type=float, default=15.0,
                         help="seconds without any agent before the rest runs here (default 15)")
     parser.add_argument("--probe-timeout", type=float, default=2.0, help="seconds for each farm probe (default 2)")
-    for field in ("ca", "cert", "key"):
-        parser.add_argument(f"--tls-{field}", help=f"default: ${tls.ENV[field]} (a path, or base64:<PEM>)")
+    tls.add_arguments(parser)
 
 
 def _say(line: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 from pathlib import Path
 
 from .tls import TlsFiles
@@ -42,6 +43,20 @@ def resolve(ca: str | None = None, cert: str | None = None, key: str | None = No
     if missing:
         raise TlsConfigError("the farm's cluster uses mutual TLS; missing " + ", ".join(missing))
     return TlsFiles(**{field: _material(field, value) for field, value in given.items()})  # type: ignore[arg-type]
+
+
+def from_args(args, prog: str) -> TlsFiles | None:  # noqa: ANN001 - argparse.Namespace with tls_* flags
+    """The TLS material of a command's --tls-* flags (or environment), or None after printing why not."""
+    try:
+        return resolve(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def add_arguments(parser) -> None:  # noqa: ANN001 - argparse.ArgumentParser
+    for field in ("ca", "cert", "key"):
+        parser.add_argument(f"--tls-{field}", help=f"default: ${ENV[field]} (a path, or base64:<PEM>)")
 
 
 def security(files: TlsFiles, role: str):  # noqa: ANN201 - distributed.Security, imported lazily
