@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from nxfarm.health import checks, heal
 from nxfarm.health.command import render

@@ -80,6 +80,7 @@ def plan(nx_json: dict, version: tuple[int, int] | None, envrc: str, cache_url: 
         if not options:
             legacy.pop("options")
         if legacy.get("runner") in LEGACY_RUNNERS and not set(legacy) - {"runner"}:
+            assert isinstance(runners, dict)
             del runners["default"]
             if not runners:
                 del config["tasksRunnerOptions"]
@@ -97,6 +98,7 @@ def plan(nx_json: dict, version: tuple[int, int] | None, envrc: str, cache_url: 
             elif entry["cache"] is not True:
                 notes.append(f"kept targetDefaults.{target}.cache = {json.dumps(entry['cache'])} (your setting)")
     else:
+        assert version is not None  # not modern implies a known, older version
         runner = config.setdefault("tasksRunnerOptions", {}).setdefault(
             "default", {"runner": "nx/tasks-runners/default", "options": {}})
         operations = runner.setdefault("options", {}).setdefault("cacheableOperations", [])

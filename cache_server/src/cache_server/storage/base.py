@@ -33,6 +33,8 @@ class Blob:
 class Upload(Protocol):
     """An upload in progress. Nothing is visible to readers before `commit`."""
 
+    written: int  # body bytes accepted so far
+
     def write(self, chunk: bytes) -> None:
         """Append body bytes. Raises `NotStored` on a storage fault."""
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..build.report import parse_final_table
-from .farm import NXFARM, LocalFarm, clean_env
+from .farm import NXFARM, LocalFarm
 from .workspace import FarmWorkspace
 
 
