@@ -31,12 +31,12 @@ def _parser() -> argparse.ArgumentParser:
              epilog=build.EPILOG)
     agent = sub.add_parser("agent", help="this machine as a build agent").add_subparsers(dest="action", required=True)
     _command(agent, "run", "serve the farm's tasks (a Dask worker with one checkout per slot)",
-             worker.add_arguments, worker.run)
+             worker.add_arguments, worker.run, epilog=worker.EPILOG)
     sched = sub.add_parser("scheduler", help="the farm's task scheduler").add_subparsers(dest="action", required=True)
     _command(sched, "run", "serve the farm's scheduler (mutual TLS, one address)", scheduler.add_arguments,
-             scheduler.run)
+             scheduler.run, epilog=scheduler.EPILOG)
     _command(sub, "demo", "a whole farm on this machine: two builds of a sample workspace", demo.add_arguments,
-             demo.run, description=demo.__doc__)
+             demo.run, description=demo.__doc__, epilog=demo.EPILOG)
     _command(sub, "doctor", "check prerequisites; print the fix for each failure", doctor.add_arguments, doctor.run,
              epilog=doctor.EPILOG)
     _command(sub, "init", "configure an Nx workspace for the farm (idempotent; --dry-run)", init.add_arguments,
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     _command(sub, "health", "check tailnet, cache and farm services; --heal restarts", health.add_health_arguments,
              health.run_health, epilog=health.HEALTH_EPILOG)
     _command(sub, "restart", "restart this host's farm services (idempotent)", health.add_restart_arguments,
-             health.run_restart)
+             health.run_restart, epilog=health.RESTART_EPILOG)
     sub.add_parser("sops", help="keep a SOPS file in step with its recipients (nxfarm sops -h)", add_help=False)
     return parser
 

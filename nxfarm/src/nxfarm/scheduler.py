@@ -15,6 +15,11 @@ import sys
 from .farm import security as tls
 
 
+EPILOG = """example (what nx-farm-scheduler.service runs, TLS material from its env file):
+  nxfarm scheduler run --bind 100.101.0.10 --port 8786 --dashboard-port 8787 --worker-ttl 30s
+exit codes: 0 stopped by a signal, 2 bad flags or TLS material"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", required=True, help="address to listen on (the cache host's tailnet IP)")
     parser.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786)")

@@ -19,6 +19,13 @@ from .checkout import Checkouts
 from .task import AgentContext, configure
 
 
+EPILOG = """examples (what nx-farm-agent.service runs, inside `sops exec-env` of its env file):
+  nxfarm agent run --bind 100.101.0.11 --port 8789 --slots 8 --workspace /var/lib/nx-farm/workspace
+  nxfarm agent run --bind 127.0.0.1 --slots 2 --workspace ./agent-work --scheduler tls://127.0.0.1:8786 \\
+    --tls-ca ca.crt --tls-cert agent.crt --tls-key agent.key
+exit codes: 0 stopped by a signal, 2 bad flags or TLS material"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default=os.environ.get("NXFARM_SCHEDULER"),
                         help="tls://host:port of the farm's scheduler (default: $NXFARM_SCHEDULER)")

@@ -24,6 +24,12 @@ from .farm import NXFARM, LocalFarm
 from .workspace import FarmWorkspace
 
 
+EPILOG = """examples:
+  nxfarm demo                 everything in a temporary directory, removed at the end
+  nxfarm demo --keep          keep the state directory (logs, cache, workspace) to look around
+exit codes: 0 both builds passed, 1 a step failed (state kept), 2 missing git/node/npm/cache server, 130 Ctrl-C"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", type=Path, help="state directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the state directory (logs, cache, workspace)")

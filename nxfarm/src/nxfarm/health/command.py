@@ -62,6 +62,12 @@ def run_health(args: argparse.Namespace) -> int:
     return 1 if any(c.ok is False for c in found) else 0
 
 
+RESTART_EPILOG = """examples:
+  nxfarm restart                          every farm service on this host
+  nxfarm restart nx-farm-agent.service    just the agent (what `just nx-start-agent` runs)
+exit codes: 0 every unit active, 1 a unit did not come up, 2 not a farm unit"""
+
+
 def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("units", nargs="*", help=f"default: every farm unit on this host ({', '.join(checks.FARM_UNITS)})")
     parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for each unit to be active")
