@@ -178,7 +178,7 @@ def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
                  f"printf '[Timer]\\nOnUnitActiveSec={period}s\\nAccuracySec=1s\\n' "
                  f"> /etc/systemd/system/nx-farm-health.timer.d/fast.conf && systemctl daemon-reload && "
                  f"systemctl restart nx-farm-health.timer && systemctl start nx-farm-health.service && "
-                 f"rm -f /root/.local/state/nx-agent.log")
+                 f"rm -f ~/.local/state/nx-agent.log")
         killed = pid(host, unit)
         host.ssh(f"kill -9 {killed}")
         deadline = time.monotonic() + 2 * period + 15  # two periods, plus the restart itself
@@ -186,6 +186,6 @@ def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
                 or pid(host, unit) == killed:
             assert time.monotonic() < deadline, host.ssh("journalctl -u nx-farm-health -n 30 --no-pager").stdout
             time.sleep(1)
-        log = host.ssh("cat /root/.local/state/nx-agent.log").stdout
+        log = host.ssh("cat ~/.local/state/nx-agent.log").stdout
         assert f"restarted {unit} (attempt 1): ok" in log, log
         assert host.ssh(f"systemctl show -p Restart --value {unit}").stdout.strip() == "no", name
