@@ -70,9 +70,13 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     run = program(host, monkeypatch, built_wheels)
     assert run.by_name()["cache-service"].depends_on >= {"cache-wheels", "cache-tokens"}
     first = deploy.up(run)
-    assert sorted(first) == [("cache-scheduler-service", "create"), ("cache-scheduler-tls", "create"),
+    assert sorted(first) == [("cache-scheduler-health", "create"), ("cache-scheduler-service", "create"),
+                             ("cache-scheduler-tls", "create"),
+                             ("cache-scheduler-unit-nx-farm-health-service", "create"),
+                             ("cache-scheduler-unit-nx-farm-health-timer", "create"),
                              ("cache-scheduler-wheels", "create"), ("cache-service", "create"),
                              ("cache-tokens", "create"), ("cache-wheels", "create")]
+    assert host.ssh("systemctl is-active nx-farm-health.timer").stdout.strip() == "active"
     for service in ("cache-service", "cache-scheduler-service"):
         before = [name for name, _ in first[:first.index((service, "create"))]]
         assert set(run.by_name()[service].depends_on) & {n for n, _ in first} <= set(before), \
