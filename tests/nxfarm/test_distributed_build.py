@@ -88,6 +88,22 @@ def test_a_worker_killed_mid_build_does_not_fail_the_build(farm, tmp_path):
     assert workspace.outputs() == plain_local_build(tmp_path, workspace)
 
 
+def test_a_scheduler_killed_mid_build_leaves_the_rest_to_the_local_pass(farm, tmp_path):
+    workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays={"*": 1500})
+    process = subprocess.Popen([NXFARM, "build", "-t", "build", "--yes"], cwd=workspace.root,
+                               env=farm.orchestrator_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("nxfarm: [") and "done" in line and farm.scheduler.running:
+            farm.scheduler.kill_group()
+    output = "".join(lines)
+    assert process.wait(600) == 0, output
+    assert "nxfarm: fallback: lost the scheduler mid-build" in output
+    assert workspace.outputs() == plain_local_build(tmp_path, workspace)
+
+
 def test_when_every_agent_is_lost_the_rest_runs_locally(farm, tmp_path):
     workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays={"*": 1500})
     process = subprocess.Popen([NXFARM, "build", "-t", "build", "--yes", "--lost-grace", "3"],

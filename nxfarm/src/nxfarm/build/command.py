@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
             outcomes = dispatched.outcomes
     finally:
         if client is not None:
-            client.close()
+            client.close(timeout=2)  # the scheduler may be gone: do not wait long to say goodbye
 
     final_env = dict(env)
     if plan.mode is Mode.LOCAL_NO_REMOTE_CACHE:

@@ -105,8 +105,11 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                 if future.status == "finished":
                     outcome.result = future.result()
                     outcome.status = "ok" if outcome.result.ok else "failed"
+                elif future.status == "cancelled":  # the client lost the scheduler: it cancels every future
+                    futures[future] = task
+                    return leave_rest("lost the scheduler mid-build")
                 else:
-                    error = future.exception() if future.status == "error" else None
+                    error = future.exception()
                     outcome.status = "lost"
                     outcome.note = f"{type(error).__name__}: {error}" if error else future.status
                 finished += 1
