@@ -138,7 +138,9 @@ def test_a_failing_task_fails_the_build_with_nx_exit_code_and_says_where(farm, t
     assert "failed in run (exit 1)" in result.stdout and "skipped: needs lib-d:build" in result.stdout
     assert rows["lib-c:build"][1] == "remote cache" and rows["app-3:build"][1] == "remote cache"
     assert rows["app-1:build"][1] == "not run", "Nx stops at the failed dependency here as well"
-    assert "[build.js] lib-d: failing as tools/delay.json says" in result.stdout
+    agent = rows["lib-d:build"][0]
+    assert f"nxfarm:   lib-d:build on {agent} | [build.js] lib-d: failing as tools/delay.json says" in result.stdout, \
+        "the agent's log tail is shown when its task fails"
 
 
 def test_no_workers_then_scheduler_down_then_cache_down_each_build_still_succeeds_locally(farm, tmp_path):

@@ -19,6 +19,7 @@ from ..agent.task import run_task
 from ..farm.protocol import TaskRequest, TaskResult
 from ..probe.task_graph import TaskGraph
 
+FAILURE_TAIL_LINES = 20  # of a failed task's log, shown as it fails (the final pass reruns it here)
 POLL_S = 0.05  # futures' own state is local: polling costs no round trip
 
 
@@ -119,6 +120,9 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                 if outcome.status != "ok":
                     skip_dependents(task)
                 say(_event_line(finished, total, outcome))
+                if outcome.result is not None and not outcome.result.ok:
+                    for line in outcome.result.log_tail.splitlines()[-FAILURE_TAIL_LINES:]:
+                        say(f"  {task} on {outcome.result.agent} | {line}")
             submit_ready()
             now = time.monotonic()
             if now - last_check < 1.0 and not done:
