@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .health import checks
+from .health import checks, heal
 from .health.checks import Check
 from .health.command import render
 from .probe.cache import probe_cache
@@ -84,7 +84,7 @@ def cache(url: str | None, token: str | None) -> Check:
 
 
 def agent_log() -> Check:
-    path = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "nx-agent.log"
+    path = heal.log_path()
     if not path.exists():
         return Check("agent log", None, f"{path}: no entries yet")
     lines = path.read_text(errors="replace").splitlines()

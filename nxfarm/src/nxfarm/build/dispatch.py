@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..agent.task import run_task
@@ -35,7 +35,6 @@ class Outcome:
 class DispatchReport:
     outcomes: dict[str, Outcome]
     fallback: str | None = None  # why the rest was left to the local pass
-    events: list[str] = field(default_factory=list)
 
 
 def eligible_tasks(graph: TaskGraph) -> set[str]:
@@ -76,7 +75,7 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
             outcomes[task].status = "running"
 
     def skip_dependents(task: str) -> None:
-        for other, deps in waiting.items():
+        for other in waiting:
             if task in graph.dependencies[other] and outcomes[other].status == "queued":
                 outcomes[other].status = "skipped"
                 outcomes[other].note = f"needs {task}"
@@ -114,10 +113,10 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                     outcome.status = "lost"
                     outcome.note = f"{type(error).__name__}: {error}" if error else future.status
                 finished += 1
-                for deps in waiting.values():
-                    if outcome.status == "ok":
+                if outcome.status == "ok":
+                    for deps in waiting.values():
                         deps.discard(task)
-                if outcome.status != "ok":
+                else:
                     skip_dependents(task)
                 say(_event_line(finished, total, outcome))
                 if outcome.result is not None and not outcome.result.ok:

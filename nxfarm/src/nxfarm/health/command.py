@@ -28,11 +28,10 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def gather(cache_url: str | None) -> tuple[list[checks.Check], dict[str, dict[str, str]]]:
+def gather(cache_url: str | None) -> list[checks.Check]:
     shows = {unit: checks.systemctl_show(unit) for unit in checks.installed_units()}
     found = [checks.tailnet_check(), checks.cache_check(cache_url)]
-    found += [checks.unit_check(unit, show) for unit, show in shows.items()]
-    return found, shows
+    return found + [checks.unit_check(unit, show) for unit, show in shows.items()]
 
 
 def render(found: list[checks.Check]) -> str:
@@ -45,7 +44,7 @@ def render(found: list[checks.Check]) -> str:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    found, _ = gather(args.cache_url)
+    found = gather(args.cache_url)
     if args.heal:
         units = [c for c in found if c.name in checks.FARM_UNITS]
         failed = [c.name for c in units if c.ok is False]
@@ -54,7 +53,7 @@ def run_health(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         if failed:
             time.sleep(2)  # let restarted services settle before the verdict
-            found, _ = gather(args.cache_url)
+            found = gather(args.cache_url)
     if args.json:
         print(json.dumps([vars(c) for c in found], indent=2))
     else:
