@@ -120,3 +120,23 @@ def read_status(sock: socket.socket) -> tuple[int, bytes]:
     if not data:
         return 0, b""
     return int(data.split(b" ", 2)[1]), data
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """Read `count` whole responses (status, body) from a keep-alive socket, using Content-Length."""
+    data = b""
+    out: list[tuple[int, bytes]] = []
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode("latin-1")
+            length = int(re.search(r"(?im)^content-length:\s*(\d+)", head)[1])  # type: ignore[index]
+            if len(data) >= head_end + 4 + length:
+                out.append((int(head.split(" ", 2)[1]), data[head_end + 4 : head_end + 4 + length]))
+                data = data[head_end + 4 + length :]
+                continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError(f"closed after {len(out)} of {count} responses")
+        data += chunk
+    return out

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .server_proc import READ_TOKEN, WRITE_TOKEN, put_headers, read_status
+from .server_proc import READ_TOKEN, WRITE_TOKEN, put_headers, read_responses, read_status
 
 MiB = 1 << 20
 
@@ -156,6 +156,42 @@ def test_rejected_upload_is_drained_and_connection_kept(server):
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_status(sock)[0] == 200, "keep-alive must survive a drained 409"
     sock.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    big, small = os.urandom(3 * MiB), b"small body"
+    assert server.request("PUT", "51", big)[0] == 200  # large: sent by sendfile, off the parser
+    assert server.request("PUT", "52", small)[0] == 200
+    auth = f"Authorization: Bearer {WRITE_TOKEN}\r\n"
+    sock = server.raw_socket()
+    sock.sendall(
+        f"GET /v1/cache/51 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+        + f"GET /v1/cache/52 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+        + put_headers("53", 5) + b"third"
+        + f"GET /v1/cache/53 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+        + b"GET /v1/cache/54 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    answers = read_responses(sock, 5)
+    sock.close()
+    assert [status for status, _ in answers] == [200, 200, 200, 200, 401]
+    assert answers[0][1] == big and answers[1][1] == small and answers[3][1] == b"third"
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    (b"GET /v1/cache/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    (b"GET /v1/cache/1 HTTP/1.1\r\nX-Big: " + b"a" * (70 << 10) + b"\r\n\r\n", 431),
+])
+def test_malformed_or_oversized_requests_are_refused_and_closed(server, request_bytes, status):
+    sock = server.raw_socket()
+    sock.sendall(request_bytes)
+    got, data = read_status(sock)
+    assert got == status
+    assert b"Connection: close" in data
+    while sock.recv(65536):
+        pass  # the server hangs up
+    sock.close()
+    assert server.request("GET", "/health", token=None)[0] == 200
 
 
 def test_expect_100_continue(server):

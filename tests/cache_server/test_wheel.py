@@ -7,7 +7,7 @@ import sys
 def test_wheel_and_pinned_dependencies_install_offline(tmp_path, built_wheels):
     wheels = built_wheels / "cache"  # what `make wheels` builds
     names = sorted(p.name.split("-")[0].lower() for p in wheels.glob("*.whl"))
-    assert "nxfarm_cache_server" in names and "aiohttp" in names and "xxhash" in names
+    assert "nxfarm_cache_server" in names and "httptools" in names and "xxhash" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "--no-index",

@@ -16,7 +16,7 @@ def wheels(tmp_path, monkeypatch):
     (directory / "cache").mkdir(parents=True)
     (directory / "agent").mkdir()
     (directory / "cache" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v1")
-    (directory / "cache" / "aiohttp-3.14.5-cp311-cp311-manylinux.whl").write_bytes(b"dependency")
+    (directory / "cache" / "httptools-0.9.0-cp311-cp311-manylinux.whl").write_bytes(b"dependency")
     (directory / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v1")
     monkeypatch.setenv("NXFARM_WHEELS_DIR", str(directory))
     return directory

@@ -1,4 +1,4 @@
-"""HTTP transport: parse the route, authenticate, call storage, map errors once.
+"""Cache semantics over HTTP: route, authenticate, call storage, map errors once.
 
 Every answer is chosen for what the Nx 24 client tolerates (research/nx-cache.md):
 GET answers only 200 or 404 once authenticated (a damaged entry or a read error
@@ -10,20 +10,17 @@ early answer), and every body read has an idle timeout so nothing hangs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
-
 from .. import __version__
 from ..auth import Identity, TokenStore
-from ..storage.base import Storage
+from ..storage.base import Blob, Storage
 from ..storage.disk import is_valid_key
 from ..storage.errors import StorageError
+from .protocol import Connection, Exchange, status_head
 
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
@@ -31,47 +28,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cache_server.http")
 
-_OCTET = "application/octet-stream"
-_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_OCTET_HEAD = b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n"
+_EMPTY = b"Content-Length: 0\r\n"
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 _CACHE_PREFIX = "v1/cache/"
 # A rejected PUT is read to the end so the client sees our answer, unless that is unreasonable.
 _DRAIN_CAP_UNAUTHENTICATED = 64 << 20
-_SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 _ERROR_RECENT_S = 600.0
+_BAD_KEY = "bad cache hash: letters and digits only, at most 128"
 
 
-class _BodyTimeout(Exception):
-    pass
-
-
-class _Record:
-    """What the access log says about one request."""
-
-    __slots__ = ("key", "status", "token", "bytes_in", "bytes_out", "reason")
-
-    def __init__(self, key: str | None) -> None:
-        self.key = key  # the cache key, only when it is valid
-        self.status: int | None = None
-        self.token: str | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.reason: str | None = None
-
-    def answer(self, response: web.StreamResponse) -> web.StreamResponse:
-        self.status = response.status
-        return response
-
-
-def _text(status: int, message: str, *, close: bool = False) -> web.Response:
+def _text(conn: Connection, ex: Exchange, status: int, message: str, *, close: bool = False) -> None:
+    body = message.encode()
+    ex.status = status
     # Exactly "text/plain": Nx rejects a 401 whose type carries a charset.
-    response = web.Response(status=status, body=message.encode(), headers={"Content-Type": "text/plain"})
-    if close:
-        response.force_close()
-    return response
+    conn.respond(ex, status_head(status) + b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body),
+                 body, close=close)
+
+
+def _empty(conn: Connection, ex: Exchange, status: int) -> None:
+    ex.status = status
+    conn.respond(ex, status_head(status) + _EMPTY)
 
 
 class CacheHandler:
-    """The request handler of the low-level aiohttp server (no router, no middleware)."""
+    """What to answer, given a parsed request; `Connection` (protocol.py) owns the wire.
+
+    `begin` runs once the head is read (a PUT is accepted or refused before its body),
+    `body` per body chunk, `complete` once the request is whole.
+    """
 
     def __init__(
         self,
@@ -89,253 +74,243 @@ class CacheHandler:
         self.access_log = access_log
         self.body_timeout = body_timeout
         self.started = time.time()
-        self.in_flight = 0
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._prefix = url_prefix.strip("/") + "/" if url_prefix.strip("/") else ""
 
     # ---------------------------------------------------------------- routing
 
-    def _route(self, raw_path: str) -> tuple[str, str]:
-        """('cache', key) | ('health'|'metrics'|'other', '')."""
-        path = raw_path.split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
+    def _route(self, ex: Exchange) -> None:
+        path = ex.url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :].lstrip("/")
         if path.startswith(_CACHE_PREFIX):
-            return "cache", path[len(_CACHE_PREFIX) :]
-        if path in ("health", "metrics"):
-            return path, ""
-        return "other", ""
+            ex.kind = "cache"
+            key = path[len(_CACHE_PREFIX) :]
+            ex.key = key if is_valid_key(key) else None
+        elif path in ("health", "metrics"):
+            ex.kind = path
 
-    async def wait_idle(self) -> None:
-        """Return once no request is in flight (used to drain on SIGTERM)."""
-        await self._idle.wait()
+    def begin(self, conn: Connection, ex: Exchange) -> None:
+        self._route(ex)
+        if ex.kind == "cache" and ex.method == "PUT":
+            self._begin_put(conn, ex)
 
-    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
-        self.in_flight += 1
-        self._idle.clear()
+    def body(self, conn: Connection, ex: Exchange, chunk: bytes) -> None:
+        upload = ex.upload
+        if upload is None:
+            return  # a refused PUT being drained, or a body nobody asked for
         try:
-            response = await self._handle(request)
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
-        if self.draining:
-            response.force_close()  # keep-alive clients reconnect to the next instance
-        if response.keep_alive is False and not response.prepared and not request.content.is_eof():
-            # Answer, then hang up at once: aiohttp would otherwise linger for seconds reading
-            # a body we have refused (oversized, stalled, or never coming after Expect).
-            await response.prepare(request)
-            await response.write_eof()
-            request.protocol.force_close()
-        return response
+            upload.write(chunk)
+        except StorageError as exc:
+            # A fault mid-body (disk full, EIO): the upload is gone; drain the rest and
+            # answer where Nx can read it.
+            ex.upload = None
+            self.metrics.reject("not_stored" if exc.status == 403 else "incomplete")
+            ex.reason = exc.message
+            ex.reply = (exc.status, exc.message)
 
-    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        kind, key = self._route(request.raw_path)
-        method = request.method
-        rec = _Record(key if kind == "cache" and is_valid_key(key) else None)
-        try:
-            if kind == "cache":
-                if method == "GET" or method == "HEAD":
-                    response = await self._get(request, key, rec)
-                elif method == "PUT":
-                    response = await self._put(request, key, rec)
-                else:
-                    response = rec.answer(_text(405, "method not allowed: use GET or PUT"))
-                    response.headers["Allow"] = "GET, HEAD, PUT"
-            elif kind == "health" and method in ("GET", "HEAD"):
-                response = rec.answer(self._health())
-            elif kind == "metrics" and method in ("GET", "HEAD"):
-                response = rec.answer(web.Response(body=self.metrics.render(), headers={"Content-Type": _PROMETHEUS}))
+    def complete(self, conn: Connection, ex: Exchange) -> None:
+        method = ex.method
+        kind = ex.kind
+        if kind == "cache":
+            if method == "GET" or method == "HEAD":
+                self._get(conn, ex)
+            elif method == "PUT":
+                self._complete_put(conn, ex)
             else:
-                response = rec.answer(_text(404, "not found: the cache API is PUT/GET /v1/cache/{hash}"))
-        except (ConnectionError, asyncio.CancelledError):
-            raise
-        except Exception:
-            # A bug must not fail the user's build: Nx treats any GET answer but 200/404, and any
-            # PUT answer but 200/403/409, as fatal. Log it loudly and answer a miss / "not stored".
-            log.exception("internal error on %s %s", method, kind)
-            self.metrics.reject("internal_error")
-            if kind == "cache" and method == "PUT":
-                response = rec.answer(_text(403, "not stored: internal error", close=True))
-            elif kind == "cache":
-                response = rec.answer(web.Response(status=404))
-            else:
-                response = rec.answer(_text(500, "internal error"))
-        finally:
-            elapsed = time.perf_counter() - started
-            if kind == "cache":
-                self.metrics.latency["PUT" if method == "PUT" else "GET"].observe(elapsed)
-            if self.access_log.enabled:
-                self.access_log.write(
-                    remote=request.remote, method=method, route=kind,
-                    key=rec.key,
-                    status=rec.status, ms=elapsed * 1000, token=rec.token,
-                    bytes_in=rec.bytes_in, bytes_out=rec.bytes_out, reason=rec.reason,
-                )
-        return response
+                ex.status = 405
+                body = b"method not allowed: use GET or PUT"
+                conn.respond(ex, status_head(405) + b"Allow: GET, HEAD, PUT\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\n" % len(body), body)
+        elif kind == "health" and method in ("GET", "HEAD"):
+            self._send(conn, ex, b"application/json", self._health())
+        elif kind == "metrics" and method in ("GET", "HEAD"):
+            self._send(conn, ex, _PROMETHEUS, self.metrics.render())
+        else:
+            _text(conn, ex, 404, "not found: the cache API is PUT/GET /v1/cache/{hash}")
+
+    def _send(self, conn: Connection, ex: Exchange, content_type: bytes, body: bytes) -> None:
+        ex.status = 200
+        head = status_head(200) + b"Content-Type: " + content_type + b"\r\nContent-Length: %d\r\n" % len(body)
+        conn.respond(ex, head, b"" if ex.method == "HEAD" else body)
+
+    # ------------------------------------------------------- ends of requests
+
+    def finished(self, ex: Exchange) -> None:
+        """Every answered request passes here once: latency and the access log."""
+        elapsed = time.perf_counter() - ex.started
+        if ex.kind == "cache":
+            self.metrics.latency["PUT" if ex.method == "PUT" else "GET"].observe(elapsed)
+        if self.access_log.enabled:
+            self.access_log.write(
+                remote=ex.remote, method=ex.method, route=ex.kind, key=ex.key, status=ex.status,
+                ms=elapsed * 1000, token=ex.token, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out, reason=ex.reason,
+            )
+
+    def sent(self, ex: Exchange, ok: bool) -> None:
+        if ok:
+            self.metrics.bytes_out += ex.bytes_out
+
+    def lost(self, ex: Exchange) -> None:
+        """The client hung up before its answer."""
+        if ex.upload is not None:
+            ex.upload.abort()  # nothing is published
+            ex.upload = None
+            self.metrics.reject("interrupted")
+        ex.reason = ex.reason or "client went away"
+        ex.answered = True
+        self.finished(ex)
+
+    def timed_out(self, conn: Connection, ex: Exchange) -> None:
+        if ex.reply is not None:  # a refused body that stopped coming: still say why
+            _text(conn, ex, ex.reply[0], ex.reply[1], close=True)
+            return
+        if ex.upload is not None:
+            ex.upload.abort()
+            ex.upload = None
+        self.metrics.reject("body_timeout")
+        _text(conn, ex, 408, f"no body bytes for {self.body_timeout:g}s: upload discarded", close=True)
+
+    def refuse(self, conn: Connection, ex: Exchange, status: int, message: str) -> None:
+        self.metrics.reject("bad_request")
+        ex.reason = message
+        _text(conn, ex, status, message, close=True)
+
+    def internal_error(self, conn: Connection, ex: Exchange) -> None:
+        # A bug must not fail the user's build: Nx treats any GET answer but 200/404, and any
+        # PUT answer but 200/403/409, as fatal. Log it loudly and answer a miss / "not stored".
+        log.exception("internal error on %s %s", ex.method, ex.kind)
+        self.metrics.reject("internal_error")
+        if ex.upload is not None:
+            ex.upload.abort()
+            ex.upload = None
+        if ex.answered:
+            return
+        if ex.kind == "cache" and ex.method == "PUT":
+            _text(conn, ex, 403, "not stored: internal error", close=True)
+        elif ex.kind == "cache":
+            _empty(conn, ex, 404)
+        else:
+            _text(conn, ex, 500, "internal error")
 
     # -------------------------------------------------------------------- GET
 
-    def _authenticate(self, request: BaseRequest, rec: _Record) -> Identity | None:
-        identity = self.tokens.authenticate(request.headers.get("Authorization"))
-        rec.token = identity.name if identity else None
+    def _authenticate(self, ex: Exchange) -> Identity | None:
+        header = ex.authorization
+        identity = self.tokens.authenticate(header.decode("latin-1") if header is not None else None)
         if identity is None:
             self.metrics.reject("unauthorized")
+        else:
+            ex.token = identity.name
         return identity
 
-    async def _get(self, request: BaseRequest, key: str, rec: _Record) -> web.StreamResponse:
-        if self._authenticate(request, rec) is None:
-            return rec.answer(_text(401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)"))
-        if rec.key is None:
+    def _get(self, conn: Connection, ex: Exchange) -> None:
+        if self._authenticate(ex) is None:
+            _text(conn, ex, 401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)")
+            return
+        if ex.key is None:
             self.metrics.reject("bad_key")
-            return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128"))
-        blob = self.storage.get(key)
+            _text(conn, ex, 400, _BAD_KEY)
+            return
+        blob: Blob | None = self.storage.get(ex.key)
         if blob is None:
             self.metrics.misses += 1
-            return rec.answer(web.Response(status=404))
+            _empty(conn, ex, 404)
+            return
         self.metrics.hits += 1
-        if request.method == "HEAD":
+        ex.status = 200
+        head = status_head(200) + _OCTET_HEAD % blob.size
+        if ex.method == "HEAD":
             blob.close()
-            head = web.StreamResponse(headers={"Content-Type": _OCTET})
-            head.content_length = blob.size
-            return rec.answer(head)
-        if blob.inline is not None:
-            rec.bytes_out = blob.size
+            conn.respond(ex, head)
+        elif blob.inline is not None:
+            ex.bytes_out = blob.size
             self.metrics.bytes_out += blob.size
-            return rec.answer(web.Response(body=blob.inline, headers={"Content-Type": _OCTET}))
-        try:
-            response = web.StreamResponse(headers={"Content-Type": _OCTET})
-            response.content_length = blob.size
-            rec.status = 200
-            await response.prepare(request)
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("client went away")
-            with open(blob.fd, "rb", buffering=0, closefd=False) as fobj:
-                limit = self.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
-                await asyncio.wait_for(
-                    asyncio.get_running_loop().sendfile(transport, fobj, blob.offset, blob.size), limit
-                )
-            await response.write_eof()
-        except (asyncio.TimeoutError, OSError) as exc:
-            # Headers are gone; closing is the only honest signal left for a short body.
-            rec.reason = f"download aborted: {type(exc).__name__}"
-            if request.transport is not None:
-                request.transport.close()
-            raise ConnectionResetError("download aborted") from None
-        finally:
-            blob.close()
-        rec.bytes_out = blob.size
-        self.metrics.bytes_out += blob.size
-        return response
+            conn.respond(ex, head, blob.inline)
+        else:
+            conn.send_file(ex, head, blob)
 
     # -------------------------------------------------------------------- PUT
 
-    async def _put(self, request: BaseRequest, key: str, rec: _Record) -> web.StreamResponse:
-        length = request.content_length
-        expect_continue = request.headers.get("Expect", "").lower() == "100-continue"
-        identity = self._authenticate(request, rec)
+    def _begin_put(self, conn: Connection, ex: Exchange) -> None:
+        length = ex.content_length
+        identity = self._authenticate(ex)
         if identity is None:
-            return await self._reject(request, rec, 401, "missing or unknown cache token", length, expect_continue,
-                                      drain_cap=_DRAIN_CAP_UNAUTHENTICATED)
+            self._reject(conn, ex, 401, "missing or unknown cache token", drain_cap=_DRAIN_CAP_UNAUTHENTICATED)
+            return
         if not identity.may_write:
             self.metrics.reject("read_only")
-            return await self._reject(request, rec, 403, f"token {identity.name!r} is read-only: not stored",
-                                      length, expect_continue)
-        if rec.key is None:
+            self._reject(conn, ex, 403, f"token {identity.name!r} is read-only: not stored")
+            return
+        if ex.key is None:
             self.metrics.reject("bad_key")
-            return rec.answer(_text(400, "bad cache hash: letters and digits only, at most 128", close=True))
-        if length is None:
+            _text(conn, ex, 400, _BAD_KEY, close=True)
+            return
+        if length is None or ex.chunked:
             self.metrics.reject("no_length")
-            return rec.answer(_text(411, "Content-Length is required", close=True))
+            _text(conn, ex, 411, "Content-Length is required", close=True)
+            return
         try:
-            upload = self.storage.begin_put(key, length)
+            ex.upload = self.storage.begin_put(ex.key, length)
         except StorageError as exc:
-            reason = {409: "conflict", 413: "too_large"}.get(exc.status, "not_stored")
             if exc.status == 409:
                 self.metrics.conflicts += 1
             else:
-                self.metrics.reject(reason)
+                self.metrics.reject({413: "too_large"}.get(exc.status, "not_stored"))
             if exc.status == 413:
-                return rec.answer(_text(413, exc.message, close=True))
-            return await self._reject(request, rec, exc.status, exc.message, length, expect_continue)
-        try:
-            if expect_continue:
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await self._receive(request, upload.write)
-            rec.bytes_in = upload.written
-            if self.storage.fsync:
-                # Shielded: if this handler is cancelled (drain timeout) the commit still finishes
-                # whole, and the abort below is a no-op once a commit has started.
-                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, upload.commit))
+                ex.reason = exc.message
+                _text(conn, ex, 413, exc.message, close=True)
             else:
-                upload.commit()
-        except StorageError as exc:
-            upload.abort()
-            if exc.status == 409:
-                self.metrics.conflicts += 1
-            else:
-                self.metrics.reject("not_stored" if exc.status == 403 else "incomplete")
-            rec.reason = exc.message
-            if not request.content.is_eof():
-                try:
-                    await self._drain(request)  # a fault mid-body: still answer where Nx can read it
-                except _BodyTimeout:
-                    return rec.answer(_text(exc.status, exc.message, close=True))
-            return rec.answer(_text(exc.status, exc.message))
-        except _BodyTimeout:
-            upload.abort()
-            self.metrics.reject("body_timeout")
-            return rec.answer(_text(408, f"no body bytes for {self.body_timeout:g}s: upload discarded", close=True))
-        except BaseException:
-            upload.abort()  # client disconnected or the handler was cancelled: nothing is published
-            self.metrics.reject("interrupted")
-            raise
-        self.metrics.puts += 1
-        self.metrics.bytes_in += upload.written
-        return rec.answer(web.Response(status=200))
+                self._reject(conn, ex, exc.status, exc.message)
+            return
+        if ex.expect_continue:
+            conn.send_continue()
 
-    async def _reject(
-        self, request: BaseRequest, rec: _Record, status: int, message: str,
-        length: int | None, expect_continue: bool, drain_cap: int | None = None,
-    ) -> web.StreamResponse:
-        rec.reason = message
+    def _reject(self, conn: Connection, ex: Exchange, status: int, message: str, drain_cap: int | None = None) -> None:
+        """Refuse a PUT: after draining its body when that is reasonable, else at once and hang up."""
+        ex.reason = message
+        length = ex.content_length
         cap = self.storage.max_artifact_bytes if drain_cap is None else drain_cap
-        if expect_continue or length is None or length > cap:
-            return rec.answer(_text(status, message, close=True))
-        try:
-            await self._drain(request)
-        except _BodyTimeout:
-            return rec.answer(_text(status, message, close=True))
-        return rec.answer(_text(status, message))
+        if ex.expect_continue or length is None or ex.chunked or length > cap:
+            _text(conn, ex, status, message, close=True)
+        else:
+            ex.reply = (status, message)  # Nx sends the whole body before it reads an answer
 
-    async def _drain(self, request: BaseRequest) -> None:
-        await self._receive(request, lambda chunk: None)
+    def _complete_put(self, conn: Connection, ex: Exchange) -> None:
+        upload = ex.upload
+        if upload is None:
+            status, message = ex.reply or (403, "not stored")
+            _text(conn, ex, status, message)
+            return
+        ex.bytes_in = upload.written
+        if self.storage.fsync:
+            conn.run_blocking(ex, upload.commit, self._committed)
+        else:
+            try:
+                upload.commit()
+            except StorageError as exc:
+                self._committed(conn, ex, exc)
+            else:
+                self._committed(conn, ex, None)
 
-    async def _receive(self, request: BaseRequest, sink) -> None:  # type: ignore[no-untyped-def]
-        """Feed the body to `sink` chunk by chunk; `_BodyTimeout` when it stalls."""
-        content = request.content
-        timeout = self.body_timeout
-        while True:
-            chunk = content.read_nowait()  # what is already buffered, without arming a timer
-            if not chunk:
-                if content.at_eof():
-                    return
-                try:
-                    async with asyncio.timeout(timeout):
-                        chunk = await content.readany()
-                except TimeoutError:
-                    raise _BodyTimeout() from None
-                if not chunk:
-                    return
-            sink(chunk)
+    def _committed(self, conn: Connection, ex: Exchange, error: BaseException | None) -> None:
+        ex.upload = None
+        if error is None:
+            self.metrics.puts += 1
+            self.metrics.bytes_in += ex.bytes_in
+            _empty(conn, ex, 200)
+            return
+        if not isinstance(error, StorageError):
+            raise error
+        if error.status == 409:
+            self.metrics.conflicts += 1
+        else:
+            self.metrics.reject("not_stored" if error.status == 403 else "incomplete")
+        ex.reason = error.message
+        _text(conn, ex, error.status, error.message)
 
     # ----------------------------------------------------------------- health
 
-    def _health(self) -> web.Response:
+    def _health(self) -> bytes:
         stats = self.storage.stats()
         last = self.storage.counters.last_error
         problems = []
@@ -356,4 +331,4 @@ class CacheHandler:
             "tokens": len(self.tokens),
             "last_storage_error": None if last is None else {"at": last.at, "op": last.op, "message": last.message},
         }
-        return web.Response(body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        return json.dumps(body).encode()

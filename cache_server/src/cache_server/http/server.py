@@ -8,14 +8,13 @@ import os
 import signal
 import threading
 
-from aiohttp import web
-
 from ..accesslog import AccessLog
 from ..auth import TokenFileError, TokenStore
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage.disk import DiskStorage
 from .handler import CacheHandler
+from .protocol import HttpServer
 
 log = logging.getLogger("cache_server")
 
@@ -49,24 +48,21 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         url_prefix=settings.url_prefix,
         body_timeout=settings.body_timeout,
     )
-    server = web.Server(handler, keepalive_timeout=settings.idle_timeout, access_log=None)
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings.drain_timeout)
-    await runner.setup()
+    http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     scrub_stop = threading.Event()
     background: list[asyncio.Task[None]] = []
-    sites: list[web.TCPSite] = []
+    listeners: list[asyncio.Server] = []
     try:
         for host, port in settings.binds:
-            site = web.TCPSite(runner, host, port, backlog=1024)
             try:
-                await site.start()
+                listener = await loop.create_server(http, host, port, backlog=1024, reuse_address=True)
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
-            sites.append(site)
-            for sock in site._server.sockets:  # type: ignore[union-attr]
+            listeners.append(listener)
+            for sock in listener.sockets:
                 address = sock.getsockname()
                 shown = f"[{address[0]}]" if ":" in address[0] else address[0]
                 log.info("listening on http://%s:%d (storage %s, %d token(s))", shown, address[1], settings.storage, len(tokens))
@@ -80,19 +76,19 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
             background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
         await stop.wait()
         log.info("stopping: no new connections, draining %d request(s) in flight (up to %gs)",
-                 handler.in_flight, settings.drain_timeout)
-        # aiohttp's own shutdown stops reading from connections at once, which would strand an
-        # upload mid-body; so close the listeners first and let requests in flight finish.
-        handler.draining = True
-        for site in sites:
-            await site.stop()
+                 http.busy_connections(), settings.drain_timeout)
+        for listener in listeners:
+            listener.close()
+        http.start_draining()
         try:
-            await asyncio.wait_for(handler.wait_idle(), settings.drain_timeout)
+            await asyncio.wait_for(http.wait_idle(), settings.drain_timeout)
         except asyncio.TimeoutError:
-            log.warning("drain timeout: %d request(s) still in flight are cut off", handler.in_flight)
+            log.warning("drain timeout: %d request(s) still in flight are cut off", http.busy_connections())
     finally:
         scrub_stop.set()
-        await runner.cleanup()
+        for listener in listeners:
+            listener.close()
+        http.abort_all()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -1,0 +1,413 @@
+"""HTTP/1.1 on an asyncio.Protocol, parsed by httptools (llhttp, in C).
+
+Why not a framework: a cache hit is a few microseconds of storage work, so the
+per-request cost of the HTTP layer decides small-artifact throughput. aiohttp's
+request/response objects, tasks and stream readers cost ~60-100 us per request
+here; this layer answers a small GET without creating a task or a future.
+
+One `Connection` per socket. The parser calls back as bytes arrive; each request
+becomes an `Exchange`. The handler (handler.py) decides what to answer; this
+module owns the wire: ordering of pipelined requests, keep-alive, timeouts, flow
+control, `loop.sendfile` for large bodies, and blocking work in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from ..storage.base import Blob, Upload
+    from .handler import CacheHandler
+
+MAX_HEADER_BYTES = 64 << 10
+_SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class _Clock:
+    """The `Date` header, formatted at most once a second."""
+
+    __slots__ = ("_second", "_header")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._header = b""
+
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._header = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._header
+
+
+CLOCK = _Clock()
+
+
+def status_head(status: int) -> bytes:
+    """Status line plus Date, without the blank line that ends the head."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")) + CLOCK.date_header()
+
+
+class Exchange:
+    """One request and what is known of its answer; the access log's record too."""
+
+    __slots__ = (
+        "remote", "url", "method", "authorization", "content_length", "expect_continue", "chunked", "keep_alive",
+        "started", "kind", "key", "status", "token", "bytes_in", "bytes_out", "reason",
+        "upload", "reply", "pending", "complete", "answered",
+    )
+
+    def __init__(self, started: float, remote: str | None) -> None:
+        self.remote = remote
+        self.url = b""
+        self.method = ""
+        self.authorization: bytes | None = None
+        self.content_length: int | None = None
+        self.expect_continue = False
+        self.chunked = False
+        self.keep_alive = True
+        self.started = started
+        self.kind = "other"  # route: cache | health | metrics | other
+        self.key: str | None = None  # the cache key, only when it is valid
+        self.status: int | None = None
+        self.token: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.reason: str | None = None
+        self.upload: Upload | None = None  # a PUT body being stored
+        self.reply: tuple[int, str] | None = None  # a refused PUT: answered once its body is drained
+        self.pending: list[bytes] | None = None  # body bytes that arrived while an earlier request was answered
+        self.complete = False  # the whole request (body included) has been read
+        self.answered = False
+
+
+class HttpServer:
+    """State shared by the connections of one listening server."""
+
+    def __init__(self, handler: CacheHandler, *, idle_timeout: float, body_timeout: float) -> None:
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        self.connections: set[Connection] = set()
+        self.draining = False
+        # How often an idle or receiving connection looks at its clock.
+        self.tick = max(0.05, min(idle_timeout, body_timeout))
+
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    def busy_connections(self) -> int:
+        return sum(1 for conn in self.connections if conn.busy)
+
+    def start_draining(self) -> None:
+        """Answer what is in flight with `Connection: close`; hang up idle connections now."""
+        self.draining = True
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+
+    async def wait_idle(self) -> None:
+        while self.busy_connections():
+            await asyncio.sleep(0.05)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.handler = server.handler
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote: str | None = None
+        self.parsing: Exchange | None = None  # the request whose bytes are arriving
+        self.current: Exchange | None = None  # the request being answered
+        self.queue: deque[Exchange] = deque()  # pipelined requests waiting for `current`
+        self.header_bytes = 0
+        self.last_io = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.waiting = False  # `current` waits on a sendfile or a thread
+        self.write_paused = False
+        self.must_close = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.parsing is not None or self.current is not None or bool(self.queue)
+
+    # ------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if peer else None
+        self.server.connections.add(self)
+        if self.server.draining:
+            self.close()
+            return
+        self.last_io = self.loop.time()
+        self.timer = self.loop.call_at(self.last_io + self.server.tick, self._on_timer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()  # a sendfile: its own handler logs the abort
+        elif self.current is not None and not self.waiting and not self.current.answered:
+            self.handler.lost(self.current)
+        for ex in (self.parsing, *self.queue):
+            if ex is not None and ex is not self.current and ex.upload is not None:
+                ex.upload.abort()
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_io = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade/CONNECT request was answered as plain HTTP; nothing after it is HTTP/1.1.
+            self.must_close = True
+            if self.current is None:
+                self.close()
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadersTooLarge):
+                self._refuse(431, "request head over 64 KiB")
+            else:
+                self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        if self.write_paused or self.waiting:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --------------------------------------------------------- parser calls
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(time.perf_counter(), self.remote)
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.header_bytes += len(url)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise _HeadersTooLarge()
+        self.parsing.url += url  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise _HeadersTooLarge()
+        ex = self.parsing
+        assert ex is not None
+        name = name.lower()
+        if name == b"authorization":
+            ex.authorization = value
+        elif name == b"content-length":
+            ex.content_length = int(value)  # llhttp has checked it is one run of digits
+        elif name == b"expect":
+            ex.expect_continue = value.lower() == b"100-continue"
+        elif name == b"transfer-encoding":
+            ex.chunked = True
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.method = self.parser.get_method().decode("ascii", "replace")
+        ex.keep_alive = self.parser.should_keep_alive()
+        if self.current is None and not self.closing:
+            self._start(ex)
+        else:
+            ex.pending = []
+            self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        if ex.pending is not None:
+            ex.pending.append(body)
+        elif not ex.answered:
+            self.handler.body(self, ex, body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.parsing = None
+        ex.complete = True
+        if ex is self.current and not ex.answered:
+            self._complete(ex)
+
+    # ------------------------------------------------------------- answering
+
+    def _start(self, ex: Exchange) -> None:
+        self.current = ex
+        try:
+            self.handler.begin(self, ex)
+        except Exception:
+            self.handler.internal_error(self, ex)
+        pending, ex.pending = ex.pending, None
+        if pending and not ex.answered:
+            for chunk in pending:
+                self.handler.body(self, ex, chunk)
+        if ex.complete and not ex.answered:
+            self._complete(ex)
+
+    def _complete(self, ex: Exchange) -> None:
+        try:
+            self.handler.complete(self, ex)
+        except Exception:
+            self.handler.internal_error(self, ex)
+
+    def _advance(self) -> None:
+        while self.current is None and self.queue and not self.closing:
+            self._start(self.queue.popleft())
+        self._update_reading()
+
+    def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
+        """Send a whole answer. `head` is `status_head()` plus header lines."""
+        close = close or not ex.keep_alive or self.must_close or self.server.draining
+        if not self.closing and self.transport is not None:
+            self.transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
+        self._finish(ex, close)
+
+    def _finish(self, ex: Exchange, close: bool) -> None:
+        ex.answered = True
+        self.handler.finished(ex)
+        if ex is self.current:
+            self.current = None
+        if close:
+            self.close()
+        else:
+            self.last_io = self.loop.time()
+
+    def send_continue(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
+        """Answer with `blob`'s bytes by sendfile(2), off the parser's call stack."""
+        self.waiting = True
+        self._update_reading()
+        self.task = self.loop.create_task(self._send_file(ex, head, blob))
+
+    async def _send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
+        transport = self.transport
+        assert transport is not None
+        ok = False
+        close = not ex.keep_alive or self.must_close or self.server.draining
+        try:
+            transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
+            limit = self.server.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
+            with open(blob.fd, "rb", buffering=0, closefd=False) as fobj:
+                async with asyncio.timeout(limit):
+                    await self.loop.sendfile(transport, fobj, blob.offset, blob.size)
+            ok = True
+        except (TimeoutError, OSError, RuntimeError, asyncio.CancelledError) as exc:
+            # Headers are gone; hanging up is the only honest signal left for a short body.
+            ex.reason = f"download aborted: {type(exc).__name__}"
+            self.abort()
+        finally:
+            blob.close()
+            self.task = None
+            self.waiting = False
+        if ok:
+            ex.bytes_out = blob.size
+        self.handler.sent(ex, ok)
+        self._finish(ex, close or not ok)
+        self._advance()
+
+    def run_blocking(self, ex: Exchange, work: Callable[[], Any], then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
+        """Run `work` in a thread; `then(conn, ex, error)` answers on the loop. Never cancelled
+        halfway: a commit that has started finishes whole even if the client hangs up."""
+        self.waiting = True
+        self._update_reading()
+        future = self.loop.run_in_executor(None, work)
+        future.add_done_callback(lambda done: self._blocking_done(ex, done, then))
+
+    def _blocking_done(self, ex: Exchange, done: asyncio.Future[Any],
+                       then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
+        self.waiting = False
+        error = done.exception()
+        try:
+            then(self, ex, error)
+        except Exception:
+            self.handler.internal_error(self, ex)
+        self._advance()
+
+    # -------------------------------------------------------------- timeouts
+
+    def _on_timer(self) -> None:
+        # One timer per connection, re-armed only when it fires: cheaper than a timer per read.
+        self.timer = None
+        if self.closing:
+            return
+        now = self.loop.time()
+        idle = not self.busy
+        timeout = self.server.idle_timeout if idle else self.server.body_timeout
+        due = self.last_io + timeout
+        if self.waiting or now < due:  # waiting: sendfile and commit have limits of their own
+            self.timer = self.loop.call_at(now + self.server.tick if self.waiting else min(due, now + self.server.tick),
+                                           self._on_timer)
+            return
+        if idle:
+            self.close()
+        elif self.current is not None and not self.current.answered:
+            self.handler.timed_out(self, self.current)
+        else:
+            self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
+            self.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request we cannot parse: answer it if nothing else is on the wire, then hang up."""
+        if self.current is not None and self.waiting:
+            self.abort()
+            return
+        ex = self.current or self.parsing or Exchange(time.perf_counter(), self.remote)
+        self.parsing = None
+        if ex.upload is not None:
+            ex.upload.abort()
+            ex.upload = None
+        self.handler.refuse(self, ex, status, message)
