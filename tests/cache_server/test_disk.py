@@ -99,13 +99,16 @@ def test_aborted_or_short_upload_leaves_nothing(tmp_path):
 def test_leftovers_of_a_crash_are_swept_at_start(tmp_path):
     storage = make(tmp_path)
     put(storage, "11", b"kept")
-    upload = storage.begin_put("12", 1000)
+    upload = storage.begin_put("12", MiB)  # large: streamed into tmp/
     upload.write(b"y" * 500)  # the process "dies" here: no abort, no commit
+    small = storage.begin_put("13", 1000)  # small: held in memory until commit
+    small.write(b"z" * 500)
+    assert len(os.listdir(os.path.join(storage.root, "tmp"))) == 1
     storage.close()
     reopened = make(tmp_path)
     assert reopened.counters.swept_at_start == 1
     assert os.listdir(os.path.join(reopened.root, "tmp")) == []
-    assert read(reopened, "11") == b"kept" and reopened.get("12") is None
+    assert read(reopened, "11") == b"kept" and reopened.get("12") is None and reopened.get("13") is None
 
 
 def test_lru_eviction_counts_a_get_as_use(tmp_path):
@@ -303,3 +306,64 @@ def test_an_unindexed_file_is_adopted_instead_of_blocking_its_key_forever(tmp_pa
     with pytest.raises(EntryExists):
         upload.commit()
     assert read(storage, "70") == b"orphan"
+
+
+def test_small_bodies_are_served_from_memory_once_verified(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=MiB)
+    body = os.urandom(4096)
+    put(storage, "71", body)  # a small upload is kept in memory as it is published
+    assert storage.stats().memory_bytes == 4096
+    assert read(storage, "71") == body and storage.counters.memory_hits == 1
+    storage.close()
+    storage = make(tmp_path, memory_cache_bytes=MiB)  # a restart: memory is empty
+    assert read(storage, "71") == body  # from disk: verified, then kept
+    assert storage.counters.memory_hits == 0 and storage.stats().memory_bytes == 4096
+    os.unlink(entry_path(storage, "71"))  # proves the next hit does no I/O
+    assert read(storage, "71") == body
+    assert storage.counters.memory_hits == 1
+    big = os.urandom(64 * 1024 + 1)  # above the inline size: never held in memory
+    put(storage, "72", big)
+    assert read(storage, "72") == big and storage.stats().memory_bytes == 4096
+
+
+def test_memory_copy_goes_with_its_entry(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=MiB, max_bytes=3 * (40_000 + HEADER_SIZE))
+    put(storage, "81", b"a" * 40_000)
+    assert read(storage, "81") == b"a" * 40_000
+    put(storage, "82", b"b" * 40_000)
+    put(storage, "83", b"c" * 40_000)
+    put(storage, "84", b"d" * 40_000)  # evicts 81, the least recently used
+    storage.flush()
+    assert read(storage, "81") is None and storage.stats().memory_bytes == 3 * 40_000  # 82, 83, 84
+    put(storage, "81", b"new" * 10)  # the same key stored again is read fresh, not from memory
+    assert read(storage, "81") == b"new" * 10
+
+
+def test_memory_copy_is_dropped_when_scrub_quarantines_the_file(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=MiB)
+    put(storage, "91", b"x" * 5000)
+    assert read(storage, "91") == b"x" * 5000
+    with open(entry_path(storage, "91"), "r+b") as fh:
+        fh.seek(HEADER_SIZE + 10)
+        fh.write(b"y")
+    assert storage.scrub().damaged == 1
+    assert read(storage, "91") is None and storage.stats().memory_bytes == 0
+
+
+def test_memory_hits_go_back_to_disk_once_per_atime_interval(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=MiB)
+    put(storage, "93", b"z" * 5000)
+    assert read(storage, "93") == b"z" * 5000
+    os.truncate(entry_path(storage, "93"), HEADER_SIZE + 100)
+    assert read(storage, "93") == b"z" * 5000  # memory: the file was verified a moment ago
+    storage._atime_saved["93"] -= 7200  # an interval later, the hit re-reads and re-verifies the file
+    assert read(storage, "93") is None and storage.counters.damaged == 1
+
+
+def test_memory_cache_is_bounded(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=100_000)
+    for i in range(10):
+        put(storage, f"6{i}", bytes([i]) * 30_000)
+        assert read(storage, f"6{i}") == bytes([i]) * 30_000
+        assert storage.stats().memory_bytes <= 100_000
+    assert storage.stats().memory_bytes == 90_000

@@ -20,10 +20,25 @@ def _json_str(value: str | None) -> str:
     return json.dumps(value)
 
 
+def _quoted_or_null(value: str | None) -> str:
+    # For fields validated upstream to plain ASCII without quotes (IP, HTTP method, key, token name).
+    return "null" if value is None else '"' + value + '"'
+
+
+_LINE = (
+    '{"ts":%.3f,"remote":%s,"method":%s,"route":"%s","key":%s,"status":%s,'
+    '"ms":%.3f,"token":%s,"bytes_in":%d,"bytes_out":%d'
+)
+_BATCH_LINES = 256
+
+
 class AccessLog:
+    """Lines are batched in memory and written together: one write per batch or per second."""
+
     def __init__(self, target: str) -> None:
         self._own = False
         self._out: TextIO | None
+        self._batch: list[str] = []
         if target == "off":
             self._out = None
         elif target == "-":
@@ -40,16 +55,24 @@ class AccessLog:
               ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
         if self._out is None:
             return
-        line = (
-            f'{{"ts":{time.time():.3f},"remote":{_json_str(remote)},"method":{_json_str(method)},'
-            f'"route":"{route}","key":{_json_str(key)},"status":{"null" if status is None else status},'
-            f'"ms":{ms:.3f},"token":{_json_str(token)},"bytes_in":{bytes_in},"bytes_out":{bytes_out}'
+        line = _LINE % (
+            time.time(), _quoted_or_null(remote), _quoted_or_null(method), route, _quoted_or_null(key),
+            "null" if status is None else status, ms, _quoted_or_null(token), bytes_in, bytes_out,
         )
-        if reason is not None:
-            line += f',"reason":{_json_str(reason)}'
-        self._out.write(line + "}\n")
+        self._batch.append(line + "}\n" if reason is None else f'{line},"reason":{_json_str(reason)}}}\n')
+        if len(self._batch) >= _BATCH_LINES:
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        lines, self._batch = self._batch, []
+        if lines and self._out is not None:
+            try:
+                self._out.write("".join(lines))
+            except (OSError, ValueError):
+                pass  # a full log disk must not stop the cache
 
     def flush(self) -> None:
+        self._write_batch()
         if self._out is not None:
             try:
                 self._out.flush()

@@ -74,6 +74,7 @@ class Settings:
     max_artifact_size: int
     min_free_disk: int | None
     fsync: bool
+    memory_cache: int
     url_prefix: str
     body_timeout: float
     idle_timeout: float
@@ -102,6 +103,9 @@ class Settings:
         add("--no-fsync", action="store_true", default=env("NXFARM_CACHE_NO_FSYNC") == "1",
             help="do not fsync uploads before publishing (faster; a power loss may lose recent entries, "
                  "which are then detected and served as misses)")
+        add("--memory-cache", default=env("NXFARM_CACHE_MEMORY_CACHE", "64MiB"), metavar="SIZE",
+            help="keep bodies of small entries (up to 64KiB each) in memory, up to SIZE in all; 0 disables "
+                 "(default %(default)s)")
         add("--url-prefix", default=env("NXFARM_CACHE_URL_PREFIX", ""), metavar="PATH",
             help="serve /PATH/v1/cache/... (for a server URL with a path; default none)")
         add("--body-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -142,6 +146,7 @@ class Settings:
             max_artifact_size=max_artifact,
             min_free_disk=parse_size(args.min_free_disk, "--min-free-disk") if args.min_free_disk else None,
             fsync=not args.no_fsync,
+            memory_cache=parse_size(args.memory_cache, "--memory-cache"),
             url_prefix=prefix,
             body_timeout=args.body_timeout,
             idle_timeout=args.idle_timeout,

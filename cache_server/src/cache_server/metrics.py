@@ -80,6 +80,8 @@ class Metrics(Collector):
         yield GaugeMetricFamily("nxcache_size_bytes", "Bytes stored (headers included)", value=stats.bytes)
         yield GaugeMetricFamily("nxcache_max_size_bytes", "Configured size cap", value=stats.max_bytes)
         yield GaugeMetricFamily("nxcache_reserved_bytes", "Bytes reserved by uploads in flight", value=stats.reserved_bytes)
+        yield GaugeMetricFamily("nxcache_memory_cache_bytes", "Small bodies held in memory", value=stats.memory_bytes)
+        yield CounterMetricFamily("nxcache_memory_hits", "GET hits answered from memory", value=counters.memory_hits)
         yield GaugeMetricFamily("nxcache_free_disk_bytes", "Free bytes on the storage filesystem", value=stats.free_disk_bytes)
         yield CounterMetricFamily("nxcache_evictions", "Entries evicted (LRU or disk headroom)", value=counters.evictions)
         yield CounterMetricFamily("nxcache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes)

@@ -33,6 +33,7 @@ def open_storage(settings: Settings) -> DiskStorage:
         max_artifact_bytes=settings.max_artifact_size,
         min_free_bytes=settings.min_free_disk,
         fsync=settings.fsync,
+        memory_cache_bytes=settings.memory_cache,
     )
 
 

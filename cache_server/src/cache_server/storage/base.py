@@ -54,6 +54,7 @@ class StorageStats:
     bytes: int
     max_bytes: int
     reserved_bytes: int
+    memory_bytes: int  # small bodies held in memory (--memory-cache)
     free_disk_bytes: int
     min_free_disk_bytes: int
 
@@ -72,6 +73,7 @@ class StorageCounters:
     """Plain integers bumped on the hot path; /metrics reads them at scrape time."""
 
     evictions: int = 0
+    memory_hits: int = 0
     evicted_bytes: int = 0
     damaged: int = 0
     errors: int = 0

@@ -18,6 +18,7 @@ the metadata-only renames that must be ordered with index changes.
 from __future__ import annotations
 
 import logging
+import itertools
 import os
 import re
 import secrets
@@ -37,6 +38,7 @@ from .entry_format import (
     new_hasher,
 )
 from .errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
+from .hot import HotBodies
 from .lru import SizedLRU
 
 log = logging.getLogger("cache_server.storage")
@@ -80,6 +82,7 @@ class DiskStorage:
         max_artifact_bytes: int,
         min_free_bytes: int | None = None,
         fsync: bool = True,
+        memory_cache_bytes: int = 0,
         statvfs_max_age: float = STATVFS_MAX_AGE_S,
     ) -> None:
         self.root = os.path.abspath(root)
@@ -93,10 +96,15 @@ class DiskStorage:
         self._quarantine_dir = os.path.join(self.root, "quarantine")
         self._lock = threading.Lock()
         self._lru = SizedLRU()
+        self._hot = HotBodies(memory_cache_bytes)
+        self._removals = 0  # bumped whenever a key leaves the index, so a slow read cannot refill a stale body
         self._reserved = 0
         self._pending_delete = 0
         self._atime_saved: dict[str, float] = {}
         self._shards: set[str] = set()  # shard directories known to exist
+        # Upload file names: unique without a getrandom() call per upload (tmp/ is swept at start).
+        self._tmp_names = itertools.count()
+        self._pid = os.getpid()
         self._statvfs_max_age = statvfs_max_age
         self._statvfs_at = -1.0
         self._statvfs_free = 0
@@ -195,6 +203,13 @@ class DiskStorage:
         with self._lock:
             if not self._lru.touch(key):
                 return None
+            body = self._hot.get(key)
+            # Once per ATIME_PERSIST_INTERVAL_S a hit goes to disk anyway: it re-verifies the
+            # file and persists the access time that orders eviction after a restart.
+            if body is not None and time.monotonic() - self._atime_saved.get(key, -ATIME_PERSIST_INTERVAL_S) < ATIME_PERSIST_INTERVAL_S:
+                self.counters.memory_hits += 1
+                return Blob(len(body), inline=body)
+            removals = self._removals
         try:
             fd = os.open(self._entry_path(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -212,6 +227,10 @@ class DiskStorage:
                 body = os.pread(fd, header.body_size, HEADER_SIZE)
                 check_digest(header, body)
                 os.close(fd)
+                if self._hot.max_bytes:
+                    with self._lock:
+                        if self._removals == removals and key in self._lru:
+                            self._hot.put(key, body)
                 return Blob(header.body_size, inline=body)
             return Blob(header.body_size, fd=fd, offset=HEADER_SIZE)
         except DamagedEntry as exc:
@@ -234,7 +253,7 @@ class DiskStorage:
 
     # ------------------------------------------------------------------ write
 
-    def begin_put(self, key: str, size: int) -> DiskUpload:
+    def begin_put(self, key: str, size: int) -> SmallUpload | DiskUpload:
         _require_key(key)
         if size < 0:
             raise ValueError("negative size")
@@ -257,7 +276,9 @@ class DiskStorage:
             self._reserved += file_size
             self._rename_to_trash(victims)
         self._schedule_deletes(victims)
-        tmp_path = os.path.join(self._tmp_dir, f"{key}.{secrets.token_hex(6)}")
+        if size <= INLINE_MAX:
+            return SmallUpload(self, key, size)
+        tmp_path = self._tmp_path(key)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -265,6 +286,49 @@ class DiskStorage:
             self._record_error("put", f"create upload file: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         return DiskUpload(self, key, size, fd, tmp_path)
+
+    def _tmp_path(self, key: str) -> str:
+        return os.path.join(self._tmp_dir, f"{key}.{self._pid}.{next(self._tmp_names)}")
+
+    def _store_whole(self, key: str, body: bytes) -> None:
+        """Write and publish a small entry in one go: one write(), and its body kept in memory."""
+        hasher = new_hasher()
+        hasher.update(body)
+        data = finished_header(len(body), hasher).pack() + body
+        tmp_path = self._tmp_path(key)
+        final = self._entry_path(key)
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_shard(key)
+            os.link(tmp_path, final)
+        except FileExistsError:
+            _unlink_quietly(tmp_path)
+            self._release(len(data))
+            self._adopt(key)  # normally a no-op: the concurrent upload indexed it
+            raise EntryExists(f"{key} was stored by a concurrent upload") from None
+        except OSError as exc:
+            _unlink_quietly(tmp_path)
+            self._release(len(data))
+            self._shards.discard(key[:2])  # in case the directory itself went away
+            self._record_error("put", f"store {key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        if self.fsync:
+            _fsync_dir(os.path.dirname(final))
+        _unlink_quietly(tmp_path)
+        with self._lock:
+            self._reserved -= len(data)
+            self._lru.add(key, len(data))
+            if self._hot.max_bytes:
+                self._hot.put(key, body)
+                self._atime_saved[key] = time.monotonic()  # as fresh as a verified read
 
     def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
         """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
@@ -305,6 +369,8 @@ class DiskStorage:
         """Under the lock, so a new upload of the same key cannot collide with the old file."""
         for key, size in victims:
             self._atime_saved.pop(key, None)
+            self._hot.discard(key)
+            self._removals += 1
             self.counters.evictions += 1
             self.counters.evicted_bytes += size
             try:
@@ -341,6 +407,8 @@ class DiskStorage:
     def _forget(self, key: str) -> None:
         """Drop a key whose file is gone, unless a new upload has just published it again."""
         with self._lock:
+            self._hot.discard(key)
+            self._removals += 1
             if os.path.lexists(self._entry_path(key)):
                 return
             self._lru.remove(key)
@@ -449,6 +517,7 @@ class DiskStorage:
                 bytes=self._lru.total,
                 max_bytes=self.max_bytes,
                 reserved_bytes=self._reserved,
+                memory_bytes=self._hot.total,
                 free_disk_bytes=free,
                 min_free_disk_bytes=self.min_free_bytes,
             )
@@ -470,8 +539,47 @@ class DiskStorage:
         self._deleter.shutdown(wait=True)
 
 
+class SmallUpload:
+    """An upload of at most INLINE_MAX bytes: collected in memory, written whole at commit.
+
+    Nothing touches the disk before `commit`, so an interrupted upload leaves nothing.
+    """
+
+    __slots__ = ("_storage", "key", "size", "_chunks", "written", "_finishing")
+
+    def __init__(self, storage: DiskStorage, key: str, size: int) -> None:
+        self._storage = storage
+        self.key = key
+        self.size = size
+        self._chunks: list[bytes] = []
+        self.written = 0
+        self._finishing = threading.Lock()  # as in DiskUpload: commit (thread) and abort (loop) race
+
+    def write(self, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.size:
+            self.abort()
+            raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
+        self._chunks.append(chunk)
+        self.written += len(chunk)
+
+    def commit(self) -> None:
+        if not self._finishing.acquire(blocking=False):
+            raise RuntimeError("upload already finished")
+        if self.written != self.size:
+            self._storage._release(self.size + HEADER_SIZE)
+            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+        chunks = self._chunks
+        self._chunks = []
+        self._storage._store_whole(self.key, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def abort(self) -> None:
+        if self._finishing.acquire(blocking=False):
+            self._chunks = []
+            self._storage._release(self.size + HEADER_SIZE)
+
+
 class DiskUpload:
-    """One upload into `tmp/`; see `Upload` in base.py for the contract."""
+    """One upload streamed into `tmp/`; see `Upload` in base.py for the contract."""
 
     __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_finishing")
 
