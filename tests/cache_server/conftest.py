@@ -3,9 +3,10 @@ import pytest
 from .server_proc import CacheServer
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = CacheServer(tmp_path, "--no-fsync").start()
+@pytest.fixture(params=[("--no-fsync",), ()], ids=["no-fsync", "fsync"])
+def server(tmp_path, request):
+    """A server without fsync (the uploads commit on the loop) and one with (staged, synced in batches)."""
+    srv = CacheServer(tmp_path, *request.param).start()
     yield srv
     srv.stop()
 

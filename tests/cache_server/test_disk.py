@@ -367,3 +367,38 @@ def test_memory_cache_is_bounded(tmp_path):
         assert read(storage, f"6{i}") == bytes([i]) * 30_000
         assert storage.stats().memory_bytes <= 100_000
     assert storage.stats().memory_bytes == 90_000
+
+
+@pytest.mark.parametrize("size", [100, 3 * MiB])
+def test_staged_commit_publishes_after_sync_or_withdraws_on_a_sync_error(tmp_path, size):
+    storage = make(tmp_path, fsync=True)
+    body = os.urandom(size)
+    upload = storage.begin_put("41", size)
+    upload.write(body)
+    fds = upload.stage()
+    assert os.path.exists(entry_path(storage, "41")) and storage.get("41") is None  # linked, not yet indexed
+    for fd in fds:
+        os.fsync(fd)
+    upload.publish(fds, None)
+    assert read(storage, "41") == body and storage.stats().reserved_bytes == 0
+    upload = storage.begin_put("42", size)
+    upload.write(body)
+    fds = upload.stage()
+    with pytest.raises(NotStored, match="Input/output error"):
+        upload.publish(fds, OSError(5, "Input/output error"))
+    assert not os.path.exists(entry_path(storage, "42")) and storage.get("42") is None
+    assert storage.stats().reserved_bytes == 0 and storage.counters.last_error.op == "put"
+    upload.abort()  # a no-op after stage
+    assert storage.stats().reserved_bytes == 0
+
+
+def test_staged_commit_loses_a_race_with_409(tmp_path):
+    storage = make(tmp_path, fsync=True)
+    first, second = storage.begin_put("43", 10), storage.begin_put("43", 10)
+    first.write(b"a" * 10)
+    second.write(b"b" * 10)
+    fds = first.stage()
+    with pytest.raises(EntryExists):
+        second.stage()
+    first.publish(fds, None)
+    assert read(storage, "43") == b"a" * 10 and storage.stats().reserved_bytes == 0

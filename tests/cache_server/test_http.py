@@ -139,6 +139,26 @@ def test_stalled_body_is_cut_off(make_server):
     assert server.request("GET", "33")[0] == 404 and server.tmp_files() == []
 
 
+def test_request_head_trickled_byte_by_byte_is_cut_off(make_server):
+    server = make_server("--no-fsync", "--body-timeout", "1")
+    sock = server.raw_socket()
+    sock.settimeout(0.2)
+    head = b"GET /v1/cache/1 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    started = time.monotonic()
+    answer = b""
+    for byte in head:  # each byte well within the body timeout, the whole head far beyond it
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        try:
+            answer += sock.recv(1000)
+            break
+        except TimeoutError:
+            continue
+    assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 5
+
+
 def test_idle_connection_is_closed(make_server):
     server = make_server("--no-fsync", "--idle-timeout", "1")
     sock = server.raw_socket()

@@ -20,6 +20,7 @@ from ..auth import Identity, TokenStore
 from ..storage.base import Blob, Storage
 from ..storage.disk import is_valid_key
 from ..storage.errors import StorageError
+from ..storage.syncer import BatchSyncer
 from .protocol import Connection, Exchange, status_head
 
 if TYPE_CHECKING:
@@ -67,8 +68,10 @@ class CacheHandler:
         access_log: AccessLog,
         url_prefix: str = "",
         body_timeout: float = 30.0,
+        syncer: BatchSyncer | None = None,
     ) -> None:
         self.storage = storage
+        self.syncer = syncer  # fsync mode: uploads are synced in batches off the loop
         self.tokens = tokens
         self.metrics = metrics
         self.access_log = access_log
@@ -282,8 +285,23 @@ class CacheHandler:
             _text(conn, ex, status, message)
             return
         ex.bytes_in = upload.written
-        if self.storage.fsync:
-            conn.run_blocking(ex, upload.commit, self._committed)
+        syncer = self.syncer
+        if syncer is not None:
+            try:
+                fds = upload.stage()
+            except StorageError as exc:
+                self._committed(conn, ex, exc)
+                return
+
+            def synced(conn: Connection, ex: Exchange, error: BaseException | None) -> None:
+                try:
+                    upload.publish(fds, error if isinstance(error, OSError) else None)
+                except StorageError as exc:
+                    self._committed(conn, ex, exc)
+                else:
+                    self._committed(conn, ex, None)
+
+            conn.wait_for(ex, lambda done: syncer.submit(fds, done), synced)
         else:
             try:
                 upload.commit()

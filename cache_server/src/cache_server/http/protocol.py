@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -359,18 +359,18 @@ class Connection(asyncio.Protocol):
         self._finish(ex, close or not ok)
         self._advance()
 
-    def run_blocking(self, ex: Exchange, work: Callable[[], Any], then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
-        """Run `work` in a thread; `then(conn, ex, error)` answers on the loop. Never cancelled
-        halfway: a commit that has started finishes whole even if the client hangs up."""
+    def wait_for(self, ex: Exchange, start: Callable[[Callable[[BaseException | None], None]], None],
+                 then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
+        """Answer `ex` later: `start(done)` begins outside work (an fsync) that calls `done(error)`
+        on the loop; then `then(conn, ex, error)` answers. Never cancelled halfway: work that has
+        started finishes whole even if the client hangs up."""
         self.waiting = True
         self._update_reading()
-        future = self.loop.run_in_executor(None, work)
-        future.add_done_callback(lambda done: self._blocking_done(ex, done, then))
+        start(lambda error: self._resume(ex, error, then))
 
-    def _blocking_done(self, ex: Exchange, done: asyncio.Future[Any],
-                       then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
+    def _resume(self, ex: Exchange, error: BaseException | None,
+                then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
         self.waiting = False
-        error = done.exception()
         try:
             then(self, ex, error)
         except Exception:
@@ -385,6 +385,12 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         now = self.loop.time()
+        parsing = self.parsing
+        if parsing is not None and not parsing.method and time.perf_counter() - parsing.started >= self.server.body_timeout:
+            # A head trickled in a byte at a time (slowloris) gets no longer than a stalled body.
+            self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
+            self.close()
+            return
         idle = not self.busy
         timeout = self.server.idle_timeout if idle else self.server.body_timeout
         due = self.last_io + timeout

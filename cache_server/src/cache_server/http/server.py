@@ -13,6 +13,7 @@ from ..auth import TokenFileError, TokenStore
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage.disk import DiskStorage
+from ..storage.syncer import BatchSyncer
 from .handler import CacheHandler
 from .protocol import HttpServer
 
@@ -41,6 +42,8 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
     storage = open_storage(settings)
     metrics = Metrics(storage)
     access_log = AccessLog(settings.access_log)
+    loop = asyncio.get_running_loop()
+    syncer = BatchSyncer(loop) if settings.fsync else None
     handler = CacheHandler(
         storage=storage,
         tokens=tokens,
@@ -48,9 +51,9 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         access_log=access_log,
         url_prefix=settings.url_prefix,
         body_timeout=settings.body_timeout,
+        syncer=syncer,
     )
     http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     scrub_stop = threading.Event()
     background: list[asyncio.Task[None]] = []
@@ -95,6 +98,8 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         await asyncio.gather(*background, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if syncer is not None:
+            await loop.run_in_executor(None, syncer.close)
         await loop.run_in_executor(None, storage.close)
         access_log.close()
         log.info("stopped")

@@ -44,8 +44,17 @@ class Upload(Protocol):
         Raises `IncompleteUpload`, `EntryExists` (lost a race) or `NotStored`.
         """
 
+    def stage(self) -> list[int]:
+        """fsync mode, instead of `commit`: everything but durability and the index, without
+        blocking. Returns descriptors the caller fsyncs (off the loop), then calls `publish`.
+
+        Raises like `commit`."""
+
+    def publish(self, fds: list[int], error: OSError | None) -> None:
+        """After those fsyncs (`error` if one failed): index the entry, or withdraw it (`NotStored`)."""
+
     def abort(self) -> None:
-        """Discard everything; idempotent, safe after `commit`."""
+        """Discard everything; idempotent, safe after `commit` or `stage`."""
 
 
 @dataclass(frozen=True, slots=True)

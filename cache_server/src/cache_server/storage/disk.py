@@ -330,6 +330,52 @@ class DiskStorage:
                 self._hot.put(key, body)
                 self._atime_saved[key] = time.monotonic()  # as fresh as a verified read
 
+    # Staged commit, for fsync mode (see `BatchSyncer`): the name is linked first and the
+    # entry indexed only after the file and its directory are synced. A crash in between
+    # leaves a file the index adopts at start; if it was cut short, its size or checksum
+    # check turns it into a miss.
+
+    def _stage(self, key: str, fd: int, tmp_path: str, file_size: int) -> list[int]:
+        """Link a fully written upload under its name; the descriptors to fsync (file, directory)."""
+        final = self._entry_path(key)
+        try:
+            self._ensure_shard(key)
+            os.link(tmp_path, final)
+        except FileExistsError:
+            _close_quietly(fd)
+            _unlink_quietly(tmp_path)
+            self._release(file_size)
+            self._adopt(key)
+            raise EntryExists(f"{key} was stored by a concurrent upload") from None
+        except OSError as exc:
+            _close_quietly(fd)
+            _unlink_quietly(tmp_path)
+            self._release(file_size)
+            self._shards.discard(key[:2])
+            self._record_error("put", f"commit {key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        _unlink_quietly(tmp_path)
+        try:
+            return [fd, os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        except OSError:
+            return [fd]
+
+    def _publish_staged(self, key: str, fds: list[int], file_size: int, error: OSError | None,
+                        body: bytes | None) -> None:
+        for fd in fds:
+            _close_quietly(fd)
+        if error is not None:
+            _unlink_quietly(self._entry_path(key))
+            self._release(file_size)
+            self._record_error("put", f"fsync {key}: {error.strerror}")
+            raise NotStored(f"not stored: {error.strerror}")
+        with self._lock:
+            self._reserved -= file_size
+            self._lru.add(key, file_size)
+            if body is not None and self._hot.max_bytes:
+                self._hot.put(key, body)
+                self._atime_saved[key] = time.monotonic()
+
     def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
         """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
         now = time.monotonic()
@@ -572,6 +618,43 @@ class SmallUpload:
         self._chunks = []
         self._storage._store_whole(self.key, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
+    def stage(self) -> list[int]:
+        """fsync mode, on the event loop: write and link; returns the descriptors to fsync."""
+        if not self._finishing.acquire(blocking=False):
+            raise RuntimeError("upload already finished")
+        storage = self._storage
+        if self.written != self.size:
+            storage._release(self.size + HEADER_SIZE)
+            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks = [body]
+        hasher = new_hasher()
+        hasher.update(body)
+        data = finished_header(len(body), hasher).pack() + body
+        tmp_path = storage._tmp_path(self.key)
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            storage._release(len(data))
+            storage._record_error("put", f"create upload file: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            _close_quietly(fd)
+            _unlink_quietly(tmp_path)
+            storage._release(len(data))
+            storage._record_error("put", f"write {self.key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        return storage._stage(self.key, fd, tmp_path, len(data))
+
+    def publish(self, fds: list[int], error: OSError | None) -> None:
+        """After the fsyncs of `stage`'s descriptors: index the entry, or withdraw it."""
+        body, self._chunks = self._chunks[0], []
+        self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, body)
+
     def abort(self) -> None:
         if self._finishing.acquire(blocking=False):
             self._chunks = []
@@ -643,6 +726,25 @@ class DiskUpload:
             _fsync_dir(os.path.dirname(final))
         _unlink_quietly(self._tmp_path)
         storage._publish(self.key, self.size + HEADER_SIZE)
+
+    def stage(self) -> list[int]:
+        """fsync mode, on the event loop: write the header and link; returns the descriptors to fsync."""
+        if not self._finishing.acquire(blocking=False):
+            raise RuntimeError("upload already finished")
+        if self.written != self.size:
+            self._remove_partial()
+            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+        try:
+            os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
+        except OSError as exc:
+            self._remove_partial()
+            self._storage._record_error("put", f"commit {self.key}: {exc.strerror}")
+            raise NotStored(f"not stored: {exc.strerror}") from None
+        fd, self._fd = self._fd, -1  # from here on `_stage` and `publish` own it
+        return self._storage._stage(self.key, fd, self._tmp_path, self.size + HEADER_SIZE)
+
+    def publish(self, fds: list[int], error: OSError | None) -> None:
+        self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, None)
 
     def abort(self) -> None:
         if self._finishing.acquire(blocking=False):
