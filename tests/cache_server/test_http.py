@@ -57,6 +57,19 @@ def test_artifact_limit_gives_413(make_server):
     assert server.metric("nxcache_rejected_total") == 1
 
 
+def test_early_answer_reaches_a_client_that_is_still_sending(make_server):
+    # Nx sends the whole body before reading; a server that hangs up with unread bytes makes
+    # the kernel reset the connection, and the client sees ECONNRESET instead of the 413.
+    server = make_server("--no-fsync", "--max-artifact-size", "1MiB", "--max-size", "10MiB")
+    sock = server.raw_socket()
+    sock.sendall(put_headers("61", 8 * MiB))
+    time.sleep(0.3)  # answered by now
+    sock.sendall(os.urandom(2 * MiB))
+    status, data = read_status(sock)
+    assert status == 413 and b"Connection: close" in data
+    sock.close()
+
+
 def test_put_without_content_length_is_411(server):
     sock = server.raw_socket()
     sock.sendall(b"PUT /v1/cache/9 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + WRITE_TOKEN.encode()

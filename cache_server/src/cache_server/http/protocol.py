@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from .handler import CacheHandler
 
 MAX_HEADER_BYTES = 64 << 10
+# After answering a request whose body is still coming, keep reading (and dropping) it this
+# long before hanging up: closing with unread data makes the kernel send a reset, and the
+# client would see "connection reset" instead of our answer (nginx's lingering close).
+LINGER_S = 2.0
 _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -220,6 +224,20 @@ class Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
 
+    def _linger(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.closing = True  # data_received drops whatever still arrives
+        if self.timer is not None:
+            self.timer.cancel()
+        try:
+            self.transport.write_eof()  # FIN after the answer; the client's EOF then closes us
+        except (OSError, RuntimeError, NotImplementedError):
+            self.transport.close()
+            return
+        self.transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER_S, self.transport.close)
+
     def abort(self) -> None:
         self.closing = True
         if self.transport is not None:
@@ -319,7 +337,10 @@ class Connection(asyncio.Protocol):
         if ex is self.current:
             self.current = None
         if close:
-            self.close()
+            if ex.complete:
+                self.close()
+            else:
+                self._linger()
         else:
             self.last_io = self.loop.time()
 
