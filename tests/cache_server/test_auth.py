@@ -18,6 +18,10 @@ def test_authenticate_by_bearer_token(tmp_path):
     assert store.authenticate("bearer w").may_write
     for header in (None, "", "Bearer ", "Bearer nope", "Basic dzo=", "w"):
         assert store.authenticate(header) is None
+    # The HTTP layer passes the raw header bytes.
+    assert store.authenticate(b"BEARER w ").name == "agent"
+    for raw in (b"", b"Bearer ", b"Bearer nope", b"Basic dzo=", b"Bearer r\xff"):
+        assert store.authenticate(raw) is None
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,16 @@ def test_malformed_or_oversized_requests_are_refused_and_closed(server, request_
     assert server.request("GET", "/health", token=None)[0] == 200
 
 
+def test_client_that_half_closes_after_its_request_still_gets_the_answer(server):
+    sock = server.raw_socket()
+    sock.sendall(put_headers("62", 5) + b"hello")
+    sock.shutdown(socket.SHUT_WR)
+    status, data = read_status(sock)
+    assert status == 200
+    sock.close()
+    assert server.request("GET", "62")[2] == b"hello"
+
+
 def test_expect_100_continue(server):
     sock = server.raw_socket()
     sock.sendall(put_headers("35", 5, extra="Expect: 100-continue\r\n"))

@@ -124,14 +124,14 @@ class TokenStore:
         except OSError:
             return True
 
-    def authenticate(self, authorization: str | None) -> Identity | None:
-        """The identity for an `Authorization: Bearer <token>` header, or None."""
-        if not authorization or authorization[:7].lower() != "bearer ":
+    def authenticate(self, authorization: str | bytes | None) -> Identity | None:
+        """The identity for an `Authorization: Bearer <token>` header (text, or the raw header bytes), or None."""
+        if not authorization or authorization[:7].lower() not in ("bearer ", b"bearer "):
             return None
         token = authorization[7:].strip()
         if not token:
             return None
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = hashlib.sha256(token.encode() if isinstance(token, str) else token).digest()
         found = None
         for stored, identity in self._table:
             if hmac.compare_digest(stored, digest):

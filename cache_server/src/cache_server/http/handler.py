@@ -82,7 +82,13 @@ class CacheHandler:
     # ---------------------------------------------------------------- routing
 
     def _route(self, ex: Exchange) -> None:
-        path = ex.url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
+        url = ex.url
+        if url.startswith(b"/v1/cache/") and not self._prefix and b"?" not in url:  # what Nx sends
+            ex.kind = "cache"
+            key = url[10:].decode("latin-1")
+            ex.key = key if is_valid_key(key) else None
+            return
+        path = url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :].lstrip("/")
         if path.startswith(_CACHE_PREFIX):
@@ -198,8 +204,7 @@ class CacheHandler:
     # -------------------------------------------------------------------- GET
 
     def _authenticate(self, ex: Exchange) -> Identity | None:
-        header = ex.authorization
-        identity = self.tokens.authenticate(header.decode("latin-1") if header is not None else None)
+        identity = self.tokens.authenticate(ex.authorization)
         if identity is None:
             self.metrics.reject("unauthorized")
         else:

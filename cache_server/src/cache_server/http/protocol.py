@@ -34,7 +34,7 @@ MAX_HEADER_BYTES = 64 << 10
 LINGER_S = 2.0
 _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 
 
 class _HeadersTooLarge(Exception):
@@ -63,7 +63,8 @@ CLOCK = _Clock()
 
 def status_head(status: int) -> bytes:
     """Status line plus Date, without the blank line that ends the head."""
-    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")) + CLOCK.date_header()
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    return line + CLOCK.date_header()
 
 
 class Exchange:
@@ -202,6 +203,14 @@ class Connection(asyncio.Protocol):
                 self._refuse(431, "request head over 64 KiB")
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def eof_received(self) -> bool:
+        # A client may half-close once its request is sent: answer it, then close. A request
+        # still incomplete can never complete: close, which aborts its upload.
+        if self.current is not None and self.current.complete and self.parsing is None and not self.closing:
+            self.must_close = True
+            return True  # keep the transport open for writing
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True
