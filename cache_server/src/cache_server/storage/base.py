@@ -45,8 +45,9 @@ class Upload(Protocol):
         """
 
     def stage(self) -> list[int]:
-        """fsync mode, instead of `commit`: everything but durability and the index, without
-        blocking. Returns descriptors the caller fsyncs (off the loop), then calls `publish`.
+        """The first half of `commit`: everything but durability and the index, without blocking
+        on a sync. Returns descriptors the caller fsyncs (fsync mode, off the loop), then it calls
+        `publish`. The server uses this pair so that fsyncs are batched.
 
         Raises like `commit`."""
 

@@ -290,48 +290,9 @@ class DiskStorage:
     def _tmp_path(self, key: str) -> str:
         return os.path.join(self._tmp_dir, f"{key}.{self._pid}.{next(self._tmp_names)}")
 
-    def _store_whole(self, key: str, body: bytes) -> None:
-        """Write and publish a small entry in one go: one write(), and its body kept in memory."""
-        hasher = new_hasher()
-        hasher.update(body)
-        data = finished_header(len(body), hasher).pack() + body
-        tmp_path = self._tmp_path(key)
-        final = self._entry_path(key)
-        try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._ensure_shard(key)
-            os.link(tmp_path, final)
-        except FileExistsError:
-            _unlink_quietly(tmp_path)
-            self._release(len(data))
-            self._adopt(key)  # normally a no-op: the concurrent upload indexed it
-            raise EntryExists(f"{key} was stored by a concurrent upload") from None
-        except OSError as exc:
-            _unlink_quietly(tmp_path)
-            self._release(len(data))
-            self._shards.discard(key[:2])  # in case the directory itself went away
-            self._record_error("put", f"store {key}: {exc.strerror}")
-            raise NotStored(f"not stored: {exc.strerror}") from None
-        if self.fsync:
-            _fsync_dir(os.path.dirname(final))
-        _unlink_quietly(tmp_path)
-        with self._lock:
-            self._reserved -= len(data)
-            self._lru.add(key, len(data))
-            if self._hot.max_bytes:
-                self._hot.put(key, body)
-                self._atime_saved[key] = time.monotonic()  # as fresh as a verified read
-
-    # Staged commit, for fsync mode (see `BatchSyncer`): the name is linked first and the
-    # entry indexed only after the file and its directory are synced. A crash in between
+    # Every commit is staged: the name is linked first and the entry indexed only after the
+    # file and its directory are synced (fsync mode; the server syncs in batches, see
+    # `BatchSyncer`, `commit` inline). A crash in between
     # leaves a file the index adopts at start; if it was cut short, its size or checksum
     # check turns it into a miss.
 
@@ -355,6 +316,8 @@ class DiskStorage:
             self._record_error("put", f"commit {key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         _unlink_quietly(tmp_path)
+        if not self.fsync:
+            return [fd]
         try:
             return [fd, os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         except OSError:
@@ -403,11 +366,6 @@ class DiskStorage:
     def _release(self, file_size: int) -> None:
         with self._lock:
             self._reserved -= file_size
-
-    def _publish(self, key: str, file_size: int) -> None:
-        with self._lock:
-            self._reserved -= file_size
-            self._lru.add(key, file_size)
 
     # --------------------------------------------------------------- eviction
 
@@ -609,17 +567,10 @@ class SmallUpload:
         self.written += len(chunk)
 
     def commit(self) -> None:
-        if not self._finishing.acquire(blocking=False):
-            raise RuntimeError("upload already finished")
-        if self.written != self.size:
-            self._storage._release(self.size + HEADER_SIZE)
-            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
-        chunks = self._chunks
-        self._chunks = []
-        self._storage._store_whole(self.key, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        _commit_staged(self)
 
     def stage(self) -> list[int]:
-        """fsync mode, on the event loop: write and link; returns the descriptors to fsync."""
+        """First half of a commit, never blocking on a sync: write and link; the descriptors to fsync."""
         if not self._finishing.acquire(blocking=False):
             raise RuntimeError("upload already finished")
         storage = self._storage
@@ -698,37 +649,10 @@ class DiskUpload:
         self.written += len(chunk)
 
     def commit(self) -> None:
-        if not self._finishing.acquire(blocking=False):
-            raise RuntimeError("upload already finished")
-        if self.written != self.size:
-            self._remove_partial()
-            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
-        storage = self._storage
-        final = storage._entry_path(self.key)
-        try:
-            os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
-            if storage.fsync:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            storage._ensure_shard(self.key)
-            os.link(self._tmp_path, final)
-        except FileExistsError:
-            self._remove_partial()
-            storage._adopt(self.key)  # normally a no-op: the concurrent upload indexed it
-            raise EntryExists(f"{self.key} was stored by a concurrent upload") from None
-        except OSError as exc:
-            self._remove_partial()
-            storage._shards.discard(self.key[:2])  # in case the directory itself went away
-            storage._record_error("put", f"commit {self.key}: {exc.strerror}")
-            raise NotStored(f"not stored: {exc.strerror}") from None
-        if storage.fsync:
-            _fsync_dir(os.path.dirname(final))
-        _unlink_quietly(self._tmp_path)
-        storage._publish(self.key, self.size + HEADER_SIZE)
+        _commit_staged(self)
 
     def stage(self) -> list[int]:
-        """fsync mode, on the event loop: write the header and link; returns the descriptors to fsync."""
+        """First half of a commit, never blocking on a sync: header and link; the descriptors to fsync."""
         if not self._finishing.acquire(blocking=False):
             raise RuntimeError("upload already finished")
         if self.written != self.size:
@@ -759,6 +683,19 @@ class DiskUpload:
         self._storage._release(self.size + HEADER_SIZE)
 
 
+def _commit_staged(upload: SmallUpload | DiskUpload) -> None:
+    """`Upload.commit`: stage, fsync inline when the storage asks for it, publish."""
+    fds = upload.stage()
+    error = None
+    if upload._storage.fsync:
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        except OSError as exc:
+            error = exc
+    upload.publish(fds, error)
+
+
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
@@ -771,16 +708,3 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
