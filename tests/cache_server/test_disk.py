@@ -235,7 +235,8 @@ def test_short_files_found_at_start_are_quarantined(tmp_path):
 
 def test_keys_are_validated(tmp_path):
     storage = make(tmp_path)
-    for key in ("../etc", "a/b", "", "x" * 129, "ab.c", "%2e%2e"):
+    # Non-ASCII letters and digits too: str.isalnum alone would let them through.
+    for key in ("../etc", "a/b", "", "x" * 129, "ab.c", "%2e%2e", "ab\n", "\u0663", "\uff41", "\u00df", "\u00b2", "a\x00"):
         with pytest.raises(ValueError):
             storage.get(key)
         with pytest.raises(ValueError):
