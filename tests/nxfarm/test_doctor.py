@@ -54,3 +54,21 @@ def test_doctor_reports_each_prerequisite_with_its_fix(tmp_path):
     assert "unreachable" in down["cache"]["detail"] and "tailscale ip -4" in down["cache"]["fix"]
     table = subprocess.run([NXFARM, "doctor"], capture_output=True, text=True, env=env)
     assert table.returncode == 1 and table.stdout.splitlines()[0].split() == ["CHECK", "STATE", "DETAIL", "FIX"]
+
+
+def test_an_unreachable_cache_on_a_port_containing_401_is_not_taken_for_a_token_problem():
+    # The fix used to be chosen by looking for "401" in the message, which names the port.
+    import socket
+
+    from nxfarm import doctor as doctor_module
+
+    for port in range(40100, 40200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        break  # free: nothing listens there once the probe socket is closed
+    check = doctor_module.cache(f"http://127.0.0.1:{port}", "token")
+    assert check.ok is False and "unreachable" in check.detail
+    assert "tailscale ip -4" in check.fix

@@ -79,7 +79,7 @@ def cache(url: str | None, token: str | None) -> Check:
     if probe.usable:
         return Check("cache", True, probe.reason)
     fix = ("put your token in ~/.config/nx-farm/cache-token: `pulumi stack output --show-secrets orchestratorTokens`"
-           if "401" in probe.reason else "check `tailscale ip -4` and the ACLs; `nxfarm health` on the cache host")
+           if probe.status == 401 else "check `tailscale ip -4` and the ACLs; `nxfarm health` on the cache host")
     return Check("cache", False, probe.reason, fix)
 
 

@@ -15,6 +15,7 @@ PROBE_KEY = "0"  # a valid cache key no Nx task hash ever takes
 class CacheProbe:
     usable: bool
     reason: str
+    status: int | None = None  # the HTTP status, when the server answered at all
 
 
 def probe_cache(url: str, token: str | None, timeout: float = 2.0) -> CacheProbe:
@@ -40,8 +41,8 @@ def probe_cache(url: str, token: str | None, timeout: float = 2.0) -> CacheProbe
     finally:
         connection.close()
     if response.status in (200, 404):
-        return CacheProbe(True, f"cache server {url} answers")
+        return CacheProbe(True, f"cache server {url} answers", response.status)
     if response.status == 401:
         return CacheProbe(False, f"cache server {url} rejects the token (401): check "
-                                 "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN")
-    return CacheProbe(False, f"cache server {url} answered {response.status}, which fails an Nx run")
+                                 "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", 401)
+    return CacheProbe(False, f"cache server {url} answered {response.status}, which fails an Nx run", response.status)
