@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -291,39 +292,38 @@ class CacheHandler:
             return
         ex.bytes_in = upload.written
         syncer = self.syncer
-        if syncer is not None:
-            try:
-                fds = upload.stage()
-            except StorageError as exc:
-                self._committed(conn, ex, exc)
-                return
+        if syncer is None:
+            self._finish_put(conn, ex, upload.commit)
+            return
+        try:
+            fds = upload.stage()
+        except StorageError as exc:
+            self._answer_put(conn, ex, exc)
+            return
 
-            def synced(conn: Connection, ex: Exchange, error: BaseException | None) -> None:
-                try:
-                    upload.publish(fds, error if isinstance(error, OSError) else None)
-                except StorageError as exc:
-                    self._committed(conn, ex, exc)
-                else:
-                    self._committed(conn, ex, None)
+        def synced(conn: Connection, ex: Exchange, error: BaseException | None) -> None:
+            if error is not None and not isinstance(error, OSError):
+                raise error  # not from fsync: a bug, answered by internal_error
+            self._finish_put(conn, ex, lambda: upload.publish(fds, error))
 
-            conn.wait_for(ex, lambda done: syncer.submit(fds, done), synced)
+        conn.wait_for(ex, lambda done: syncer.submit(fds, done), synced)
+
+    def _finish_put(self, conn: Connection, ex: Exchange, step: Callable[[], None]) -> None:
+        """Run the last storage step of a PUT and answer with its outcome."""
+        try:
+            step()
+        except StorageError as exc:
+            self._answer_put(conn, ex, exc)
         else:
-            try:
-                upload.commit()
-            except StorageError as exc:
-                self._committed(conn, ex, exc)
-            else:
-                self._committed(conn, ex, None)
+            self._answer_put(conn, ex, None)
 
-    def _committed(self, conn: Connection, ex: Exchange, error: BaseException | None) -> None:
+    def _answer_put(self, conn: Connection, ex: Exchange, error: StorageError | None) -> None:
         ex.upload = None
         if error is None:
             self.metrics.puts += 1
             self.metrics.bytes_in += ex.bytes_in
             _empty(conn, ex, 200)
             return
-        if not isinstance(error, StorageError):
-            raise error
         if error.status == 409:
             self.metrics.conflicts += 1
         else:

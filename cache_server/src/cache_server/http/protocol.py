@@ -335,10 +335,13 @@ class Connection(asyncio.Protocol):
 
     def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
         """Send a whole answer. `head` is `status_head()` plus header lines."""
-        close = close or not ex.keep_alive or self.must_close or self.server.draining
+        close = close or self._closes_after(ex)
         if not self.closing and self.transport is not None:
             self.transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
         self._finish(ex, close)
+
+    def _closes_after(self, ex: Exchange) -> bool:
+        return not ex.keep_alive or self.must_close or self.server.draining
 
     def _finish(self, ex: Exchange, close: bool) -> None:
         ex.answered = True
@@ -367,7 +370,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         ok = False
-        close = not ex.keep_alive or self.must_close or self.server.draining
+        close = self._closes_after(ex)
         try:
             transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
             limit = self.server.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
@@ -418,8 +421,7 @@ class Connection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None and not parsing.method and time.perf_counter() - parsing.started >= self.server.body_timeout:
             # A head trickled in a byte at a time (slowloris) gets no longer than a stalled body.
-            self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
-            self.close()
+            self._hang_up_with_408()
             return
         idle = not self.busy
         timeout = self.server.idle_timeout if idle else self.server.body_timeout
@@ -433,8 +435,12 @@ class Connection(asyncio.Protocol):
         elif self.current is not None and not self.current.answered:
             self.handler.timed_out(self, self.current)
         else:
-            self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
-            self.close()
+            self._hang_up_with_408()
+
+    def _hang_up_with_408(self) -> None:
+        """For a request too slow to have become an exchange the handler answers."""
+        self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
+        self.close()
 
     def _refuse(self, status: int, message: str) -> None:
         """A request we cannot parse: answer it if nothing else is on the wire, then hang up."""

@@ -544,7 +544,59 @@ class DiskStorage:
         self._deleter.shutdown(wait=True)
 
 
-class SmallUpload:
+class _Upload:
+    """What both uploads share: the size checks, one finish (stage or abort), the staged commit.
+
+    `_finishing` is taken by whichever of stage/commit and abort comes first; commit may run
+    in a worker thread while the event loop calls abort, and only the first may act.
+    """
+
+    __slots__ = ()
+    _storage: DiskStorage
+    key: str
+    size: int
+    written: int
+    _finishing: threading.Lock
+
+    def _check_room(self, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.size:
+            self.abort()
+            raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
+
+    def _begin_finish(self) -> None:
+        if not self._finishing.acquire(blocking=False):
+            raise RuntimeError("upload already finished")
+        if self.written != self.size:
+            self._discard()
+            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+
+    def _discard(self) -> None:
+        raise NotImplementedError
+
+    def stage(self) -> list[int]:
+        raise NotImplementedError
+
+    def publish(self, fds: list[int], error: OSError | None) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Stage, fsync inline when the storage asks for it, publish."""
+        fds = self.stage()
+        error = None
+        if self._storage.fsync:
+            try:
+                for fd in fds:
+                    os.fsync(fd)
+            except OSError as exc:
+                error = exc
+        self.publish(fds, error)
+
+    def abort(self) -> None:
+        if self._finishing.acquire(blocking=False):
+            self._discard()
+
+
+class SmallUpload(_Upload):
     """An upload of at most INLINE_MAX bytes: collected in memory, written whole at commit.
 
     Nothing touches the disk before `commit`, so an interrupted upload leaves nothing.
@@ -558,26 +610,17 @@ class SmallUpload:
         self.size = size
         self._chunks: list[bytes] = []
         self.written = 0
-        self._finishing = threading.Lock()  # as in DiskUpload: commit (thread) and abort (loop) race
+        self._finishing = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
-        if self.written + len(chunk) > self.size:
-            self.abort()
-            raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
+        self._check_room(chunk)
         self._chunks.append(chunk)
         self.written += len(chunk)
 
-    def commit(self) -> None:
-        _commit_staged(self)
-
     def stage(self) -> list[int]:
         """First half of a commit, never blocking on a sync: write and link; the descriptors to fsync."""
-        if not self._finishing.acquire(blocking=False):
-            raise RuntimeError("upload already finished")
+        self._begin_finish()
         storage = self._storage
-        if self.written != self.size:
-            storage._release(self.size + HEADER_SIZE)
-            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = [body]
         hasher = new_hasher()
@@ -607,13 +650,12 @@ class SmallUpload:
         body, self._chunks = self._chunks[0], []
         self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, body)
 
-    def abort(self) -> None:
-        if self._finishing.acquire(blocking=False):
-            self._chunks = []
-            self._storage._release(self.size + HEADER_SIZE)
+    def _discard(self) -> None:
+        self._chunks = []
+        self._storage._release(self.size + HEADER_SIZE)
 
 
-class DiskUpload:
+class DiskUpload(_Upload):
     """One upload streamed into `tmp/`; see `Upload` in base.py for the contract."""
 
     __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_finishing")
@@ -626,14 +668,10 @@ class DiskUpload:
         self._tmp_path = tmp_path
         self._hasher = new_hasher()
         self.written = 0
-        # Taken once commit or abort has begun; commit may run in a worker thread while the
-        # event loop calls abort (a cancelled request), and only the first of them may act.
         self._finishing = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
-        if self.written + len(chunk) > self.size:
-            self.abort()
-            raise IncompleteUpload(f"body is longer than Content-Length {self.size}")
+        self._check_room(chunk)
         try:
             # The body goes straight to its final offset; the header is written at commit.
             view = memoryview(chunk)
@@ -649,20 +687,13 @@ class DiskUpload:
         self._hasher.update(chunk)
         self.written += len(chunk)
 
-    def commit(self) -> None:
-        _commit_staged(self)
-
     def stage(self) -> list[int]:
         """First half of a commit, never blocking on a sync: header and link; the descriptors to fsync."""
-        if not self._finishing.acquire(blocking=False):
-            raise RuntimeError("upload already finished")
-        if self.written != self.size:
-            self._remove_partial()
-            raise IncompleteUpload(f"got {self.written} of {self.size} bytes")
+        self._begin_finish()
         try:
             os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
         except OSError as exc:
-            self._remove_partial()
+            self._discard()
             self._storage._record_error("put", f"commit {self.key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         fd, self._fd = self._fd, -1  # from here on `_stage` and `publish` own it
@@ -671,30 +702,13 @@ class DiskUpload:
     def publish(self, fds: list[int], error: OSError | None) -> None:
         self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, None)
 
-    def abort(self) -> None:
-        if self._finishing.acquire(blocking=False):
-            self._remove_partial()
-
-    def _remove_partial(self) -> None:
+    def _discard(self) -> None:
         """Called exactly once, by whoever took `_finishing`."""
         if self._fd >= 0:
             _close_quietly(self._fd)
             self._fd = -1
         _unlink_quietly(self._tmp_path)
         self._storage._release(self.size + HEADER_SIZE)
-
-
-def _commit_staged(upload: SmallUpload | DiskUpload) -> None:
-    """`Upload.commit`: stage, fsync inline when the storage asks for it, publish."""
-    fds = upload.stage()
-    error = None
-    if upload._storage.fsync:
-        try:
-            for fd in fds:
-                os.fsync(fd)
-        except OSError as exc:
-            error = exc
-    upload.publish(fds, error)
 
 
 def _close_quietly(fd: int) -> None:
