@@ -3,9 +3,10 @@ import pytest
 from .server_proc import CacheServer
 
 
-@pytest.fixture(params=[("--no-fsync",), ()], ids=["no-fsync", "fsync"])
+@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2")], ids=["no-fsync", "fsync", "2-workers"])
 def server(tmp_path, request):
-    """A server without fsync (the uploads commit on the loop) and one with (staged, synced in batches)."""
+    """A server without fsync (the uploads commit on the loop), one with (staged, synced in batches),
+    and one of two worker processes (fsync), where consecutive connections may reach either."""
     srv = CacheServer(tmp_path, *request.param).start()
     yield srv
     srv.stop()

@@ -98,6 +98,48 @@ class CacheServer:
         assert found, f"metric {name} not exposed"
         return total
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes of a `--workers N` server (empty for a single process)."""
+        assert self.proc is not None
+        return [int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+
+    def serving_pid(self, client: socket.socket) -> int:
+        """The process that accepted this client connection (make a request on it first)."""
+        client_port = client.getsockname()[1]
+        inodes = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, remote_port = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+            if local_port == self.port and remote_port == client_port:
+                inodes.add(f"socket:[{fields[9]}]")
+        assert self.proc is not None
+        for pid in self.worker_pids() or [self.proc.pid]:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+                except OSError:
+                    continue
+        raise LookupError(f"no server process holds the connection from port {client_port}")
+
+    def connection_per_worker(self, tries: int = 200) -> dict[int, http.client.HTTPConnection]:
+        """One keep-alive connection to each worker process, keyed by its pid."""
+        wanted = set(self.worker_pids())
+        found: dict[int, http.client.HTTPConnection] = {}
+        for _ in range(tries):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            assert conn.sock is not None
+            pid = self.serving_pid(conn.sock)
+            if pid in found:
+                conn.close()
+            else:
+                found[pid] = conn
+            if set(found) == wanted:
+                return found
+        raise AssertionError(f"connections reached only {sorted(found)} of {sorted(wanted)}")
+
     def entry_files(self) -> list[Path]:
         return [p for p in (self.storage / "entries").rglob("*") if p.is_file()]
 

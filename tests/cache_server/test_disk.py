@@ -403,3 +403,92 @@ def test_staged_commit_loses_a_race_with_409(tmp_path):
         second.stage()
     first.publish(fds, None)
     assert read(storage, "43") == b"a" * 10 and storage.stats().reserved_bytes == 0
+
+
+class Told:
+    def __init__(self):
+        self.lines = []
+
+    def added(self, key, size):
+        self.lines.append(("A", key, size))
+
+    def removed(self, key):
+        self.lines.append(("R", key))
+
+    def touched(self, key):
+        self.lines.append(("T", key))
+
+
+def two_workers(tmp_path, **kw):
+    """Two indexes on one directory, as two worker processes have, with nothing passed between them."""
+    first = make(tmp_path, **kw)
+    second = make(tmp_path, **kw)
+    first.peers, second.peers = Told(), Told()
+    return first, second
+
+
+@pytest.mark.parametrize("size", [100, 200_000])
+def test_shared_index_finds_what_another_worker_published(tmp_path, size):
+    a, b = two_workers(tmp_path)
+    body = os.urandom(size)
+    put(a, "sharedk1", body)
+    assert ("A", "sharedk1", size + HEADER_SIZE) in a.peers.lines
+    assert read(b, "sharedk1") == body  # never told: found on disk, then indexed
+    assert b.stats().entries == 1
+    assert ("A", "sharedk1", size + HEADER_SIZE) in b.peers.lines
+    assert read(b, "nosuchk") is None
+    with pytest.raises(EntryExists):
+        b.begin_put("sharedk1", size)
+
+
+def test_single_process_index_does_not_look_on_disk_for_unknown_keys(tmp_path):
+    a, b = two_workers(tmp_path)
+    b.peers = None
+    put(a, "solok1", b"x" * 100)
+    assert read(b, "solok1") is None
+
+
+def test_replica_updates_apply_without_echo(tmp_path):
+    a, b = two_workers(tmp_path, memory_cache_bytes=1 * MiB)
+    put(a, "repk1", b"y" * 100)
+    b.replica_added("repk1", 100 + HEADER_SIZE)
+    assert read(b, "repk1") == b"y" * 100  # now also in b's memory
+    os.unlink(entry_path(a, "repk1"))
+    b.replica_removed("repk1")
+    assert read(b, "repk1") is None  # gone from b's index and memory alike
+    assert b.stats().memory_bytes == 0
+    assert ("A", "repk1", 100 + HEADER_SIZE) not in b.peers.lines and ("R", "repk1") not in b.peers.lines
+
+
+def test_eviction_is_told_and_counted_only_by_the_worker_that_moved_the_file(tmp_path):
+    size = 1000
+    entry = size + HEADER_SIZE
+    a, b = two_workers(tmp_path, max_bytes=3 * entry, max_artifact_bytes=size)
+    for key in ("ev1", "ev2", "ev3"):
+        put(a, key, os.urandom(size))
+        b.replica_added(key, entry)
+    put(a, "ev4", os.urandom(size))  # a evicts ev1
+    put(b, "ev5", os.urandom(size))  # b has not heard of either: it evicts ev1 too, and finds it gone
+    assert ("R", "ev1") in a.peers.lines and ("R", "ev1") in b.peers.lines
+    assert (a.counters.evictions, b.counters.evictions) == (1, 0)
+
+    def on_disk():
+        return sorted(os.listdir(os.path.join(a.root, "entries", "ev")))
+
+    # Over the cap by b's upload until the replicas hear of each other's entries; the next
+    # upload anywhere then evicts back under it.
+    assert on_disk() == ["ev2", "ev3", "ev4", "ev5"]
+    a.replica_removed("ev1")
+    a.replica_added("ev5", entry)
+    b.replica_added("ev4", entry)
+    put(a, "ev6", os.urandom(size))
+    assert on_disk() == ["ev4", "ev5", "ev6"]
+    assert a.counters.evictions == 3
+
+
+def test_hits_are_told_for_lru_order(tmp_path):
+    a, b = two_workers(tmp_path, memory_cache_bytes=1 * MiB)
+    put(a, "hitk1", b"z" * 10)
+    read(a, "hitk1")
+    read(a, "hitk1")
+    assert a.peers.lines.count(("T", "hitk1")) == 2

@@ -7,9 +7,11 @@ Authorization header; the path only as the validated key or the route name.
 from __future__ import annotations
 
 import json
+import os
+import select
+import stat
 import sys
 import time
-from typing import TextIO
 
 
 def _json_str(value: str | None) -> str:
@@ -33,27 +35,40 @@ _BATCH_LINES = 256
 
 
 class AccessLog:
-    """Lines are batched in memory and written together: one write per batch or per second."""
+    """Lines are batched in memory and written together: one write per batch or per second.
+
+    Every write() carries whole lines only, so the workers of one server (`--workers`)
+    can share the file or stdout: appends to a regular file opened with O_APPEND land
+    whole, and writes to a pipe (journald, a terminal) are kept within PIPE_BUF, which
+    the kernel never interleaves.
+    """
 
     def __init__(self, target: str) -> None:
         self._own = False
-        self._out: TextIO | None
+        self._fd = -1
         self._batch: list[str] = []
+        self._chunk = 1 << 20
         if target == "off":
-            self._out = None
-        elif target == "-":
-            self._out = sys.stdout
+            return
+        if target == "-":
+            sys.stdout.flush()
+            self._fd = sys.stdout.fileno()
         else:
-            self._out = open(target, "a", encoding="utf-8", buffering=1 << 16)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             self._own = True
+        try:
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                self._chunk = select.PIPE_BUF
+        except OSError:
+            self._chunk = select.PIPE_BUF
 
     @property
     def enabled(self) -> bool:
-        return self._out is not None
+        return self._fd >= 0
 
     def write(self, *, remote: str | None, method: str, route: str, key: str | None, status: int | None,
               ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
-        if self._out is None:
+        if self._fd < 0:
             return
         line = _LINE % (
             time.time(), _quoted_or_null(remote), _quoted_or_null(method), route, _quoted_or_null(key),
@@ -65,22 +80,31 @@ class AccessLog:
 
     def _write_batch(self) -> None:
         lines, self._batch = self._batch, []
-        if lines and self._out is not None:
-            try:
-                self._out.write("".join(lines))
-            except (OSError, ValueError):
-                pass  # a full log disk must not stop the cache
+        if not lines or self._fd < 0:
+            return
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", "replace")
+            if chunk and size + len(data) > self._chunk:
+                self._write_whole(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        self._write_whole(b"".join(chunk))
+
+    def _write_whole(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError:
+            pass  # a full log disk or a closed stdout must not stop the cache
 
     def flush(self) -> None:
         self._write_batch()
-        if self._out is not None:
-            try:
-                self._out.flush()
-            except (OSError, ValueError):
-                pass
 
     def close(self) -> None:
         self.flush()
-        if self._own and self._out is not None:
-            self._out.close()
-        self._out = None
+        if self._own and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1

@@ -60,6 +60,10 @@ def _serve(argv: list[str]) -> int:
     if not len(tokens):
         raise ConfigError(f"tokens file {settings.tokens} has no tokens; add one with: python -m {PROG} token add NAME --tokens {settings.tokens}")
     try:
+        if settings.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(settings, tokens)
         asyncio.run(serve(settings, tokens))
     except ListenError as exc:
         raise _RuntimeFailure(str(exc)) from None

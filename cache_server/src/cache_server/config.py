@@ -48,6 +48,27 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+MAX_WORKERS = 64
+
+
+def auto_workers() -> int:
+    """One per core this process may run on, at most 8: past that the disk decides."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def parse_workers(text: str) -> int:
+    text = str(text).strip()
+    if text == "auto":
+        return auto_workers()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(f"--workers: {text!r} must be a number from 1 to {MAX_WORKERS}, or 'auto'")
+    return int(text)
+
+
 def state_home() -> str:
     return os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
 
@@ -82,6 +103,7 @@ class Settings:
     scrub_interval: float
     scrub_rate: int
     access_log: str
+    workers: int = 1
 
     @staticmethod
     def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +142,10 @@ class Settings:
             help="read rate of the background scrub per second (default %(default)s)")
         add("--access-log", default=env("NXFARM_CACHE_ACCESS_LOG", "-"), metavar="FILE",
             help="JSON-lines access log: '-' for stdout, 'off' to disable (default %(default)s)")
+        add("--workers", default=env("NXFARM_CACHE_WORKERS", "1"), metavar="N",
+            help="server processes sharing the address and the storage: one event loop uses one core, "
+                 f"so N up to the core count serves more small requests per second; 'auto' = {auto_workers()} "
+                 "on this machine (env NXFARM_CACHE_WORKERS, default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -154,4 +180,5 @@ class Settings:
             scrub_interval=args.scrub_interval,
             scrub_rate=parse_size(args.scrub_rate, "--scrub-rate"),
             access_log=args.access_log,
+            workers=parse_workers(args.workers),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -32,11 +33,7 @@ class LatencyHistogram:
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, int]]:
-        out, running = [], 0
-        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts):
-            running += count
-            out.append((bound, running))
-        return out
+        return cumulative(self.counts)
 
 
 class Metrics(Collector):
@@ -50,40 +47,91 @@ class Metrics(Collector):
         self.bytes_out = 0
         self.rejected: Tally[str] = Tally()
         self.latency = {"GET": LatencyHistogram(), "PUT": LatencyHistogram()}
+        self._peers: list[dict[str, Any]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, peers: list[dict[str, Any]] | None = None) -> bytes:
+        """The exposition text; `peers` are the other workers' `snapshot()`s, added in."""
+        self._peers = peers or []
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._peers = []
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's counters, JSON-able, so another worker can add them to its own."""
+        stats = self._storage.stats()
+        counters = self._storage.counters
+        last = counters.last_error
+        return {
+            "hits": self.hits, "misses": self.misses, "puts": self.puts, "conflicts": self.conflicts,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "rejected": dict(self.rejected),
+            "latency": {method: [h.counts, h.total] for method, h in self.latency.items()},
+            "memory_hits": counters.memory_hits, "evictions": counters.evictions,
+            "evicted_bytes": counters.evicted_bytes, "damaged": counters.damaged, "errors": counters.errors,
+            "reserved_bytes": stats.reserved_bytes, "memory_bytes": stats.memory_bytes,
+            "last_error": None if last is None else [last.at, last.op, last.message],
+        }
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        yield CounterMetricFamily("nxcache_hits", "GET answered 200", value=self.hits)
-        yield CounterMetricFamily("nxcache_misses", "GET answered 404", value=self.misses)
-        yield CounterMetricFamily("nxcache_puts", "PUT stored (200)", value=self.puts)
-        yield CounterMetricFamily("nxcache_conflicts", "PUT of an existing key (409)", value=self.conflicts)
-        yield CounterMetricFamily("nxcache_received_bytes", "Artifact bytes received", value=self.bytes_in)
-        yield CounterMetricFamily("nxcache_sent_bytes", "Artifact bytes sent", value=self.bytes_out)
+        total = merge_snapshots([self.snapshot(), *self._peers])
+        yield CounterMetricFamily("nxcache_hits", "GET answered 200", value=total["hits"])
+        yield CounterMetricFamily("nxcache_misses", "GET answered 404", value=total["misses"])
+        yield CounterMetricFamily("nxcache_puts", "PUT stored (200)", value=total["puts"])
+        yield CounterMetricFamily("nxcache_conflicts", "PUT of an existing key (409)", value=total["conflicts"])
+        yield CounterMetricFamily("nxcache_received_bytes", "Artifact bytes received", value=total["bytes_in"])
+        yield CounterMetricFamily("nxcache_sent_bytes", "Artifact bytes sent", value=total["bytes_out"])
         rejected = CounterMetricFamily("nxcache_rejected", "Requests refused, by reason", labels=["reason"])
-        for reason, count in sorted(self.rejected.items()):
+        for reason, count in sorted(total["rejected"].items()):
             rejected.add_metric([reason], count)
         yield rejected
         latency = HistogramMetricFamily("nxcache_request_duration_seconds", "Request latency", labels=["method"])
-        for method, histogram in self.latency.items():
-            latency.add_metric([method], histogram.cumulative(), histogram.total)
+        for method, (counts, seconds) in total["latency"].items():
+            latency.add_metric([method], cumulative(counts), seconds)
         yield latency
-        stats = self._storage.stats()
-        counters = self._storage.counters
+        stats = self._storage.stats()  # entries and bytes: this worker's replica of the index
         yield GaugeMetricFamily("nxcache_entries", "Entries stored", value=stats.entries)
         yield GaugeMetricFamily("nxcache_size_bytes", "Bytes stored (headers included)", value=stats.bytes)
         yield GaugeMetricFamily("nxcache_max_size_bytes", "Configured size cap", value=stats.max_bytes)
-        yield GaugeMetricFamily("nxcache_reserved_bytes", "Bytes reserved by uploads in flight", value=stats.reserved_bytes)
-        yield GaugeMetricFamily("nxcache_memory_cache_bytes", "Small bodies held in memory", value=stats.memory_bytes)
-        yield CounterMetricFamily("nxcache_memory_hits", "GET hits answered from memory", value=counters.memory_hits)
+        yield GaugeMetricFamily("nxcache_reserved_bytes", "Bytes reserved by uploads in flight", value=total["reserved_bytes"])
+        yield GaugeMetricFamily("nxcache_memory_cache_bytes", "Small bodies held in memory", value=total["memory_bytes"])
+        yield CounterMetricFamily("nxcache_memory_hits", "GET hits answered from memory", value=total["memory_hits"])
         yield GaugeMetricFamily("nxcache_free_disk_bytes", "Free bytes on the storage filesystem", value=stats.free_disk_bytes)
-        yield CounterMetricFamily("nxcache_evictions", "Entries evicted (LRU or disk headroom)", value=counters.evictions)
-        yield CounterMetricFamily("nxcache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes)
-        yield CounterMetricFamily("nxcache_damaged_entries", "Entries found damaged and quarantined", value=counters.damaged)
-        yield CounterMetricFamily("nxcache_storage_errors", "Storage I/O errors (disk full, EIO, ...)", value=counters.errors)
+        yield CounterMetricFamily("nxcache_evictions", "Entries evicted (LRU or disk headroom)", value=total["evictions"])
+        yield CounterMetricFamily("nxcache_evicted_bytes", "Bytes evicted", value=total["evicted_bytes"])
+        yield CounterMetricFamily("nxcache_damaged_entries", "Entries found damaged and quarantined", value=total["damaged"])
+        yield CounterMetricFamily("nxcache_storage_errors", "Storage I/O errors (disk full, EIO, ...)", value=total["errors"])
+
+
+def cumulative(counts: list[int]) -> list[tuple[str, int]]:
+    out, running = [], 0
+    for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts):
+        running += count
+        out.append((bound, running))
+    return out
+
+
+def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the workers' counters; the most recent storage error wins."""
+    total = dict(snapshots[0])
+    total["rejected"] = Tally(total["rejected"])
+    total["latency"] = {method: [list(counts), seconds] for method, (counts, seconds) in total["latency"].items()}
+    for other in snapshots[1:]:
+        for name, value in other.items():
+            if name == "rejected":
+                total["rejected"].update(value)
+            elif name == "latency":
+                for method, (counts, seconds) in value.items():
+                    mine = total["latency"].setdefault(method, [[0] * len(counts), 0.0])
+                    mine[0] = [a + b for a, b in zip(mine[0], counts)]
+                    mine[1] += seconds
+            elif name == "last_error":
+                if value is not None and (total["last_error"] is None or value[0] > total["last_error"][0]):
+                    total["last_error"] = value
+            else:
+                total[name] += value
+    return total

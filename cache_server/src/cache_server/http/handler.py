@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..auth import Identity, TokenStore
-from ..storage.base import Blob, Storage
+from ..metrics import merge_snapshots
+from ..storage.base import Blob, Storage, StorageFault
 from ..storage.disk import is_valid_key
 from ..storage.errors import StorageError
 from ..storage.syncer import BatchSyncer
@@ -27,6 +28,7 @@ from .protocol import Connection, Exchange, status_head
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
     from ..metrics import Metrics
+    from .peers import PeerLink, Snapshot
 
 log = logging.getLogger("cache_server.http")
 
@@ -70,8 +72,10 @@ class CacheHandler:
         url_prefix: str = "",
         body_timeout: float = 30.0,
         syncer: BatchSyncer | None = None,
+        peers: PeerLink | None = None,
     ) -> None:
         self.storage = storage
+        self.peers = peers  # --workers: the other processes, for totals in /health and /metrics
         self.syncer = syncer  # fsync mode: uploads are synced in batches off the loop
         self.tokens = tokens
         self.metrics = metrics
@@ -131,12 +135,30 @@ class CacheHandler:
                 body = b"method not allowed: use GET or PUT"
                 conn.respond(ex, status_head(405) + b"Allow: GET, HEAD, PUT\r\nContent-Type: text/plain\r\n"
                              b"Content-Length: %d\r\n" % len(body), body)
-        elif kind == "health" and method in ("GET", "HEAD"):
-            self._send(conn, ex, b"application/json", self._health())
-        elif kind == "metrics" and method in ("GET", "HEAD"):
-            self._send(conn, ex, _PROMETHEUS, self.metrics.render())
+        elif kind in ("health", "metrics") and method in ("GET", "HEAD"):
+            if self.peers is None:
+                self._report(conn, ex, [])
+            else:
+                answers: list[Snapshot] = []
+
+                def ask(done: Callable[[BaseException | None], None]) -> None:
+                    def answered(snapshots: list[Snapshot]) -> None:
+                        answers.extend(snapshots)
+                        done(None)
+
+                    assert self.peers is not None
+                    self.peers.gather(answered)
+
+                conn.wait_for(ex, ask, lambda conn, ex, error: self._report(conn, ex, answers))
         else:
             _text(conn, ex, 404, "not found: the cache API is PUT/GET /v1/cache/{hash}")
+
+    def _report(self, conn: Connection, ex: Exchange, peers: list[Snapshot]) -> None:
+        """/health or /metrics, with the other workers' counters (`peers`) added in."""
+        if ex.kind == "health":
+            self._send(conn, ex, b"application/json", self._health(peers))
+        else:
+            self._send(conn, ex, _PROMETHEUS, self.metrics.render(peers))
 
     def _send(self, conn: Connection, ex: Exchange, content_type: bytes, body: bytes) -> None:
         ex.status = 200
@@ -333,9 +355,12 @@ class CacheHandler:
 
     # ----------------------------------------------------------------- health
 
-    def _health(self) -> bytes:
+    def _health(self, peers: list[Snapshot]) -> bytes:
         stats = self.storage.stats()
         last = self.storage.counters.last_error
+        if peers:
+            newest = merge_snapshots([self.metrics.snapshot(), *peers])["last_error"]
+            last = None if newest is None else StorageFault(*newest)
         problems = []
         if last is not None and time.time() - last.at < _ERROR_RECENT_S:
             problems.append(f"storage error {int(time.time() - last.at)}s ago")

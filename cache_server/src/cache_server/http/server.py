@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
+from dataclasses import dataclass
 
 from ..accesslog import AccessLog
 from ..auth import TokenFileError, TokenStore
@@ -15,16 +17,35 @@ from ..metrics import Metrics
 from ..storage.disk import DiskStorage
 from ..storage.syncer import BatchSyncer
 from .handler import CacheHandler
+from .peers import PeerLink
 from .protocol import HttpServer
 
 log = logging.getLogger("cache_server")
 
 TOKEN_POLL_S = 2.0
+LISTEN_BACKLOG = 1024
 ACCESS_LOG_FLUSH_S = 1.0
 
 
 class ListenError(Exception):
     """An address could not be bound (in use, not on this host)."""
+
+
+@dataclass
+class Worker:
+    """What one of several server processes gets from the supervisor (see workers.py)."""
+
+    index: int
+    storage: DiskStorage
+    sockets: list[socket.socket]
+    peers: PeerLink
+
+
+def log_listening(sock: socket.socket, settings: Settings, tokens: int, workers: int = 1) -> None:
+    address = sock.getsockname()
+    shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    log.info("listening on http://%s:%d (storage %s, %d token(s)%s)", shown, address[1], settings.storage, tokens, processes)
 
 
 def open_storage(settings: Settings) -> DiskStorage:
@@ -34,16 +55,21 @@ def open_storage(settings: Settings) -> DiskStorage:
         max_artifact_bytes=settings.max_artifact_size,
         min_free_bytes=settings.min_free_disk,
         fsync=settings.fsync,
-        memory_cache_bytes=settings.memory_cache,
+        memory_cache_bytes=settings.memory_cache // settings.workers,
     )
 
 
-async def serve(settings: Settings, tokens: TokenStore) -> None:
-    storage = open_storage(settings)
+async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None = None) -> None:
+    """One server process: the whole server, or one of `--workers` (then `worker` brings the
+    storage opened before the fork, its listening sockets and its link to the other workers)."""
+    storage = open_storage(settings) if worker is None else worker.storage
     metrics = Metrics(storage)
     access_log = AccessLog(settings.access_log)
     loop = asyncio.get_running_loop()
     syncer = BatchSyncer(loop) if settings.fsync else None
+    peers = None if worker is None else worker.peers
+    if peers is not None:
+        peers.start(storage, metrics.snapshot)
     handler = CacheHandler(
         storage=storage,
         tokens=tokens,
@@ -52,6 +78,7 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         url_prefix=settings.url_prefix,
         body_timeout=settings.body_timeout,
         syncer=syncer,
+        peers=peers,
     )
     http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout)
     stop = asyncio.Event()
@@ -59,28 +86,29 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
     background: list[asyncio.Task[None]] = []
     listeners: list[asyncio.Server] = []
     try:
-        for host, port in settings.binds:
+        if worker is not None:
+            for sock in worker.sockets:
+                listeners.append(await loop.create_server(http, sock=sock, backlog=LISTEN_BACKLOG))
+        for host, port in settings.binds if worker is None else []:
             try:
-                listener = await loop.create_server(http, host, port, backlog=1024, reuse_address=True)
+                listener = await loop.create_server(http, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
             listeners.append(listener)
             for sock in listener.sockets:
-                address = sock.getsockname()
-                shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-                log.info("listening on http://%s:%d (storage %s, %d token(s))", shown, address[1], settings.storage, len(tokens))
+                log_listening(sock, settings, len(tokens))
 
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_tokens(tokens, "SIGHUP"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_tokens(tokens, "SIGHUP"))
         background.append(asyncio.create_task(_watch_tokens(tokens)))
         background.append(asyncio.create_task(_flush_periodically(access_log)))
-        if settings.scrub_interval > 0:
+        if settings.scrub_interval > 0 and (worker is None or worker.index == 0):
             background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
         await stop.wait()
-        log.info("stopping: no new connections, draining %d request(s) in flight (up to %gs)",
-                 http.busy_connections(), settings.drain_timeout)
+        log.info("%sstopping: no new connections, draining %d request(s) in flight (up to %gs)",
+                 "" if worker is None else f"worker {worker.index}: ", http.busy_connections(), settings.drain_timeout)
         for listener in listeners:
             listener.close()
         http.start_draining()
@@ -98,14 +126,17 @@ async def serve(settings: Settings, tokens: TokenStore) -> None:
         await asyncio.gather(*background, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if peers is not None:
+            peers.close()
         if syncer is not None:
             await loop.run_in_executor(None, syncer.close)
         await loop.run_in_executor(None, storage.close)
         access_log.close()
-        log.info("stopped")
+        if worker is None:
+            log.info("stopped")
 
 
-def _reload_tokens(tokens: TokenStore, why: str) -> None:
+def reload_tokens(tokens: TokenStore, why: str) -> None:
     try:
         tokens.reload()
     except TokenFileError as exc:
@@ -118,7 +149,7 @@ async def _watch_tokens(tokens: TokenStore) -> None:
     while True:
         await asyncio.sleep(TOKEN_POLL_S)
         if tokens.changed_on_disk():
-            _reload_tokens(tokens, "file changed")
+            reload_tokens(tokens, "file changed")
 
 
 async def _flush_periodically(access_log: AccessLog) -> None:

@@ -13,6 +13,11 @@ racing second upload gets `EntryExists` (409). Readers never see a partial file.
 
 The lock guards the in-memory index only; file I/O runs outside it, apart from
 the metadata-only renames that must be ordered with index changes.
+
+With several server processes (`--workers`), each holds a replica of the index.
+The files stay the truth: a key missing from the replica is looked up on disk
+before it is a miss, and `peers` (see http/peers.py) carries this replica's
+changes to the others, which apply them with the `replica_*` methods.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from .base import Blob, StorageCounters, StorageFault, StorageStats
 from .entry_format import (
@@ -49,6 +55,16 @@ QUARANTINE_KEEP = 64
 ATIME_PERSIST_INTERVAL_S = 3600.0  # LRU order survives restarts at this granularity
 STATVFS_MAX_AGE_S = 0.1  # free space is re-read at most this often; uploads in flight are reserved meanwhile
 _SCRUB_CHUNK = 1 << 20
+
+
+class IndexObserver(Protocol):
+    """Told of every change to this index that other replicas must learn (any thread)."""
+
+    def added(self, key: str, size: int) -> None: ...
+
+    def removed(self, key: str) -> None: ...
+
+    def touched(self, key: str) -> None: ...
 
 
 class StorageSetupError(Exception):
@@ -110,6 +126,9 @@ class DiskStorage:
         self._statvfs_at = -1.0
         self._statvfs_free = 0
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
+        # Set when other processes share the directory (--workers): files may appear that this
+        # index has not heard of yet, and changes here are told to `peers`.
+        self.peers: IndexObserver | None = None
         self._prepare_dirs()
         self.min_free_bytes = self._default_min_free() if min_free_bytes is None else min_free_bytes
         self._sweep_leftovers()
@@ -201,20 +220,27 @@ class DiskStorage:
 
     def get(self, key: str) -> Blob | None:
         _require_key(key)
+        peers = self.peers
         with self._lock:
-            if not self._lru.touch(key):
+            known = self._lru.touch(key)
+            if known:
+                body = self._hot.get(key)
+                # Once per ATIME_PERSIST_INTERVAL_S a hit goes to disk anyway: it re-verifies the
+                # file and persists the access time that orders eviction after a restart.
+                if body is not None and time.monotonic() - self._atime_saved.get(key, -ATIME_PERSIST_INTERVAL_S) < ATIME_PERSIST_INTERVAL_S:
+                    self.counters.memory_hits += 1
+                    if peers is not None:
+                        peers.touched(key)
+                    return Blob(len(body), inline=body)
+            elif peers is None:
                 return None
-            body = self._hot.get(key)
-            # Once per ATIME_PERSIST_INTERVAL_S a hit goes to disk anyway: it re-verifies the
-            # file and persists the access time that orders eviction after a restart.
-            if body is not None and time.monotonic() - self._atime_saved.get(key, -ATIME_PERSIST_INTERVAL_S) < ATIME_PERSIST_INTERVAL_S:
-                self.counters.memory_hits += 1
-                return Blob(len(body), inline=body)
             removals = self._removals
+        # Unknown keys reach here only when another process may have just published them.
         try:
             fd = os.open(self._entry_path(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            self._forget(key)
+            if known:
+                self._forget(key)
             return None
         except OSError as exc:
             self._record_error("get", f"open {key}: {exc.strerror}")
@@ -228,12 +254,9 @@ class DiskStorage:
                 body = os.pread(fd, header.body_size, HEADER_SIZE)
                 check_digest(header, body)
                 os.close(fd)
-                if self._hot.max_bytes:
-                    with self._lock:
-                        if self._removals == removals and key in self._lru:
-                            self._hot.put(key, body)
-                return Blob(header.body_size, inline=body)
-            return Blob(header.body_size, fd=fd, offset=HEADER_SIZE)
+                blob = Blob(header.body_size, inline=body)
+            else:
+                blob = Blob(header.body_size, fd=fd, offset=HEADER_SIZE)
         except DamagedEntry as exc:
             self._quarantine_open(key, fd, str(exc))
             return None
@@ -241,6 +264,15 @@ class DiskStorage:
             os.close(fd)
             self._record_error("get", f"read {key}: {exc.strerror}")
             return None
+        if not known:
+            self._index_found(key, st.st_size)
+        elif peers is not None:
+            peers.touched(key)
+        if blob.inline is not None and self._hot.max_bytes:
+            with self._lock:
+                if self._removals == removals and key in self._lru:
+                    self._hot.put(key, blob.inline)
+        return blob
 
     def _persist_atime(self, key: str, fd: int, mtime_ns: int) -> None:
         now = time.monotonic()
@@ -263,6 +295,8 @@ class DiskStorage:
                 f"artifact of {size} bytes is over the {self.max_artifact_bytes}-byte limit (--max-artifact-size)"
             )
         file_size = size + HEADER_SIZE
+        if self.peers is not None and key not in self._lru and os.path.lexists(self._entry_path(key)):
+            self._adopt(key)  # published by another worker a moment ago
         with self._lock:
             if key in self._lru:
                 raise EntryExists(f"{key} is already stored")
@@ -339,6 +373,8 @@ class DiskStorage:
             if body is not None and self._hot.max_bytes:
                 self._hot.put(key, body)
                 self._atime_saved[key] = time.monotonic()
+        if self.peers is not None:
+            self.peers.added(key, file_size)
 
     def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
         """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
@@ -376,15 +412,18 @@ class DiskStorage:
             self._atime_saved.pop(key, None)
             self._hot.discard(key)
             self._removals += 1
-            self.counters.evictions += 1
-            self.counters.evicted_bytes += size
+            if self.peers is not None:
+                self.peers.removed(key)
             try:
                 os.rename(self._entry_path(key), os.path.join(self._trash_dir, f"{key}.{secrets.token_hex(4)}"))
-                self._pending_delete += size
             except FileNotFoundError:
-                pass
+                continue  # gone already: another worker evicted it first, or it was removed by hand
             except OSError as exc:
                 self._record_error_locked("evict", f"{key}: {exc.strerror}")
+                continue
+            self._pending_delete += size
+            self.counters.evictions += 1
+            self.counters.evicted_bytes += size
 
     def _schedule_deletes(self, victims: list[tuple[str, int]]) -> None:
         if victims:
@@ -416,8 +455,10 @@ class DiskStorage:
             self._removals += 1
             if os.path.lexists(self._entry_path(key)):
                 return
-            self._lru.remove(key)
+            removed = self._lru.remove(key) is not None
             self._atime_saved.pop(key, None)
+        if removed and self.peers is not None:
+            self.peers.removed(key)
 
     def _adopt(self, key: str) -> None:
         """A published file the index does not know (a race, or copied in by hand): index it."""
@@ -425,9 +466,42 @@ class DiskStorage:
             size = os.stat(self._entry_path(key)).st_size
         except OSError:
             return
+        self._index_found(key, size)
+
+    def _index_found(self, key: str, size: int) -> None:
+        with self._lock:
+            if key in self._lru:
+                return
+            self._lru.add(key, size)
+        if self.peers is not None:
+            self.peers.added(key, size)
+
+    # ---------------------------------------------------- other workers' changes
+
+    def replica_added(self, key: str, size: int) -> None:
         with self._lock:
             if key not in self._lru:
                 self._lru.add(key, size)
+
+    def replica_removed(self, key: str) -> None:
+        with self._lock:
+            self._hot.discard(key)
+            self._removals += 1
+            self._atime_saved.pop(key, None)
+            self._lru.remove(key)
+
+    def replica_touched(self, keys: list[str]) -> None:
+        with self._lock:
+            touch = self._lru.touch
+            for key in keys:
+                touch(key)
+
+    def after_fork(self, memory_cache_bytes: int) -> None:
+        """In a freshly forked worker: own lock, own deleter thread, own upload names."""
+        self._lock = threading.Lock()
+        self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
+        self._pid = os.getpid()
+        self._hot = HotBodies(memory_cache_bytes)
 
     # ------------------------------------------------------------- quarantine
 

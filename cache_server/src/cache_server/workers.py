@@ -1,0 +1,206 @@
+"""`--workers N`: N server processes on one address and one storage directory.
+
+Why: a cache hit is mostly per-request CPU (parse, syscalls, wake-ups), and one
+CPython event loop uses one core. Each worker is the whole server (its own loop,
+memory cache and fsync batcher) behind its own listening socket; SO_REUSEPORT
+makes the kernel spread connections over those sockets evenly.
+
+This process opens the storage once (sweeps leftovers, loads the index), binds
+every socket, forks the workers and then only supervises: it passes SIGTERM,
+SIGINT and SIGHUP on, and when a worker dies unexpectedly it stops the others and
+exits non-zero, so systemd restarts the whole server. Workers die with it
+(PR_SET_PDEATHSIG), so a `kill -9` of this process leaves no orphan serving.
+
+Sharing the storage: see `peers.py` (index replicas) and storage/disk.py. The size
+cap is checked by each worker against its replica plus its own uploads in
+flight, so the total may pass the cap by the other workers' uploads in flight
+until their entries are announced and evicted for; the free-disk headroom is
+checked against the filesystem itself by every upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .auth import TokenStore
+from .config import Settings
+from .http.peers import PeerLink, make_inboxes
+from .http.server import LISTEN_BACKLOG, ListenError, Worker, log_listening, open_storage, reload_tokens, serve
+from .storage.disk import DiskStorage
+
+log = logging.getLogger("cache_server")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def bind_all(settings: Settings) -> list[list[socket.socket]]:
+    """Every worker's listening sockets: for each `--bind`, one SO_REUSEPORT socket per worker."""
+    per_worker: list[list[socket.socket]] = [[] for _ in range(settings.workers)]
+    try:
+        for host, port in settings.binds:
+            port = _claim(host, port)
+            for sockets in per_worker:
+                sockets.append(_reuseport_socket(host, port))
+    except BaseException:
+        for sockets in per_worker:
+            for sock in sockets:
+                sock.close()
+        raise
+    return per_worker
+
+
+def _claim(host: str, port: int) -> int:
+    """Bind once without SO_REUSEPORT, so an address already served (by another copy of this
+    server too) is an error here instead of a silent share; the port to use (for port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    finally:
+        probe.close()
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
+
+
+def run_workers(settings: Settings, tokens: TokenStore) -> int:
+    """Fork the workers, supervise them until they have all exited; the exit code."""
+    storage = open_storage(settings)
+    listeners = bind_all(settings)
+    storage.flush()  # no deletion thread may hold the index lock across the fork
+    inboxes = make_inboxes(settings.workers)
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children: dict[int, int] = {}
+    supervisor = _Supervisor(children)
+    for index in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            _run_worker(index, parent, settings, tokens, storage, listeners, inboxes)  # never returns
+        children[pid] = index
+    # Connections queue on the bound sockets meanwhile, so this line means "ready".
+    for sock in listeners[0]:
+        log_listening(sock, settings, len(tokens), settings.workers)
+    for sockets in listeners:
+        for sock in sockets:
+            sock.close()
+    for read_end, write_end in inboxes:
+        read_end.close()
+        write_end.close()
+    return supervisor.wait()
+
+
+def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: DiskStorage,
+                listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]]) -> None:
+    code = 1
+    try:
+        # Until serve() installs the worker's own handlers: stop quietly, and reload on SIGHUP.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload_tokens(tokens, "SIGHUP"))
+        _die_with(parent)
+        for other, sockets in enumerate(listeners):
+            if other != index:
+                for sock in sockets:
+                    sock.close()
+        for other, (read_end, write_end) in enumerate(inboxes):
+            if other == index:
+                write_end.close()
+            else:
+                read_end.close()
+        storage.after_fork(settings.memory_cache // settings.workers)
+        peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index})
+        asyncio.run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)))
+        code = 0
+    except KeyboardInterrupt:
+        code = 0
+    except BaseException:
+        log.exception("worker %d failed", index)
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGKILL when the supervisor dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed supervisor leaves workers that stop on their own SIGTERM
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+class _Supervisor:
+    """Passes stop and reload signals on to the workers; one crashed worker stops them all."""
+
+    def __init__(self, children: dict[int, int]) -> None:
+        self.children = children  # pid -> worker index
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._signal_all(signal.SIGHUP))
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def wait(self) -> int:
+        code = 0
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            exit_code = os.waitstatus_to_exitcode(status)
+            if not self.stopping:
+                how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+                log.error("worker %d %s; stopping the other %d so that the whole server restarts",
+                          index, how, len(self.children))
+                self.stopping = True
+                code = 1
+                self._signal_all(signal.SIGTERM)
+            elif exit_code != 0:
+                code = 1
+        log.info("stopped")
+        return code
