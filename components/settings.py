@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -106,10 +106,19 @@ class CacheHostSettings(SshTarget):
     storage_path: str = "/var/lib/nx-farm/cache"
     max_size: str = "50GiB"
     max_artifact_size: str = "2GiB"
+    # Server processes (cache_server --workers): "auto" = one per core of the host, at most 8.
+    workers: int | Literal["auto"] = "auto"
     purge_on_destroy: bool = False  # also delete the cached data when the cache host is destroyed
 
     _path = field_validator("storage_path")(lambda cls, v: check_abs_path(v))
     _sizes = field_validator("max_size", "max_artifact_size")(lambda cls, v: check_size(v))
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 64):
+            return value
+        raise ValueError(f"must be a number from 1 to 64 or 'auto', not {value!r}")
 
     @field_validator("bind_address")
     @classmethod

@@ -28,6 +28,7 @@ def cache_unit(cache: CacheHostSettings, install_root: str = INSTALL_ROOT) -> st
         "--bind", f"{shown}:{cache.port}", "--bind", f"127.0.0.1:{cache.port}",
         "--storage", cache.storage_path, "--tokens", TOKENS_PATH,
         "--max-size", cache.max_size, "--max-artifact-size", cache.max_artifact_size,
+        "--workers", str(cache.workers),
     ]
     return f"""[Unit]
 Description=nx-farm cache server (Nx self-hosted remote cache)

@@ -14,7 +14,7 @@ from components.render.cache_host import (
     tokens_file,
     tokens_install_command,
 )
-from components.settings import validate
+from components.settings import ConfigInvalid, validate
 
 
 @pytest.fixture
@@ -67,3 +67,17 @@ def test_scripts_are_valid_shell_and_keep_data_unless_purged(cache):
     assert cache.storage_path not in remove_script(cache, purge=False)
     assert f"rm -rf {cache.storage_path}" in remove_script(cache, purge=True)
     assert TOKENS_PATH in tokens_install_command() and "/dev/stdin" in tokens_install_command()
+
+
+def test_unit_runs_one_server_process_per_core_unless_told(raw_config):
+    unit = cache_unit(validate(raw_config).cache_host)
+    assert "--workers auto" in unit
+    raw_config["cacheHost"]["workers"] = 3
+    assert "--workers 3" in cache_unit(validate(raw_config).cache_host)
+
+
+@pytest.mark.parametrize("value", [0, 65, "many"])
+def test_bad_worker_count_names_the_field(raw_config, value):
+    raw_config["cacheHost"]["workers"] = value
+    with pytest.raises(ConfigInvalid, match="cacheHost.workers"):
+        validate(raw_config)

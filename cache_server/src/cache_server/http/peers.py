@@ -39,6 +39,7 @@ log = logging.getLogger("cache_server")
 
 TOUCH_FLUSH_S = 0.1
 ANSWER_TIMEOUT_S = 2.0
+OUTBOX_MAX_DATAGRAMS = 1024  # per peer, on top of its socket buffer
 _DATAGRAM_MAX = 60_000
 _BUFFER_BYTES = 1 << 20
 
@@ -63,12 +64,13 @@ def make_inboxes(workers: int) -> list[tuple[socket.socket, socket.socket]]:
 class _Outbox:
     """Lines waiting for one peer, sent as datagrams of whole lines."""
 
-    __slots__ = ("sock", "waiting", "gone")
+    __slots__ = ("sock", "waiting", "gone", "lagging")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.waiting: deque[bytes] = deque()
         self.gone = False
+        self.lagging = False
 
 
 class PeerLink:
@@ -170,17 +172,28 @@ class PeerLink:
 
     def _send_all(self, lines: list[str]) -> None:
         datagrams = _pack(lines)
-        for index, outbox in self._peers.items():
-            if outbox.gone:
-                continue
-            outbox.waiting.extend(datagrams)
-            self._drain(index)
+        for index in self._peers:
+            self._enqueue(index, datagrams)
 
     def _send_to(self, index: int, lines: list[str]) -> None:
-        outbox = self._peers.get(index)
-        if outbox is None or outbox.gone:
+        if index in self._peers:
+            self._enqueue(index, _pack(lines))
+
+    def _enqueue(self, index: int, datagrams: list[bytes]) -> None:
+        outbox = self._peers[index]
+        if outbox.gone:
             return
-        outbox.waiting.extend(_pack(lines))
+        if len(outbox.waiting) >= OUTBOX_MAX_DATAGRAMS:
+            # A worker that stopped reading (stuck, or stopped with SIGSTOP) must not make this
+            # one grow without bound. Its replica falls behind: unknown keys are still found on
+            # disk and vanished files still read as misses, but its LRU order is off and an
+            # evicted small entry may stay in its memory cache until the hourly re-read.
+            if not outbox.lagging:
+                log.warning("worker %d: worker %d is not reading its messages; dropping them, its index "
+                            "will lag", self.worker, index)
+                outbox.lagging = True
+            outbox.waiting.clear()
+        outbox.waiting.extend(datagrams)
         self._drain(index)
 
     def _drain(self, index: int) -> None:
@@ -199,6 +212,7 @@ class PeerLink:
                 outbox.waiting.clear()
                 return
             outbox.waiting.popleft()
+        outbox.lagging = False
 
     def _drain_blocked(self, index: int) -> None:
         assert self._loop is not None

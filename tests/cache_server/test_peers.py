@@ -1,0 +1,122 @@
+"""PeerLink in one process: real datagram socketpairs and real indexes on one directory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from cache_server.http import peers as peers_module
+from cache_server.http.peers import PeerLink, make_inboxes
+from cache_server.storage.disk import DiskStorage
+from cache_server.storage.entry_format import HEADER_SIZE
+
+
+def storage(tmp_path) -> DiskStorage:
+    return DiskStorage(str(tmp_path / "store"), max_bytes=1 << 30, max_artifact_bytes=1 << 20, min_free_bytes=0,
+                       fsync=False, memory_cache_bytes=1 << 20)
+
+
+def mesh(count: int) -> list[PeerLink]:
+    inboxes = make_inboxes(count)
+    return [PeerLink(i, inboxes[i][0], {j: inboxes[j][1] for j in range(count) if j != i}) for i in range(count)]
+
+
+def put(store: DiskStorage, key: str, body: bytes) -> None:
+    upload = store.begin_put(key, len(body))
+    upload.write(body)
+    upload.commit()
+
+
+async def until(check, timeout: float = 2.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def test_changes_reach_the_other_replica_and_totals_can_be_asked(tmp_path):
+    async def scenario():
+        a_store, b_store = storage(tmp_path), storage(tmp_path)
+        a, b = mesh(2)
+        a.start(a_store, lambda: {"who": "a", "entries": a_store.stats().entries})
+        b.start(b_store, lambda: {"who": "b", "entries": b_store.stats().entries})
+        body = os.urandom(3000)
+        put(a_store, "meshk1", body)
+        assert await until(lambda: "meshk1" in b_store._lru)
+        assert b_store.stats().bytes == len(body) + HEADER_SIZE
+
+        assert b_store.get("meshk1").inline == body  # b now holds it in memory too
+        assert b_store.stats().memory_bytes == len(body)
+        with a_store._lock:
+            victims = a_store._lru.evict_until(0)  # evicted by a, as for an upload that needs room
+        a_store._discard(victims)
+        assert await until(lambda: "meshk1" not in b_store._lru)
+        assert b_store.stats().memory_bytes == 0
+        assert b_store.get("meshk1") is None
+
+        answers = []
+        b.gather(answers.append)
+        assert await until(lambda: answers)
+        assert answers == [[{"who": "a", "entries": 0}]]
+        a.close()
+        b.close()
+
+    asyncio.run(scenario())
+
+
+def test_hits_on_one_worker_order_the_others_lru(tmp_path):
+    async def scenario():
+        a_store, b_store = storage(tmp_path), storage(tmp_path)
+        a, b = mesh(2)
+        a.start(a_store, dict)
+        b.start(b_store, dict)
+        for key in ("lru1", "lru2", "lru3"):
+            put(a_store, key, b"x" * 100)
+        assert await until(lambda: len(b_store._lru) == 3)
+        assert list(b_store._lru)[0] == "lru1"
+        a_store.get("lru1")
+        assert await until(lambda: list(b_store._lru)[-1] == "lru1", timeout=1.0)
+        a.close()
+        b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_stops_reading_costs_the_others_bounded_memory(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(peers_module, "OUTBOX_MAX_DATAGRAMS", 8)
+
+    async def scenario():
+        a_store = storage(tmp_path)
+        a, stuck = mesh(2)  # `stuck` never starts: nobody reads its inbox
+        a.start(a_store, dict)
+        for i in range(3000):
+            a.added(f"flood{i}" + "k" * 100, 1000)
+            a._flush()
+        assert len(a._peers[1].waiting) <= 8
+        a.close()
+
+    with caplog.at_level(logging.WARNING, logger="cache_server"):
+        asyncio.run(scenario())
+    assert "worker 1 is not reading its messages" in caplog.text
+
+
+def test_a_peer_that_has_exited_is_skipped_and_questions_still_end(tmp_path):
+    async def scenario():
+        a_store = storage(tmp_path)
+        inboxes = make_inboxes(2)
+        a = PeerLink(0, inboxes[0][0], {1: inboxes[1][1]})
+        inboxes[1][0].close()  # worker 1 is gone
+        a.start(a_store, dict)
+        put(a_store, "alone1", b"y" * 10)
+        await asyncio.sleep(0.01)
+        assert a._peers[1].gone
+        answers = []
+        a.gather(answers.append)
+        assert await until(lambda: answers)
+        assert answers == [[]]
+        a.close()
+
+    asyncio.run(scenario())
