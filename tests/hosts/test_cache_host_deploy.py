@@ -91,6 +91,10 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     assert token not in host.ssh("cat /etc/nx-farm/cache-tokens").stdout
     assert host.ssh("systemctl show -p User --value nx-farm-cache").stdout.strip() == "nxfarm-cache"
     pid = host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip()
+    # cacheHost.workers defaults to auto: one server process per core of the host.
+    cores = min(8, int(host.ssh("nproc").stdout))
+    workers = host.ssh(f"cat /proc/{pid}/task/{pid}/children").stdout.split()
+    assert len(workers) == (cores if cores > 1 else 0)
     check_scheduler(host, run)
 
     # The same config again: nothing to do, and a forced re-run of the install changes nothing.
@@ -107,8 +111,12 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     deadline = time.monotonic() + 5
     while http(f"{url}/v1/cache/123", token)[0] != 401 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert http(f"{url}/v1/cache/123", token)[0] == 401
-    assert http(f"{url}/v1/cache/123", new_token) == (200, b"artifact")
+    # Every worker reloads: fresh connections reach them all.
+    deadline = time.monotonic() + 5
+    while any(http(f"{url}/v1/cache/123", token)[0] != 401 for _ in range(12)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(http(f"{url}/v1/cache/123", token)[0] == 401 for _ in range(12))
+    assert all(http(f"{url}/v1/cache/123", new_token) == (200, b"artifact") for _ in range(12))
     assert host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip() == pid
     check_scheduler(host, program(host, monkeypatch, built_wheels, secretsGeneration=2))
 
