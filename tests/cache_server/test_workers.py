@@ -229,3 +229,39 @@ def test_auto_is_one_worker_per_core(make_server):
     else:
         assert len(srv.worker_pids()) == expected
     assert srv.request("GET", "/health", token=None)[0] == 200
+
+
+def test_worker_sockets_give_accepted_connections_tcp_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP; without it the last segment
+    of a sendfile waited ~40 ms for the client's delayed ACK (p99 45 ms for 1 MiB GETs)."""
+    import asyncio
+
+    from cache_server.config import Settings
+    from cache_server.workers import bind_all
+
+    settings = Settings(binds=[("127.0.0.1", 0)], storage="", tokens="", tokens_explicit=True, max_size=1,
+                        max_artifact_size=1, min_free_disk=None, fsync=False, memory_cache=0, url_prefix="",
+                        body_timeout=1.0, idle_timeout=1.0, drain_timeout=1.0, scrub_interval=0.0, scrub_rate=1,
+                        access_log="off", workers=2)
+    per_worker = bind_all(settings)
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(Probe, sock=sockets[0]) for sockets in per_worker]
+        port = per_worker[0][0].getsockname()[1]
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.read()
+            writer.close()
+        for server in servers:
+            server.close()
+
+    asyncio.run(scenario())
+    assert len(seen) == 8 and all(seen)
