@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from .server_proc import WRITE_TOKEN, put_headers, read_status
+from .server_proc import WRITE_TOKEN, CacheServer, put_headers, read_status
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 
@@ -265,3 +265,28 @@ def test_worker_sockets_give_accepted_connections_tcp_nodelay():
 
     asyncio.run(scenario())
     assert len(seen) == 8 and all(seen)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.15, 0.3, 0.6])
+def test_a_stop_while_starting_leaves_no_worker_behind(tmp_path, delay):
+    srv = CacheServer(tmp_path, "--workers", "3")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cache_server", "--bind", "127.0.0.1:0", "--storage", str(srv.storage),
+                             "--tokens", str(srv.tokens), "--workers", "3"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+
+    def leftovers() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if str(srv.storage).encode() in cmdline:
+                found.append(pid)
+        return found
+
+    assert eventually(lambda: not leftovers()), leftovers()

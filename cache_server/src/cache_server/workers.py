@@ -37,6 +37,7 @@ from .storage.disk import DiskStorage
 log = logging.getLogger("cache_server")
 
 _PR_SET_PDEATHSIG = 1
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def bind_all(settings: Settings) -> list[list[socket.socket]]:
@@ -102,11 +103,15 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     sys.stderr.flush()
     children: dict[int, int] = {}
     supervisor = _Supervisor(children)
+    # Held back while forking: a child must not run the supervisor's handlers, and a stop
+    # that arrives meanwhile must reach every worker, so it is handled once all exist.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     for index in range(settings.workers):
         pid = os.fork()
         if pid == 0:
             _run_worker(index, parent, settings, tokens, storage, listeners, inboxes)  # never returns
         children[pid] = index
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     # Connections queue on the bound sockets meanwhile, so this line means "ready".
     for sock in listeners[0]:
         log_listening(sock, settings, len(tokens), settings.workers)
@@ -127,6 +132,7 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGHUP, lambda signum, frame: reload_tokens(tokens, "SIGHUP"))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         _die_with(parent)
         for other, sockets in enumerate(listeners):
             if other != index:
