@@ -18,9 +18,10 @@ def workspace(tmp_path):
     return Workspace(tmp_path / "ws")
 
 
-@pytest.fixture
-def cache(tmp_path):
-    server = CacheServer(tmp_path).start()  # fsync on, as deployed
+@pytest.fixture(params=[("--workers", "2"), ()], ids=["2-workers", "1-process"])
+def cache(tmp_path, request):
+    """fsync on; one worker process per core (two here) as deployed, and a single process."""
+    server = CacheServer(tmp_path, *request.param).start()
     yield server
     server.stop()
 
