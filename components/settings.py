@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from cache_server.config import MAX_WORKERS
+
 PROJECT = "nx-farm"
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -116,9 +118,9 @@ class CacheHostSettings(SshTarget):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        if value == "auto" or (type(value) is int and 1 <= value <= 64):
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_WORKERS):
             return value
-        raise ValueError(f"must be a number from 1 to 64 or 'auto', not {value!r}")
+        raise ValueError(f"must be a number from 1 to {MAX_WORKERS} or 'auto', not {value!r}")
 
     @field_validator("bind_address")
     @classmethod

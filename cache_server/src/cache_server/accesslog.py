@@ -13,6 +13,8 @@ import stat
 import sys
 import time
 
+from .chunks import whole_chunks
+
 
 def _json_str(value: str | None) -> str:
     if value is None:
@@ -82,16 +84,8 @@ class AccessLog:
         lines, self._batch = self._batch, []
         if not lines or self._fd < 0:
             return
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            data = line.encode("utf-8", "replace")
-            if chunk and size + len(data) > self._chunk:
-                self._write_whole(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        self._write_whole(b"".join(chunk))
+        for chunk in whole_chunks([line.encode("utf-8", "replace") for line in lines], self._chunk):
+            self._write_whole(chunk)
 
     def _write_whole(self, data: bytes) -> None:
         try:

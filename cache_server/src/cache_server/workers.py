@@ -31,7 +31,7 @@ import sys
 from .auth import TokenStore
 from .config import Settings
 from .http.peers import PeerLink, make_inboxes
-from .http.server import LISTEN_BACKLOG, ListenError, Worker, log_listening, open_storage, reload_tokens, serve
+from .http.server import LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve
 from .storage.disk import DiskStorage
 
 log = logging.getLogger("cache_server")
@@ -66,8 +66,7 @@ def _claim(host: str, port: int) -> int:
         probe.bind((host, port))
         return int(probe.getsockname()[1])
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise listen_error(host, port, exc) from None
     finally:
         probe.close()
 
@@ -87,8 +86,7 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise listen_error(host, port, exc) from None
     return sock
 
 
@@ -143,7 +141,7 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
                 write_end.close()
             else:
                 read_end.close()
-        storage.after_fork(settings.memory_cache // settings.workers)
+        storage.after_fork()  # its memory cache was sized per worker when the storage opened
         peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index})
         asyncio.run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)))
         code = 0

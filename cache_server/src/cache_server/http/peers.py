@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..chunks import whole_chunks
 from ..storage.disk import DiskStorage
 
 log = logging.getLogger("cache_server")
@@ -90,10 +91,6 @@ class PeerLink:
         self._storage: DiskStorage | None = None
         self._snapshot: Callable[[], Snapshot] = dict
         self._touch_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self._peers)
 
     def start(self, storage: DiskStorage, snapshot: Callable[[], Snapshot]) -> None:
         """On the worker's event loop: listen to the others, and tell them of this index's changes."""
@@ -225,9 +222,7 @@ class PeerLink:
         while True:
             try:
                 data = self._inbox.recv(1 << 17)
-            except BlockingIOError:
-                return
-            except OSError:
+            except OSError:  # empty (BlockingIOError), or closed at shutdown
                 return
             for line in data.decode("ascii", "replace").split("\n"):
                 if line:
@@ -289,16 +284,4 @@ class PeerLink:
 
 def _pack(lines: list[str]) -> list[bytes]:
     """Whole lines into datagrams of at most _DATAGRAM_MAX bytes (a longer line goes alone)."""
-    out: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode("ascii", "replace") + b"\n"
-        if chunk and size + len(data) > _DATAGRAM_MAX:
-            out.append(b"".join(chunk))
-            chunk, size = [], 0
-        chunk.append(data)
-        size += len(data)
-    if chunk:
-        out.append(b"".join(chunk))
-    return out
+    return whole_chunks([line.encode("ascii", "replace") + b"\n" for line in lines], _DATAGRAM_MAX)

@@ -41,6 +41,11 @@ class Worker:
     peers: PeerLink
 
 
+def listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ListenError(f"cannot listen on {host}:{port}: {reason}")
+
+
 def log_listening(sock: socket.socket, settings: Settings, tokens: int, workers: int = 1) -> None:
     address = sock.getsockname()
     shown = f"[{address[0]}]" if ":" in address[0] else address[0]
@@ -89,15 +94,15 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
         if worker is not None:
             for sock in worker.sockets:
                 listeners.append(await loop.create_server(http, sock=sock, backlog=LISTEN_BACKLOG))
-        for host, port in settings.binds if worker is None else []:
-            try:
-                listener = await loop.create_server(http, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
-            listeners.append(listener)
-            for sock in listener.sockets:
-                log_listening(sock, settings, len(tokens))
+        else:
+            for host, port in settings.binds:
+                try:
+                    listener = await loop.create_server(http, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+                except OSError as exc:
+                    raise listen_error(host, port, exc) from None
+                listeners.append(listener)
+                for sock in listener.sockets:
+                    log_listening(sock, settings, len(tokens))
 
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)

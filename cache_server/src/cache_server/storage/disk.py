@@ -409,9 +409,7 @@ class DiskStorage:
     def _rename_to_trash(self, victims: list[tuple[str, int]]) -> None:
         """Under the lock, so a new upload of the same key cannot collide with the old file."""
         for key, size in victims:
-            self._atime_saved.pop(key, None)
-            self._hot.discard(key)
-            self._removals += 1
+            self._let_go_locked(key)
             if self.peers is not None:
                 self.peers.removed(key)
             try:
@@ -424,6 +422,13 @@ class DiskStorage:
             self._pending_delete += size
             self.counters.evictions += 1
             self.counters.evicted_bytes += size
+
+    def _let_go_locked(self, key: str) -> None:
+        """A key leaves the index: drop its memory copy and atime mark, and make sure a read in
+        flight cannot put the body back (`_removals`)."""
+        self._hot.discard(key)
+        self._removals += 1
+        self._atime_saved.pop(key, None)
 
     def _schedule_deletes(self, victims: list[tuple[str, int]]) -> None:
         if victims:
@@ -469,25 +474,22 @@ class DiskStorage:
         self._index_found(key, size)
 
     def _index_found(self, key: str, size: int) -> None:
-        with self._lock:
-            if key in self._lru:
-                return
-            self._lru.add(key, size)
-        if self.peers is not None:
+        if self.replica_added(key, size) and self.peers is not None:
             self.peers.added(key, size)
 
     # ---------------------------------------------------- other workers' changes
 
-    def replica_added(self, key: str, size: int) -> None:
+    def replica_added(self, key: str, size: int) -> bool:
+        """Index a key unless it is known; whether it was new."""
         with self._lock:
-            if key not in self._lru:
-                self._lru.add(key, size)
+            if key in self._lru:
+                return False
+            self._lru.add(key, size)
+            return True
 
     def replica_removed(self, key: str) -> None:
         with self._lock:
-            self._hot.discard(key)
-            self._removals += 1
-            self._atime_saved.pop(key, None)
+            self._let_go_locked(key)
             self._lru.remove(key)
 
     def replica_touched(self, keys: list[str]) -> None:
@@ -496,12 +498,11 @@ class DiskStorage:
             for key in keys:
                 touch(key)
 
-    def after_fork(self, memory_cache_bytes: int) -> None:
+    def after_fork(self) -> None:
         """In a freshly forked worker: own lock, own deleter thread, own upload names."""
         self._lock = threading.Lock()
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
         self._pid = os.getpid()
-        self._hot = HotBodies(memory_cache_bytes)
 
     # ------------------------------------------------------------- quarantine
 
