@@ -3,10 +3,12 @@ import pytest
 from .server_proc import CacheServer
 
 
-@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2")], ids=["no-fsync", "fsync", "2-workers"])
+@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2"), ("--event-loop", "asyncio")],
+                ids=["no-fsync", "fsync", "2-workers", "asyncio-loop"])
 def server(tmp_path, request):
     """A server without fsync (the uploads commit on the loop), one with (staged, synced in batches),
-    and one of two worker processes (fsync), where consecutive connections may reach either."""
+    one of two worker processes (fsync), where consecutive connections may reach either, and one on
+    the standard library's event loop instead of uvloop (fsync)."""
     srv = CacheServer(tmp_path, *request.param).start()
     yield srv
     srv.stop()

@@ -23,6 +23,7 @@ def run(*args, env=None, timeout=30):
         (["--max-size", "1GiB", "--max-artifact-size", "2GiB"], "--max-artifact-size (2GiB) is larger than --max-size"),
         (["--tokens", "/nonexistent/tokens"], "tokens file /nonexistent/tokens: No such file or directory"),
         (["--storage", "/dev/null/cache"], "storage directory /dev/null/cache cannot be created"),
+        (["--event-loop", "trio"], "--event-loop: 'trio' must be one of: uvloop, asyncio"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

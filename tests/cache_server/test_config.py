@@ -43,6 +43,16 @@ def test_defaults_are_loopback_and_user_state_dir(monkeypatch, tmp_path):
     assert settings.binds == [("127.0.0.1", 3333)]
     assert settings.storage == str(tmp_path / "nx-farm" / "cache")
     assert settings.max_size == 50 << 30 and settings.max_artifact_size == 2 << 30 and settings.fsync
+    assert settings.event_loop == "uvloop"
+
+
+def test_event_loop_from_flag_or_environment(monkeypatch):
+    assert _settings("--event-loop", "asyncio").event_loop == "asyncio"
+    monkeypatch.setenv("NXFARM_CACHE_EVENT_LOOP", "asyncio")
+    assert _settings().event_loop == "asyncio"
+    monkeypatch.setenv("NXFARM_CACHE_EVENT_LOOP", "uv")
+    with pytest.raises(ConfigError, match="--event-loop: 'uv' must be one of: uvloop, asyncio"):
+        _settings()
 
 
 def test_artifact_limit_above_total_is_refused():

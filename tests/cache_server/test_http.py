@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -189,6 +190,91 @@ def test_rejected_upload_is_drained_and_connection_kept(server):
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_status(sock)[0] == 200, "keep-alive must survive a drained 409"
     sock.close()
+
+
+def _small_window_get(server, key: str) -> socket.socket:
+    """A GET from a client whose receive buffer is small: a large body fills the socket at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)  # before connect: caps the window
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /v1/cache/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITE_TOKEN}\r\n\r\n".encode())
+    return sock
+
+
+def test_large_download_to_a_slow_reader_arrives_whole(server):
+    """sendfile meets a full socket many times and must wait for room, on either event loop;
+    afterwards the connection serves its next request."""
+    body = os.urandom(6 * MiB)
+    assert server.request("PUT", "slowread", body)[0] == 200
+    sock = _small_window_get(server, "slowread")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, got = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(body)}".encode() in head
+    reads = 0
+    while len(got) < len(body):
+        chunk = sock.recv(16 << 10)
+        assert chunk, f"connection closed after {len(got)} of {len(body)} bytes"
+        got += chunk
+        reads += 1
+        if reads % 8 == 0:
+            time.sleep(0.002)
+    assert got == body
+    sock.sendall(f"GET /v1/cache/slowread HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITE_TOKEN}\r\n\r\n".encode())
+    (status, again), = read_responses(sock, 1)
+    assert status == 200 and again == body
+    sock.close()
+
+
+def test_large_download_behind_answers_still_buffered_keeps_its_place(server):
+    """Pipelined answers fill the socket and the server's write buffer before a large body's turn:
+    its sendfile must wait until they are out, or its bytes would overtake them."""
+    inline, big = os.urandom(60 << 10), os.urandom(2 * MiB)
+    assert server.request("PUT", "inl", inline)[0] == 200
+    assert server.request("PUT", "big", big)[0] == 200
+    get = "GET /v1/cache/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + WRITE_TOKEN + "\r\n\r\n"
+    keys = ["inl"] * 80 + ["big", "inl"]  # more than the kernel buffers hold
+    sock = _small_window_get(server, "inl")
+    sock.sendall("".join(get.format(key) for key in keys).encode())
+    time.sleep(0.3)  # the client reads nothing yet: answers pile up in the server
+    answers = read_responses(sock, 1 + len(keys))
+    assert [status for status, _ in answers] == [200] * (1 + len(keys))
+    assert [body == (big if key == "big" else inline) for key, (_, body) in zip(["inl", *keys], answers)] == [True] * (1 + len(keys))
+    sock.close()
+
+
+def _open_fds(server) -> int:
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in server.worker_pids() or [server.proc.pid])
+
+
+def test_client_leaving_mid_download_leaks_nothing_and_is_logged(server):
+    body = os.urandom(6 * MiB)
+    assert server.request("PUT", "leaver", body)[0] == 200
+    assert server.request("GET", "leaver")[2] == body
+    before = _open_fds(server)
+    for _ in range(8):
+        sock = _small_window_get(server, "leaver")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()  # unread bytes: the kernel resets the connection
+    assert server.request("GET", "leaver")[2] == body
+    deadline = time.monotonic() + 10
+    while _open_fds(server) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _open_fds(server) <= before, "a dropped download left a descriptor open (entry file or socket dup)"
+    deadline = time.monotonic() + 5  # the access log is flushed once a second
+    while server.logs().count("download aborted") < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.logs().count("download aborted") == 8
+
+
+@pytest.mark.parametrize("args, uvloop_loaded", [((), True), (("--workers", "2"), True), (("--event-loop", "asyncio"), False)],
+                         ids=["default", "2-workers", "asyncio"])
+def test_event_loop_in_use(make_server, args, uvloop_loaded):
+    srv = make_server(*args)
+    for pid in srv.worker_pids() or [srv.proc.pid]:
+        assert ("/uvloop/" in Path(f"/proc/{pid}/maps").read_text()) is uvloop_loaded
 
 
 def test_pipelined_requests_are_answered_in_order(server):

@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -48,6 +47,7 @@ class _RuntimeFailure(Exception):
 
 def _serve(argv: list[str]) -> int:
     from .http.server import ListenError, serve
+    from .loops import run
 
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description="Nx self-hosted remote cache server")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -64,7 +64,7 @@ def _serve(argv: list[str]) -> int:
             from .workers import run_workers
 
             return run_workers(settings, tokens)
-        asyncio.run(serve(settings, tokens))
+        run(serve(settings, tokens), settings.event_loop)
     except ListenError as exc:
         raise _RuntimeFailure(str(exc)) from None
     return 0

@@ -49,6 +49,7 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 MAX_WORKERS = 64
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def auto_workers() -> int:
@@ -67,6 +68,12 @@ def parse_workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise ConfigError(f"--workers: {text!r} must be a number from 1 to {MAX_WORKERS}, or 'auto'")
     return int(text)
+
+
+def parse_event_loop(text: str) -> str:
+    if text not in EVENT_LOOPS:
+        raise ConfigError(f"--event-loop: {text!r} must be one of: {', '.join(EVENT_LOOPS)}")
+    return text
 
 
 def state_home() -> str:
@@ -104,6 +111,7 @@ class Settings:
     scrub_rate: int
     access_log: str
     workers: int = 1
+    event_loop: str = "uvloop"
 
     @staticmethod
     def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +154,9 @@ class Settings:
             help="server processes sharing the address and the storage: one event loop uses one core, "
                  f"so N up to the core count serves more small requests per second; 'auto' = {auto_workers()} "
                  "on this machine (env NXFARM_CACHE_WORKERS, default %(default)s)")
+        add("--event-loop", default=env("NXFARM_CACHE_EVENT_LOOP", "uvloop"), metavar="LOOP",
+            help="uvloop (libuv, less CPU per request) or asyncio (the standard library's loop, to rule "
+                 "uvloop out when chasing a problem) (env NXFARM_CACHE_EVENT_LOOP, default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -181,4 +192,5 @@ class Settings:
             scrub_rate=parse_size(args.scrub_rate, "--scrub-rate"),
             access_log=args.access_log,
             workers=parse_workers(args.workers),
+            event_loop=parse_event_loop(args.event_loop),
         )

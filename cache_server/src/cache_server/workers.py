@@ -20,7 +20,6 @@ checked against the filesystem itself by every upload.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -32,6 +31,7 @@ from .auth import TokenStore
 from .config import Settings
 from .http.peers import PeerLink, make_inboxes
 from .http.server import LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve
+from .loops import run
 from .storage.disk import DiskStorage
 
 log = logging.getLogger("cache_server")
@@ -143,7 +143,7 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
                 read_end.close()
         storage.after_fork()  # its memory cache was sized per worker when the storage opened
         peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index})
-        asyncio.run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)))
+        run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)), settings.event_loop)
         code = 0
     except KeyboardInterrupt:
         code = 0

@@ -8,7 +8,7 @@ here; this layer answers a small GET without creating a task or a future.
 One `Connection` per socket. The parser calls back as bytes arrive; each request
 becomes an `Exchange`. The handler (handler.py) decides what to answer; this
 module owns the wire: ordering of pipelined requests, keep-alive, timeouts, flow
-control, `loop.sendfile` for large bodies, and blocking work in a thread.
+control, sendfile(2) for large bodies (sendfile.py), and blocking work in a thread.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
+
+from .sendfile import send_file
 
 if TYPE_CHECKING:
     from ..storage.base import Blob, Upload
@@ -161,8 +163,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else None
         self.server.connections.add(self)
@@ -365,6 +366,16 @@ class Connection(asyncio.Protocol):
         self.waiting = True
         self._update_reading()
         self.task = self.loop.create_task(self._send_file(ex, head, blob))
+        self.task.add_done_callback(lambda task: self._send_file_done(task, ex, blob))
+
+    def _send_file_done(self, task: asyncio.Task[None], ex: Exchange, blob: Blob) -> None:
+        blob.close()
+        if task.cancelled():  # cancelled before its first step: the client left in the same loop pass
+            self.task = None
+            self.waiting = False
+            ex.reason = "download aborted: client went away"
+            self.handler.sent(ex, False)
+            self._finish(ex, True)
 
     async def _send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
         transport = self.transport
@@ -374,9 +385,8 @@ class Connection(asyncio.Protocol):
         try:
             transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
             limit = self.server.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
-            with open(blob.fd, "rb", buffering=0, closefd=False) as fobj:
-                async with asyncio.timeout(limit):
-                    await self.loop.sendfile(transport, fobj, blob.offset, blob.size)
+            async with asyncio.timeout(limit):
+                await send_file(self.loop, transport, blob.fd, blob.offset, blob.size)
             ok = True
         except (TimeoutError, OSError, RuntimeError, asyncio.CancelledError) as exc:
             # Headers are gone; hanging up is the only honest signal left for a short body.
