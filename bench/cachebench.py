@@ -9,8 +9,10 @@ every phase is bounded by time.
     python bench/cachebench.py [--reps 3] [--seconds 3] [--sizes 4k,1m,64m] [--conc 1,8,32]
 
 Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-exists),
-`nxcache` (our server as deployed: fsync on, access log on, one worker process per core) and
-`nxcache-nofsync`; `nxcache-1proc` and `nxcache-1proc-nofsync` run a single process (--servers).
+`nxcache` (our server as deployed: fsync on, access log on, one worker process per core, uvloop)
+and `nxcache-nofsync`; `nxcache-1proc` and `nxcache-1proc-nofsync` run a single process, and
+`nxcache-asyncio` runs as deployed on the standard library's event loop (--servers).
+4 KiB also gets MISS cells (GETs of absent keys, 404 expected), like perf.md's get_miss column.
 For each rep and each size, fresh servers get the same preloaded entries; then every
 (operation, concurrency) cell runs each server in a freshly shuffled order.
 """
@@ -57,6 +59,8 @@ GO_CPU_PER_GB = {  # (size, C) -> (PUT, GET)
     ("64m", 1): (0.69, 0.37), ("64m", 8): (0.66, 0.21), ("64m", 32): (0.66, 0.20),
 }
 GO_GEOMEAN = {"PUT": 0.88, "GET": 0.92}
+GO_MISS_RATIO = {("4k", 32): 0.92}  # perf.md's wrk table, get_miss c32
+GO_US_PER_REQUEST = {("GET", 1): 51, ("GET", 32): 28, ("MISS", 32): 16, ("PUT", 32): 30}  # same table, 4 KiB
 
 # As deployed (components/render/cache_host.py): fsync on, one worker process per core.
 NXCACHE_FLAGS = {
@@ -64,6 +68,7 @@ NXCACHE_FLAGS = {
     "nxcache-nofsync": ["--workers", "auto", "--no-fsync"],
     "nxcache-1proc": ["--workers", "1"],
     "nxcache-1proc-nofsync": ["--workers", "1", "--no-fsync"],
+    "nxcache-asyncio": ["--workers", "auto", "--event-loop", "asyncio"],
 }
 
 NGINX_CONF = """
@@ -225,6 +230,7 @@ class Cell:
     errors: int
     cpu_s_per_gb: float | None
     rss_growth_mb: float | None
+    cpu_us_per_request: float | None = None
 
 
 def parse_latency_ms(text: str) -> float:
@@ -237,9 +243,10 @@ def parse_latency_ms(text: str) -> float:
 
 def run_load(server: Server, op: str, size_name: str, conc: int, seconds: int, body_file: Path, prefix: str,
              script: Path) -> tuple[int, int, float, float]:
-    """(requests, errors, elapsed seconds, p99 ms). wrk for 4 KiB bodies; loadgen.py (sendfile) for large ones."""
+    """(requests, errors, elapsed seconds, p99 ms). wrk for 4 KiB bodies; loadgen.py (sendfile) for large ones.
+    MISS: GETs of keys nobody stored, where 404 is the expected answer."""
     if size_name == "4k":
-        env = {**os.environ, "BENCH_METHOD": op, "BENCH_PREFIX": prefix, "BENCH_NKEYS": str(PRELOAD[size_name]),
+        env = {**os.environ, "BENCH_METHOD": "GET" if op == "MISS" else op, "BENCH_PREFIX": prefix, "BENCH_NKEYS": str(PRELOAD[size_name]),
                "BENCH_TOKEN": TOKEN, "BENCH_BODY": str(body_file)}
         result = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s",
                                  str(script), f"http://127.0.0.1:{server.port}"], capture_output=True, text=True,
@@ -250,7 +257,8 @@ def run_load(server: Server, op: str, size_name: str, conc: int, seconds: int, b
         requests = int(re.search(r"(\d+) requests in", out)[1])
         amount, unit = re.search(r"requests in ([\d.]+)(ms|s|m),", out).groups()
         elapsed = float(amount) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-        errors = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+        non_2xx = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+        errors = requests - non_2xx if op == "MISS" else non_2xx
         if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
             errors += sum(int(x) for x in m.groups())
         return requests, errors, elapsed, parse_latency_ms(out)
@@ -274,12 +282,13 @@ def run_cell(server: Server, op: str, size_name: str, conc: int, seconds: int, b
     requests, errors, elapsed, p99 = run_load(server, op, size_name, conc, seconds, body_file, prefix, script)
     cpu = proc_cpu_seconds(pids) - cpu_before
     hwm = sum(proc_status_kb(p, "VmHWM") for p in pids)
-    moved = (requests - errors) * SIZES[size_name]
+    moved = 0 if op == "MISS" else (requests - errors) * SIZES[size_name]
     return Cell(
         server=server.name, op=op, size=size_name, conc=conc,
         rps=(requests - errors) / elapsed, mbps=moved / elapsed / 1e6, p99_ms=p99, errors=errors,
         cpu_s_per_gb=cpu / (moved / 1e9) if moved >= 256 << 20 else None,
         rss_growth_mb=max(0, hwm - rss_before) / 1024,
+        cpu_us_per_request=cpu * 1e6 / requests if requests else None,
     )
 
 
@@ -352,14 +361,14 @@ def main() -> int:
                             servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name]))
                     for server in servers:
                         preload(server, size_name, body, "g")
-                    for op in ("GET", "PUT"):
+                    for op in ("GET", "PUT", "MISS") if size_name == "4k" else ("GET", "PUT"):
                         for conc in concs:
                             order = servers[:]
                             random.shuffle(order)
                             for server in order:
                                 prefix = f"p{conc}x{secrets.token_hex(3)}x"
                                 cell = run_cell(server, op, size_name, conc, args.seconds, body_file,
-                                                "g" if op == "GET" else prefix, script)
+                                                {"GET": "g", "MISS": "absent"}.get(op, prefix), script)
                                 cells.append(cell)
                                 with out.open("a") as fh:
                                     fh.write(json.dumps({"rep": rep, **cell.__dict__}) + "\n")
@@ -392,8 +401,8 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     ratios: dict[str, dict[str, list[float]]] = {n: {"GET": [], "PUT": []} for n in others}
-    for op in ("GET", "PUT"):
-        for size in sizes:
+    for op in ("GET", "PUT", "MISS"):
+        for size in sizes if op != "MISS" else [s for s in sizes if s == "4k"]:
             for conc in concs:
                 base_rps = med("nginx", op, size, conc, "rps")
                 row = f"| {op} | {size} | {conc} | {base_rps:,.0f} | {med('nginx', op, size, conc, 'p99_ms'):.2f} | "
@@ -401,14 +410,28 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
                 for n in others:
                     rps = med(n, op, size, conc, "rps")
                     ratio = rps / base_rps if base_rps else math.nan
-                    ratios[n][op].append(ratio)
+                    if op != "MISS":  # perf.md's geomeans are over GET and PUT cells
+                        ratios[n][op].append(ratio)
                     parts.append(f"{rps:,.0f} | {med(n, op, size, conc, 'p99_ms'):.2f} | {ratio:.2f}")
-                go = GO_RATIO.get((size, conc), (math.nan, math.nan))[0 if op == "PUT" else 1]
+                if op == "MISS":
+                    go = GO_MISS_RATIO.get((size, conc), math.nan)
+                else:
+                    go = GO_RATIO.get((size, conc), (math.nan, math.nan))[0 if op == "PUT" else 1]
                 print(row + " | ".join(parts) + f" | {go:.2f} |")
     print()
     for n in others:
         print(f"{n}: geomean x nginx  GET {geomean(ratios[n]['GET']):.2f} (Go {GO_GEOMEAN['GET']:.2f})"
               f"  PUT {geomean(ratios[n]['PUT']):.2f} (Go {GO_GEOMEAN['PUT']:.2f})")
+    if "4k" in sizes:
+        # Less sensitive to a noisy host than req/s: what one request costs the server processes.
+        print("\nServer CPU microseconds per request, 4 KiB (median; utime+stime at 10 ms ticks):")
+        header = "| op | C | " + " | ".join(f"{n} us/req" for n in names) + " | Go us/req |"
+        print(header)
+        print("|" + "---|" * (header.count("|") - 1))
+        for op in ("GET", "PUT", "MISS"):
+            for conc in concs:
+                cost = " | ".join(f"{med(n, op, '4k', conc, 'cpu_us_per_request'):.0f}" for n in names)
+                print(f"| {op} | {conc} | {cost} | {GO_US_PER_REQUEST.get((op, conc), math.nan):.0f} |")
     print("\nServer CPU seconds per GB moved (median), and peak RSS growth during the cell (max over reps, MB):")
     header = "| op | size | C | " + " | ".join(f"{n} CPU s/GB" for n in names) + " | Go CPU s/GB | " + " | ".join(
         f"{n} RSS +MB" for n in names) + " |"
