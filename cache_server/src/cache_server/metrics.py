@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .storage.base import Storage
+from .storage.base import Storage, StorageStats
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -31,9 +31,6 @@ class LatencyHistogram:
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        return cumulative(self.counts)
 
 
 class Metrics(Collector):
@@ -62,9 +59,10 @@ class Metrics(Collector):
         finally:
             self._peers = []
 
-    def snapshot(self) -> dict[str, Any]:
-        """This process's counters, JSON-able, so another worker can add them to its own."""
-        stats = self._storage.stats()
+    def snapshot(self, stats: StorageStats | None = None) -> dict[str, Any]:
+        """This process's counters, JSON-able, so another worker can add them to its own
+        (`stats`: the storage's, when the caller has just read them)."""
+        stats = self._storage.stats() if stats is None else stats
         counters = self._storage.counters
         last = counters.last_error
         return {
@@ -78,7 +76,8 @@ class Metrics(Collector):
         }
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        total = merge_snapshots([self.snapshot(), *self._peers])
+        stats = self._storage.stats()  # entries and bytes: this worker's replica of the index
+        total = merge_snapshots([self.snapshot(stats), *self._peers])
         yield CounterMetricFamily("nxcache_hits", "GET answered 200", value=total["hits"])
         yield CounterMetricFamily("nxcache_misses", "GET answered 404", value=total["misses"])
         yield CounterMetricFamily("nxcache_puts", "PUT stored (200)", value=total["puts"])
@@ -93,7 +92,6 @@ class Metrics(Collector):
         for method, (counts, seconds) in total["latency"].items():
             latency.add_metric([method], cumulative(counts), seconds)
         yield latency
-        stats = self._storage.stats()  # entries and bytes: this worker's replica of the index
         yield GaugeMetricFamily("nxcache_entries", "Entries stored", value=stats.entries)
         yield GaugeMetricFamily("nxcache_size_bytes", "Bytes stored (headers included)", value=stats.bytes)
         yield GaugeMetricFamily("nxcache_max_size_bytes", "Configured size cap", value=stats.max_bytes)

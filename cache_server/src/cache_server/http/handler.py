@@ -359,7 +359,7 @@ class CacheHandler:
         stats = self.storage.stats()
         last = self.storage.counters.last_error
         if peers:
-            newest = merge_snapshots([self.metrics.snapshot(), *peers])["last_error"]
+            newest = merge_snapshots([self.metrics.snapshot(stats), *peers])["last_error"]
             last = None if newest is None else StorageFault(*newest)
         problems = []
         if last is not None and time.time() - last.at < _ERROR_RECENT_S:

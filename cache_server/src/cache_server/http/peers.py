@@ -12,7 +12,7 @@ format is safe):
 
     A <key> <size>        added to the index
     R <key>               removed from the index
-    T <key> <key> ...     hits, oldest first
+    T <key> <key> ...     hits since the last T (no order among them)
     Q <worker> <id>       question: send me your counters
     S <id> <json>         answer: the counters (`Metrics.snapshot()`)
 
@@ -156,16 +156,9 @@ class PeerLink:
         if not self._touched:
             return
         touched, self._touched = self._touched, set()
-        keys = list(touched)
-        lines, line, size = [], ["T"], 1
-        for key in keys:
-            if size + len(key) + 1 > _DATAGRAM_MAX // 2:
-                lines.append(" ".join(line))
-                line, size = ["T"], 1
-            line.append(key)
-            size += len(key) + 1
-        lines.append(" ".join(line))
-        self._send_all(lines)
+        # Several T lines of bounded length, so that each fits a datagram on its own.
+        runs = whole_chunks([b" " + key.encode("ascii") for key in touched], _DATAGRAM_MAX // 2)
+        self._send_all(["T" + run.decode("ascii") for run in runs])
 
     def _send_all(self, lines: list[str]) -> None:
         datagrams = _pack(lines)
