@@ -6,9 +6,12 @@ import asyncio
 import logging
 import os
 
+import pytest
+
 from cache_server.http import peers as peers_module
-from cache_server.http.peers import PeerLink, make_inboxes
+from cache_server.http.peers import PeerLink, make_announcements, make_inboxes
 from cache_server.storage.disk import DiskStorage
+from cache_server.storage.errors import EntryExists
 from cache_server.storage.entry_format import HEADER_SIZE
 
 
@@ -17,9 +20,20 @@ def storage(tmp_path) -> DiskStorage:
                        fsync=False, memory_cache_bytes=1 << 20)
 
 
-def mesh(count: int) -> list[PeerLink]:
+def mesh(count: int, announced: bool = True) -> list[PeerLink]:
     inboxes = make_inboxes(count)
-    return [PeerLink(i, inboxes[i][0], {j: inboxes[j][1] for j in range(count) if j != i}) for i in range(count)]
+    counters = make_announcements(count) if announced else None
+    return [PeerLink(i, inboxes[i][0], {j: inboxes[j][1] for j in range(count) if j != i}, counters)
+            for i in range(count)]
+
+
+def hand_copy(src: DiskStorage, key: str, new_key: str) -> None:
+    """An entry file that appears without an announcement (copied in by hand)."""
+    with open(src._entry_path(key), "rb") as fh:
+        data = fh.read()
+    os.makedirs(os.path.dirname(src._entry_path(new_key)), exist_ok=True)
+    with open(src._entry_path(new_key), "wb") as fh:
+        fh.write(data)
 
 
 def put(store: DiskStorage, key: str, body: bytes) -> None:
@@ -118,5 +132,64 @@ def test_a_peer_that_has_exited_is_skipped_and_questions_still_end(tmp_path):
         assert await until(lambda: answers)
         assert answers == [[]]
         a.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_has_heard_every_announcement_answers_misses_without_looking_on_disk(tmp_path):
+    async def scenario():
+        a_store, b_store = storage(tmp_path), storage(tmp_path)
+        a, b = mesh(2)
+        a.start(a_store, dict)
+        b.start(b_store, dict)
+        assert a.caught_up() and b.caught_up()  # nothing published yet
+        put(a_store, "annk1", b"x" * 100)
+        assert a.caught_up()  # its own entries are no news to it
+        # Published and announced, but not read by b yet (this is the window after a's 200):
+        # b is not sure, so it looks on disk and finds the entry.
+        assert not b.caught_up()
+        assert b_store.get("annk1").inline == b"x" * 100
+        assert await until(b.caught_up)
+        # Sure now: a key its replica lacks is a miss with no look on disk, so a file that
+        # nobody announced stays unseen, as it does for a single process.
+        hand_copy(a_store, "annk1", "annk2")
+        assert b_store.get("annk2") is None
+        b_store.begin_put("annk2", 100).abort()  # nor a 409 before the body (the link still refuses)
+        a.close()
+        b.close()
+
+    asyncio.run(scenario())
+
+
+def test_announcements_not_yet_read_keep_the_look_on_disk(tmp_path):
+    async def scenario():
+        a_store, b_store = storage(tmp_path), storage(tmp_path)
+        a, b = mesh(2)
+        b.start(b_store, dict)  # a never starts: its announcement below is counted but never sent,
+        a.added("lost1", 100)  # as for lines dropped for a peer that stopped reading
+        put(b_store, "seen1", b"y" * 100)
+        hand_copy(b_store, "seen1", "lost1")
+        assert not b.caught_up()
+        assert b_store.get("lost1").inline == b"y" * 100
+        with pytest.raises(EntryExists):
+            b_store.begin_put("lost1", 100)
+        b.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_counters_a_replica_always_looks_on_disk(tmp_path):
+    async def scenario():
+        a_store, b_store = storage(tmp_path), storage(tmp_path)
+        a, b = mesh(2, announced=False)
+        a.start(a_store, dict)
+        b.start(b_store, dict)
+        put(a_store, "plain1", b"z" * 100)
+        assert await until(lambda: "plain1" in b_store._lru)
+        assert not b.caught_up()
+        hand_copy(a_store, "plain1", "plain2")
+        assert b_store.get("plain2").inline == b"z" * 100
+        a.close()
+        b.close()
 
     asyncio.run(scenario())

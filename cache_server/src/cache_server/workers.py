@@ -29,7 +29,7 @@ import sys
 
 from .auth import TokenStore
 from .config import Settings
-from .http.peers import PeerLink, make_inboxes
+from .http.peers import PeerLink, make_announcements, make_inboxes
 from .http.server import LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve
 from .loops import run
 from .storage.disk import DiskStorage
@@ -99,6 +99,7 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     listeners = bind_all(settings)
     storage.flush()  # no deletion thread may hold the index lock across the fork
     inboxes = make_inboxes(settings.workers)
+    announced = make_announcements(settings.workers)
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -110,7 +111,7 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     for index in range(settings.workers):
         pid = os.fork()
         if pid == 0:
-            _run_worker(index, parent, settings, tokens, storage, listeners, inboxes)  # never returns
+            _run_worker(index, parent, settings, tokens, storage, listeners, inboxes, announced)  # never returns
         children[pid] = index
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     # Connections queue on the bound sockets meanwhile, so this line means "ready".
@@ -126,7 +127,8 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
 
 
 def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: DiskStorage,
-                listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]]) -> None:
+                listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]],
+                announced: memoryview) -> None:
     code = 1
     try:
         # Until serve() installs the worker's own handlers: stop quietly, and reload on SIGHUP.
@@ -145,7 +147,8 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
             else:
                 read_end.close()
         storage.after_fork()  # its memory cache was sized per worker when the storage opened
-        peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index})
+        peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index},
+                         announced)
         run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)), settings.event_loop)
         code = 0
     except KeyboardInterrupt:

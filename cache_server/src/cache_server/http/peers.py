@@ -19,6 +19,13 @@ format is safe):
 Transport: one datagram socketpair per worker, made before the fork; a worker reads
 its own inbox and writes to everybody else's. A full inbox keeps the lines here and
 retries when the socket is writable again; a peer that is gone is skipped.
+
+Announcement counters: a page of shared memory, also made before the fork, where
+each worker counts the A lines it has queued (it alone writes its slot, and bumps it
+before the line is sent and before the upload is answered). A worker that has read
+as many A lines as the others' slots add up to knows every entry they published, so
+a key its replica lacks is a miss without a look on disk. Otherwise (lines in flight,
+or dropped for a peer that stopped reading) it looks on disk as before.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import itertools
 import json
 import logging
+import mmap
 import socket
 import threading
 from collections import deque
@@ -62,6 +70,11 @@ def make_inboxes(workers: int) -> list[tuple[socket.socket, socket.socket]]:
     return pairs
 
 
+def make_announcements(workers: int) -> memoryview:
+    """Before the fork: one shared counter per worker of the A lines it has queued."""
+    return memoryview(mmap.mmap(-1, 8 * workers)).cast("Q")  # anonymous and MAP_SHARED: one page for all
+
+
 class _Outbox:
     """Lines waiting for one peer, sent as datagrams of whole lines."""
 
@@ -77,8 +90,12 @@ class _Outbox:
 class PeerLink:
     """One worker's side: tells the others of its index changes and applies theirs."""
 
-    def __init__(self, worker: int, inbox: socket.socket, outboxes: dict[int, socket.socket]) -> None:
+    def __init__(self, worker: int, inbox: socket.socket, outboxes: dict[int, socket.socket],
+                 announced: memoryview | None = None) -> None:
         self.worker = worker
+        self._announced = announced  # make_announcements(); None: never sure, always look on disk
+        self._announce_lock = threading.Lock()  # `added` may come from any thread of this worker
+        self._heard = 0  # A lines read from the others
         self._inbox = inbox
         self._peers = {index: _Outbox(sock) for index, sock in outboxes.items()}
         self._pending: deque[str] = deque()  # appended from any thread
@@ -120,7 +137,15 @@ class PeerLink:
     # ------------------------------------------------ IndexObserver (any thread)
 
     def added(self, key: str, size: int) -> None:
+        if self._announced is not None:
+            with self._announce_lock:
+                self._announced[self.worker] += 1
         self._queue(f"A {key} {size}")
+
+    def caught_up(self) -> bool:
+        """Every entry the other workers have announced is in this replica (see the module doc)."""
+        announced = self._announced
+        return announced is not None and sum(announced) - announced[self.worker] == self._heard
 
     def removed(self, key: str) -> None:
         self._touched.discard(key)
@@ -228,6 +253,7 @@ class PeerLink:
         if op == "A":
             key, _, size = rest.partition(" ")
             storage.replica_added(key, int(size))
+            self._heard += 1
         elif op == "R":
             storage.replica_removed(rest)
         elif op == "T":

@@ -66,6 +66,10 @@ class IndexObserver(Protocol):
 
     def touched(self, key: str) -> None: ...
 
+    def caught_up(self) -> bool:
+        """True when this index has every entry the other processes published: a key it lacks
+        is then not on disk (unless copied in by hand), and needs no look there."""
+
 
 class StorageSetupError(Exception):
     """The storage directory cannot be used (message names the path and the fix)."""
@@ -232,7 +236,7 @@ class DiskStorage:
                     if peers is not None:
                         peers.touched(key)
                     return Blob(len(body), inline=body)
-            elif peers is None:
+            elif peers is None or peers.caught_up():
                 return None
             removals = self._removals
         # Unknown keys reach here only when another process may have just published them.
@@ -295,7 +299,8 @@ class DiskStorage:
                 f"artifact of {size} bytes is over the {self.max_artifact_bytes}-byte limit (--max-artifact-size)"
             )
         file_size = size + HEADER_SIZE
-        if self.peers is not None and key not in self._lru and os.path.lexists(self._entry_path(key)):
+        peers = self.peers
+        if peers is not None and key not in self._lru and not peers.caught_up() and os.path.lexists(self._entry_path(key)):
             self._adopt(key)  # published by another worker a moment ago
         with self._lock:
             if key in self._lru:
