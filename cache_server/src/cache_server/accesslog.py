@@ -24,15 +24,6 @@ def _json_str(value: str | None) -> str:
     return json.dumps(value)
 
 
-def _quoted_or_null(value: str | None) -> str:
-    # For fields validated upstream to plain ASCII without quotes (IP, HTTP method, key, token name).
-    return "null" if value is None else '"' + value + '"'
-
-
-_LINE = (
-    '{"ts":%.3f,"remote":%s,"method":%s,"route":"%s","key":%s,"status":%s,'
-    '"ms":%.3f,"token":%s,"bytes_in":%d,"bytes_out":%d'
-)
 _BATCH_LINES = 256
 
 
@@ -68,13 +59,20 @@ class AccessLog:
     def enabled(self) -> bool:
         return self._fd >= 0
 
-    def write(self, *, remote: str | None, method: str, route: str, key: str | None, status: int | None,
+    def write(self, remote: str | None, method: str, route: str, key: str | None, status: int | None,
               ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
+        """One request. `remote`, `method`, `key` and `token` are plain ASCII without quotes (an IP
+        address, an HTTP method, a validated key, a token name), so they are quoted as they are;
+        only `reason` is free text. Positional: this runs on every request."""
         if self._fd < 0:
             return
-        line = _LINE % (
-            time.time(), _quoted_or_null(remote), _quoted_or_null(method), route, _quoted_or_null(key),
-            "null" if status is None else status, ms, _quoted_or_null(token), bytes_in, bytes_out,
+        remote = "null" if remote is None else '"' + remote + '"'
+        key = "null" if key is None else '"' + key + '"'
+        token = "null" if token is None else '"' + token + '"'
+        line = (
+            f'{{"ts":{time.time():.3f},"remote":{remote},"method":"{method}","route":"{route}","key":{key},'
+            f'"status":{"null" if status is None else status},"ms":{ms:.3f},"token":{token},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}'
         )
         self._batch.append(line + "}\n" if reason is None else f'{line},"reason":{_json_str(reason)}}}\n')
         if len(self._batch) >= _BATCH_LINES:

@@ -172,11 +172,8 @@ class CacheHandler:
         elapsed = time.perf_counter() - ex.started
         if ex.kind == "cache":
             self.metrics.latency["PUT" if ex.method == "PUT" else "GET"].observe(elapsed)
-        if self.access_log.enabled:
-            self.access_log.write(
-                remote=ex.remote, method=ex.method, route=ex.kind, key=ex.key, status=ex.status,
-                ms=elapsed * 1000, token=ex.token, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out, reason=ex.reason,
-            )
+        self.access_log.write(ex.remote, ex.method, ex.kind, ex.key, ex.status, elapsed * 1000, ex.token,
+                              ex.bytes_in, ex.bytes_out, ex.reason)
 
     def sent(self, ex: Exchange, ok: bool) -> None:
         if ok:

@@ -36,6 +36,7 @@ MAX_HEADER_BYTES = 64 << 10
 LINGER_S = 2.0
 _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 
+_METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 
 
@@ -269,22 +270,26 @@ class Connection(asyncio.Protocol):
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > MAX_HEADER_BYTES:
             raise _HeadersTooLarge()
-        ex = self.parsing
-        assert ex is not None
-        name = name.lower()
-        if name == b"authorization":
-            ex.authorization = value
-        elif name == b"content-length":
-            ex.content_length = int(value)  # llhttp has checked it is one run of digits
-        elif name == b"expect":
-            ex.expect_continue = value.lower() == b"100-continue"
-        elif name == b"transfer-encoding":
-            ex.chunked = True
+        # The length first: most headers (Host, Content-Type, User-Agent, ...) are passed over
+        # without lower-casing their name.
+        size = len(name)
+        if size == 13:
+            if name.lower() == b"authorization":
+                self.parsing.authorization = value  # type: ignore[union-attr]
+        elif size == 14:
+            if name.lower() == b"content-length":
+                self.parsing.content_length = int(value)  # type: ignore[union-attr]  # llhttp checked: one run of digits
+        elif size == 6:
+            if name.lower() == b"expect":
+                self.parsing.expect_continue = value.lower() == b"100-continue"  # type: ignore[union-attr]
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self.parsing.chunked = True  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        ex.method = self.parser.get_method().decode("ascii", "replace")
+        method = self.parser.get_method()
+        ex.method = _METHODS.get(method) or method.decode("ascii", "replace")
         ex.keep_alive = self.parser.should_keep_alive()
         if self.current is None and not self.closing:
             self._start(ex)

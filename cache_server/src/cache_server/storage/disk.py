@@ -205,17 +205,17 @@ class DiskStorage:
 
     # ------------------------------------------------------------------ paths
 
+    # Paths by f-string, not os.path.join: these run several times per request, and the
+    # directories are absolute and keys are letters and digits.
     def _entry_path(self, key: str) -> str:
-        return os.path.join(self._entries_dir, key[:2], key)
+        return f"{self._entries_dir}/{key[:2]}/{key}"
 
-    def _ensure_shard(self, key: str) -> str:
+    def _ensure_shard(self, key: str) -> None:
         """The entry's directory, created on first use (a set lookup afterwards, not a syscall)."""
         shard = key[:2]
-        path = os.path.join(self._entries_dir, shard)
         if shard not in self._shards:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(f"{self._entries_dir}/{shard}", exist_ok=True)
             self._shards.add(shard)
-        return path
 
     # ------------------------------------------------------------------- read
 
@@ -314,8 +314,10 @@ class DiskStorage:
                 self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
                 raise
             self._reserved += file_size
-            self._rename_to_trash(victims)
-        self._schedule_deletes(victims)
+            if victims:
+                self._rename_to_trash(victims)
+        if victims:
+            self._schedule_deletes(victims)
         if size <= INLINE_MAX:
             return SmallUpload(self, key, size)
         tmp_path = self._tmp_path(key)
@@ -328,7 +330,7 @@ class DiskStorage:
         return DiskUpload(self, key, size, fd, tmp_path)
 
     def _tmp_path(self, key: str) -> str:
-        return os.path.join(self._tmp_dir, f"{key}.{self._pid}.{next(self._tmp_names)}")
+        return f"{self._tmp_dir}/{key}.{self._pid}.{next(self._tmp_names)}"
 
     # Every commit is staged: the name is linked first and the entry indexed only after the
     # file and its directory are synced (fsync mode; the server syncs in batches, see
