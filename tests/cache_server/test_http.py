@@ -273,8 +273,15 @@ def test_client_leaving_mid_download_leaks_nothing_and_is_logged(server):
                          ids=["default", "2-workers", "asyncio"])
 def test_event_loop_in_use(make_server, args, uvloop_loaded):
     srv = make_server(*args)
-    for pid in srv.worker_pids() or [srv.proc.pid]:
-        assert ("/uvloop/" in Path(f"/proc/{pid}/maps").read_text()) is uvloop_loaded
+    assert srv.request("GET", "/health")[0] == 200  # a loop is running (the others may still be starting)
+
+    def loaded() -> list[bool]:
+        return ["/uvloop/" in Path(f"/proc/{pid}/maps").read_text() for pid in srv.worker_pids() or [srv.proc.pid]]
+
+    deadline = time.monotonic() + 10  # workers start their loops after the supervisor says "listening"
+    while uvloop_loaded and not all(loaded()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert loaded() == [uvloop_loaded] * len(loaded())
 
 
 def test_pipelined_requests_are_answered_in_order(server):
