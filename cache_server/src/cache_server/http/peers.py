@@ -47,6 +47,10 @@ from ..storage.disk import DiskStorage
 log = logging.getLogger("cache_server")
 
 TOUCH_FLUSH_S = 0.1
+# Added/removed lines wait this long to share a datagram: one per upload would wake an idle
+# peer per upload, which costs more CPU than the upload itself. A peer that has not read them
+# yet looks on disk (see caught_up), so no answer depends on this delay.
+ANNOUNCE_DELAY_S = 0.002
 ANSWER_TIMEOUT_S = 2.0
 OUTBOX_MAX_DATAGRAMS = 1024  # per peer, on top of its socket buffer
 _DATAGRAM_MAX = 60_000
@@ -160,9 +164,9 @@ class PeerLink:
             return
         self._flush_scheduled = True
         if threading.get_ident() == self._loop_thread:
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(ANNOUNCE_DELAY_S, self._flush)
         else:
-            self._loop.call_soon_threadsafe(self._flush)
+            self._loop.call_soon_threadsafe(self._loop.call_later, ANNOUNCE_DELAY_S, self._flush)
 
     # ------------------------------------------------------------------ sending
 
