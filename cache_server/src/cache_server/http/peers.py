@@ -2,7 +2,7 @@
 
 Each worker holds a replica of the storage index. Every change it makes (an entry
 published, evicted or found gone; a hit, for LRU order) goes to the other workers as
-a line in a datagram, so their replicas follow within a loop iteration (hits: within
+a line in a datagram, so their replicas follow within ANNOUNCE_DELAY_S (hits: within
 TOUCH_FLUSH_S). /metrics and /health ask every other worker for its counters and add
 them up; a worker answers only after sending its pending changes, and each inbox is
 read in order, so the totals include every request answered before the question.
