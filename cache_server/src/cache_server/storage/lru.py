@@ -42,10 +42,9 @@ class SizedLRU:
 
     def touch(self, key: str) -> bool:
         """Mark as just used. False when the key is unknown."""
-        try:
-            self._sizes.move_to_end(key)
-        except KeyError:
+        if key not in self._sizes:  # a miss is common: no KeyError raised and caught for it
             return False
+        self._sizes.move_to_end(key)
         return True
 
     def remove(self, key: str) -> int | None:
