@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 
@@ -40,6 +41,20 @@ def put(store: DiskStorage, key: str, body: bytes) -> None:
     upload = store.begin_put(key, len(body))
     upload.write(body)
     upload.commit()
+
+
+@contextlib.asynccontextmanager
+async def two_linked(tmp_path, announced: bool = True):
+    """Two replicas of one directory, linked as two workers are: (a_store, b_store, a, b)."""
+    a_store, b_store = storage(tmp_path), storage(tmp_path)
+    a, b = mesh(2, announced)
+    a.start(a_store, dict)
+    b.start(b_store, dict)
+    try:
+        yield a_store, b_store, a, b
+    finally:
+        a.close()
+        b.close()
 
 
 async def until(check, timeout: float = 2.0) -> bool:
@@ -83,18 +98,13 @@ def test_changes_reach_the_other_replica_and_totals_can_be_asked(tmp_path):
 
 def test_hits_on_one_worker_order_the_others_lru(tmp_path):
     async def scenario():
-        a_store, b_store = storage(tmp_path), storage(tmp_path)
-        a, b = mesh(2)
-        a.start(a_store, dict)
-        b.start(b_store, dict)
-        for key in ("lru1", "lru2", "lru3"):
-            put(a_store, key, b"x" * 100)
-        assert await until(lambda: len(b_store._lru) == 3)
-        assert list(b_store._lru)[0] == "lru1"
-        a_store.get("lru1")
-        assert await until(lambda: list(b_store._lru)[-1] == "lru1", timeout=1.0)
-        a.close()
-        b.close()
+        async with two_linked(tmp_path) as (a_store, b_store, a, b):
+            for key in ("lru1", "lru2", "lru3"):
+                put(a_store, key, b"x" * 100)
+            assert await until(lambda: len(b_store._lru) == 3)
+            assert list(b_store._lru)[0] == "lru1"
+            a_store.get("lru1")
+            assert await until(lambda: list(b_store._lru)[-1] == "lru1", timeout=1.0)
 
     asyncio.run(scenario())
 
@@ -138,25 +148,20 @@ def test_a_peer_that_has_exited_is_skipped_and_questions_still_end(tmp_path):
 
 def test_a_replica_that_has_heard_every_announcement_answers_misses_without_looking_on_disk(tmp_path):
     async def scenario():
-        a_store, b_store = storage(tmp_path), storage(tmp_path)
-        a, b = mesh(2)
-        a.start(a_store, dict)
-        b.start(b_store, dict)
-        assert a.caught_up() and b.caught_up()  # nothing published yet
-        put(a_store, "annk1", b"x" * 100)
-        assert a.caught_up()  # its own entries are no news to it
-        # Published and announced, but not read by b yet (this is the window after a's 200):
-        # b is not sure, so it looks on disk and finds the entry.
-        assert not b.caught_up()
-        assert b_store.get("annk1").inline == b"x" * 100
-        assert await until(b.caught_up)
-        # Sure now: a key its replica lacks is a miss with no look on disk, so a file that
-        # nobody announced stays unseen, as it does for a single process.
-        hand_copy(a_store, "annk1", "annk2")
-        assert b_store.get("annk2") is None
-        b_store.begin_put("annk2", 100).abort()  # nor a 409 before the body (the link still refuses)
-        a.close()
-        b.close()
+        async with two_linked(tmp_path) as (a_store, b_store, a, b):
+            assert a.caught_up() and b.caught_up()  # nothing published yet
+            put(a_store, "annk1", b"x" * 100)
+            assert a.caught_up()  # its own entries are no news to it
+            # Published and announced, but not read by b yet (this is the window after a's 200):
+            # b is not sure, so it looks on disk and finds the entry.
+            assert not b.caught_up()
+            assert b_store.get("annk1").inline == b"x" * 100
+            assert await until(b.caught_up)
+            # Sure now: a key its replica lacks is a miss with no look on disk, so a file that
+            # nobody announced stays unseen, as it does for a single process.
+            hand_copy(a_store, "annk1", "annk2")
+            assert b_store.get("annk2") is None
+            b_store.begin_put("annk2", 100).abort()  # nor a 409 before the body (the link still refuses)
 
     asyncio.run(scenario())
 
@@ -180,16 +185,11 @@ def test_announcements_not_yet_read_keep_the_look_on_disk(tmp_path):
 
 def test_without_counters_a_replica_always_looks_on_disk(tmp_path):
     async def scenario():
-        a_store, b_store = storage(tmp_path), storage(tmp_path)
-        a, b = mesh(2, announced=False)
-        a.start(a_store, dict)
-        b.start(b_store, dict)
-        put(a_store, "plain1", b"z" * 100)
-        assert await until(lambda: "plain1" in b_store._lru)
-        assert not b.caught_up()
-        hand_copy(a_store, "plain1", "plain2")
-        assert b_store.get("plain2").inline == b"z" * 100
-        a.close()
-        b.close()
+        async with two_linked(tmp_path, announced=False) as (a_store, b_store, a, b):
+            put(a_store, "plain1", b"z" * 100)
+            assert await until(lambda: "plain1" in b_store._lru)
+            assert not b.caught_up()
+            hand_copy(a_store, "plain1", "plain2")
+            assert b_store.get("plain2").inline == b"z" * 100
 
     asyncio.run(scenario())
