@@ -463,6 +463,16 @@ def test_replica_updates_apply_without_echo(tmp_path):
     assert ("A", "repk1", 100 + HEADER_SIZE) not in b.peers.lines and ("R", "repk1") not in b.peers.lines
 
 
+def test_a_key_another_worker_removed_can_be_stored_again_before_the_news_arrives(tmp_path):
+    a, b = two_workers(tmp_path)
+    put(a, "gonek1", b"z" * 100)
+    assert read(b, "gonek1") == b"z" * 100  # b indexes it
+    os.unlink(entry_path(a, "gonek1"))  # a quarantines or evicts it; b is not told yet
+    put(b, "gonek1", b"w" * 100)  # not a 409: the file is gone
+    assert read(a, "gonek1") == b"w" * 100
+    assert ("R", "gonek1") in b.peers.lines
+
+
 def test_eviction_is_told_and_counted_only_by_the_worker_that_moved_the_file(tmp_path):
     size = 1000
     entry = size + HEADER_SIZE

@@ -300,8 +300,13 @@ class DiskStorage:
             )
         file_size = size + HEADER_SIZE
         peers = self.peers
-        if peers is not None and key not in self._lru and not peers.caught_up() and os.path.lexists(self._entry_path(key)):
-            self._adopt(key)  # published by another worker a moment ago
+        if peers is not None:
+            # The replica may lag the files by a moment either way; a 409 must be true on disk.
+            if key in self._lru:
+                if not os.path.lexists(self._entry_path(key)):
+                    self._forget(key)  # evicted or quarantined by another worker a moment ago
+            elif not peers.caught_up() and os.path.lexists(self._entry_path(key)):
+                self._adopt(key)  # published by another worker a moment ago
         with self._lock:
             if key in self._lru:
                 raise EntryExists(f"{key} is already stored")
