@@ -25,6 +25,20 @@ def _json_str(value: str | None) -> str:
 
 
 _BATCH_LINES = 256
+_Record = tuple[float, str | None, str, str, str | None, int | None, float, str | None, int, int, str | None]
+
+
+def _line(ts: float, remote: str | None, method: str, route: str, key: str | None, status: int | None, ms: float,
+          token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> str:
+    remote = "null" if remote is None else '"' + remote + '"'
+    key = "null" if key is None else '"' + key + '"'
+    token = "null" if token is None else '"' + token + '"'
+    line = (
+        f'{{"ts":{ts:.3f},"remote":{remote},"method":"{method}","route":"{route}","key":{key},'
+        f'"status":{"null" if status is None else status},"ms":{ms:.3f},"token":{token},'
+        f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}'
+    )
+    return line + "}\n" if reason is None else f'{line},"reason":{_json_str(reason)}}}\n'
 
 
 class AccessLog:
@@ -39,7 +53,7 @@ class AccessLog:
     def __init__(self, target: str) -> None:
         self._own = False
         self._fd = -1
-        self._batch: list[str] = []
+        self._batch: list[_Record] = []
         self._chunk = 1 << 20
         if target == "off":
             return
@@ -63,26 +77,20 @@ class AccessLog:
               ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
         """One request. `remote`, `method`, `key` and `token` are plain ASCII without quotes (an IP
         address, an HTTP method, a validated key, a token name), so they are quoted as they are;
-        only `reason` is free text. Positional: this runs on every request."""
+        only `reason` is free text. The fields are kept as they are and formatted with the batch:
+        a line formatted between two requests costs about twice as much as in a run of lines."""
         if self._fd < 0:
             return
-        remote = "null" if remote is None else '"' + remote + '"'
-        key = "null" if key is None else '"' + key + '"'
-        token = "null" if token is None else '"' + token + '"'
-        line = (
-            f'{{"ts":{time.time():.3f},"remote":{remote},"method":"{method}","route":"{route}","key":{key},'
-            f'"status":{"null" if status is None else status},"ms":{ms:.3f},"token":{token},'
-            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}'
-        )
-        self._batch.append(line + "}\n" if reason is None else f'{line},"reason":{_json_str(reason)}}}\n')
+        self._batch.append((time.time(), remote, method, route, key, status, ms, token, bytes_in, bytes_out, reason))
         if len(self._batch) >= _BATCH_LINES:
             self._write_batch()
 
     def _write_batch(self) -> None:
-        lines, self._batch = self._batch, []
-        if not lines or self._fd < 0:
+        records, self._batch = self._batch, []
+        if not records or self._fd < 0:
             return
-        for chunk in whole_chunks([line.encode("utf-8", "replace") for line in lines], self._chunk):
+        lines = [_line(*record).encode("utf-8", "replace") for record in records]
+        for chunk in whole_chunks(lines, self._chunk):
             self._write_whole(chunk)
 
     def _write_whole(self, data: bytes) -> None:
