@@ -1,9 +1,10 @@
 """fsync for many uploads from one thread, completions handed back to the event loop in batches.
 
 A thread-pool hop per upload (run_in_executor) cost ~300 us of CPU here in thread
-wake-ups and GIL hand-offs, more than everything else a small PUT does. This thread
-only calls fsync (which releases the GIL), takes whatever uploads queued up while it
-was busy as one batch, and wakes the loop once per batch. A journaling filesystem
+wake-ups and GIL hand-offs, more than everything else a small PUT does. The loop hands
+over the uploads of each loop pass together; this thread only calls fsync (which
+releases the GIL), takes whatever was handed over while it was busy as one batch, and
+wakes the loop once per batch. A journaling filesystem
 commits the first fsync's transaction for the whole batch, so the later ones are cheap.
 """
 
@@ -21,15 +22,25 @@ class BatchSyncer:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[tuple[list[int], Done]] = []
+        self._submitted: list[tuple[list[int], Done]] = []  # this loop pass's, not yet handed over
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="cache-fsync", daemon=True)
         self._thread.start()
 
     def submit(self, fds: list[int], done: Done) -> None:
-        """From the loop: fsync `fds` in order, then call `done(error)` on the loop."""
+        """From the loop: fsync `fds` in order, then call `done(error)` on the loop.
+
+        Uploads submitted in one loop pass are handed to the thread together, after the pass:
+        one wake-up of the thread per pass rather than per upload."""
+        if not self._submitted:
+            self._loop.call_soon(self._hand_over)
+        self._submitted.append((fds, done))
+
+    def _hand_over(self) -> None:
+        batch, self._submitted = self._submitted, []
         with self._cond:
-            self._pending.append((fds, done))
+            self._pending.extend(batch)
             self._cond.notify()
 
     def close(self) -> None:
