@@ -199,6 +199,26 @@ def test_sigterm_drains_the_requests_in_flight_in_every_worker(make_server):
         assert len(files) == 1 and files[0].read_bytes().endswith(body)
 
 
+def test_a_stop_signal_to_every_process_at_once_is_a_clean_stop(make_server):
+    """systemd's stop signals every process of the unit, and the supervisor passes its own on: each
+    worker gets SIGTERM more than once, and a late one must not kill it halfway through its
+    teardown (the supervisor would exit 1 and the unit would be 'failed', log lines lost)."""
+    for _ in range(3):
+        srv = make_server("--workers", "2")
+        assert srv.request("PUT", "stop1", b"x" * 100)[0] in (200, 409)
+        workers = srv.worker_pids()
+        srv.proc.send_signal(signal.SIGTERM)
+        while srv.proc.poll() is None:  # more SIGTERMs until the end, as a crowd of senders would
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.001)
+        assert srv.proc.returncode == 0, srv.logs()[-2000:]
+        assert "was killed by signal" not in srv.logs()
+
+
 def test_an_address_already_served_is_refused_not_shared(make_server, tmp_path):
     first = make_server("--workers", "2")
     other = tmp_path / "other"

@@ -212,7 +212,7 @@ class _Supervisor:
                 self.stopping = True
                 code = 1
                 self._signal_all(signal.SIGTERM)
-            elif exit_code != 0:
+            elif exit_code not in (0, -signal.SIGTERM):  # SIGTERM while stopping: asked for
                 code = 1
         log.info("stopped")
         return code

@@ -131,6 +131,10 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
         await asyncio.gather(*background, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+            if worker is not None:
+                # A worker hears a stop more than once (systemd signals every process of the unit,
+                # and the supervisor passes its own on): a late one must not kill it mid-teardown.
+                signal.signal(sig, signal.SIG_IGN)
         if peers is not None:
             peers.close()
         if syncer is not None:
