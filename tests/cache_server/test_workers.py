@@ -6,6 +6,7 @@ worker did is checked through the other.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -210,10 +211,8 @@ def test_a_stop_signal_to_every_process_at_once_is_a_clean_stop(make_server):
         srv.proc.send_signal(signal.SIGTERM)
         while srv.proc.poll() is None:  # more SIGTERMs until the end, as a crowd of senders would
             for pid in workers:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.001)
         assert srv.proc.returncode == 0, srv.logs()[-2000:]
         assert "was killed by signal" not in srv.logs()
