@@ -69,10 +69,6 @@ class AccessLog:
         except OSError:
             self._chunk = select.PIPE_BUF
 
-    @property
-    def enabled(self) -> bool:
-        return self._fd >= 0
-
     def write(self, remote: str | None, method: str, route: str, key: str | None, status: int | None,
               ms: float, token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> None:
         """One request. `remote`, `method`, `key` and `token` are plain ASCII without quotes (an IP

@@ -319,10 +319,8 @@ class DiskStorage:
                 self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
                 raise
             self._reserved += file_size
-            if victims:
-                self._rename_to_trash(victims)
-        if victims:
-            self._schedule_deletes(victims)
+            self._rename_to_trash(victims)
+        self._schedule_deletes(victims)
         if size <= INLINE_MAX:
             return SmallUpload(self, key, size)
         tmp_path = self._tmp_path(key)
