@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 
 import pytest
 
@@ -18,9 +19,12 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.sent = b""
+        self.writes = 0
+        self.closed = False
 
     def write(self, data) -> None:
         self.sent += bytes(data)
+        self.writes += 1
 
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 40000) if name == "peername" else default
@@ -35,7 +39,7 @@ class _Transport(asyncio.Transport):
         pass
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def abort(self) -> None:
         pass
@@ -80,3 +84,147 @@ def test_download_whose_client_leaves_in_the_same_loop_pass_closes_its_file_and_
     line = log_path.read_text().strip().splitlines()[-1]
     assert '"status":200' in line and "download aborted: client went away" in line
     storage.close()
+
+
+@pytest.fixture
+def make_handler(tmp_path):
+    """A handler over a store holding `small` (1 KiB), `mid` (63 KiB) and `big` (sent by sendfile)."""
+    made = []
+
+    def make() -> CacheHandler:
+        (tmp_path / "tokens").write_text(token_line("w", Scope.READWRITE, "tok"))
+        storage = DiskStorage(str(tmp_path / "s"), max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
+                              fsync=False)
+        for key, size in (("small", 1024), ("mid", 63 << 10), ("big", INLINE_MAX * 2)):
+            upload = storage.begin_put(key, size)
+            upload.write(b"x" * size)
+            upload.commit()
+        made.append(storage)
+        return CacheHandler(storage=storage, tokens=TokenStore(str(tmp_path / "tokens")), metrics=Metrics(storage),
+                            access_log=AccessLog(str(tmp_path / "access.log")))
+
+    yield make
+    for storage in made:
+        storage.close()
+
+
+def _run(kind: str, scenario) -> None:
+    loop = loop_factory(kind)()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def _get(key: str, *extra: str) -> bytes:
+    return (f"GET /v1/cache/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n" + "".join(extra) + "\r\n").encode()
+
+
+def _answers(sent: bytes) -> list[bytes]:
+    """Status lines, in the order they were sent."""
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", sent)
+
+
+def _connect(server: HttpServer, count: int):
+    pairs = []
+    for _ in range(count):
+        conn, transport = server(), _Transport()
+        conn.connection_made(transport)
+        pairs.append((conn, transport))
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_answers_read_in_one_loop_pass_are_written_once_the_pass_has_read_every_socket(make_handler, kind):
+    """Each answer written at once would wake a waiting client once per answer; held to the end of
+    the pass, they go out back to back, and pipelined answers of one connection in one write."""
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        (one, t1), (two, t2) = _connect(server, 2)
+        one.data_received(_get("small") + _get("absent"))
+        two.data_received(_get("small"))
+        assert t1.sent == t2.sent == b""  # nothing written while the pass still reads
+        await asyncio.sleep(0)
+        assert _answers(t1.sent) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found"] and t1.writes == 1
+        assert _answers(t2.sent) == [b"HTTP/1.1 200 OK"] and t2.writes == 1
+        assert t1.sent.count(b"x" * 1024) == 1 and t2.sent.endswith(b"x" * 1024)
+        one.data_received(_get("small"))  # a later pass: held again, and written again
+        assert t1.writes == 1
+        await asyncio.sleep(0)
+        assert t1.writes == 2 and _answers(t1.sent)[-1] == b"HTTP/1.1 200 OK"
+
+    _run(kind, scenario)
+
+
+def test_the_only_open_connection_is_answered_at_once(make_handler):
+    """Nothing could be gathered with its answer: holding it would only add a loop pass."""
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        [(conn, transport)] = _connect(server, 1)
+        conn.data_received(_get("small"))
+        assert _answers(transport.sent) == [b"HTTP/1.1 200 OK"]
+
+    _run("uvloop", scenario)
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_a_held_answer_keeps_its_place_before_a_100_continue_and_before_a_hang_up(make_handler, kind):
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        (one, t1), (two, t2), _ = _connect(server, 3)
+        # A miss, then an upload that waits for "100 Continue": that must follow the 404 now.
+        one.data_received(_get("absent") + b"PUT /v1/cache/new HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                          b"Content-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        assert _answers(t1.sent) == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 100 Continue"]
+        one.data_received(b"abc")
+        await asyncio.sleep(0)
+        assert _answers(t1.sent)[-1] == b"HTTP/1.1 200 OK"
+        # A hit, then a request that closes the connection: both answers, in order, before the close.
+        two.data_received(_get("small") + _get("absent", "Connection: close\r\n"))
+        assert t2.closed
+        assert _answers(t2.sent) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found"]
+        assert b"Connection: close" in t2.sent.split(b"HTTP/1.1 404")[1]
+
+    _run(kind, scenario)
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_a_held_answer_goes_out_before_the_head_of_a_sendfile_answer_behind_it(make_handler, kind):
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        (conn, transport), _ = _connect(server, 2)
+        conn.data_received(_get("small") + _get("big"))
+        for _ in range(3):  # the sendfile task starts, writes the head, then fails on this fake transport
+            await asyncio.sleep(0)
+        assert _answers(transport.sent) == [b"HTTP/1.1 200 OK"] * 2
+        first, second = transport.sent.split(b"HTTP/1.1 200 OK")[1:]
+        assert first.endswith(b"x" * 1024) and b"Content-Length: %d" % (INLINE_MAX * 2) in second
+
+    _run(kind, scenario)
+
+
+def test_held_answers_go_to_the_transport_before_they_outgrow_the_hold_cap(make_handler):
+    """Past the cap the transport's flow control (pause_writing) must see the bytes this pass."""
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        (conn, transport), _ = _connect(server, 2)
+        conn.data_received(_get("small") * 3)
+        assert transport.sent == b""
+        conn.data_received(_get("mid"))  # 3 KiB + 63 KiB held: over the cap, written now
+        assert _answers(transport.sent) == [b"HTTP/1.1 200 OK"] * 4
+        conn.data_received(_get("small"))
+        assert transport.writes == 1  # a fresh hold
+        await asyncio.sleep(0)
+        assert transport.writes == 2 and len(_answers(transport.sent)) == 5
+
+    _run("uvloop", scenario)

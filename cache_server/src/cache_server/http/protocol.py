@@ -35,6 +35,9 @@ MAX_HEADER_BYTES = 64 << 10
 # client would see "connection reset" instead of our answer (nginx's lingering close).
 LINGER_S = 2.0
 _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
+# Answers are held until the end of the loop pass (see `HttpServer.defer`), but no more than
+# this much per connection: beyond it the transport's own flow control must see the bytes.
+_HOLD_MAX_BYTES = 64 << 10
 
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
@@ -112,11 +115,30 @@ class HttpServer:
         self.body_timeout = body_timeout
         self.connections: set[Connection] = set()
         self.draining = False
+        self._held: list[Connection] = []  # connections with answers to write at the end of this pass
         # How often an idle or receiving connection looks at its clock.
         self.tick = max(0.05, min(idle_timeout, body_timeout))
 
     def __call__(self) -> Connection:
         return Connection(self)
+
+    def defer(self, conn: Connection) -> None:
+        """Write `conn`'s held answers once this loop pass has read every ready socket.
+
+        Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
+        inter-processor interrupt) costs more than the rest of a small request's kernel work.
+        Answers written back to back find the client already awake; one write per pass and
+        connection, not one per answer, is the same saving for pipelined requests. A 4 KiB PUT
+        at 32 connections went from ~97 to ~70 us of server CPU (one process, no fsync).
+        """
+        if not self._held:
+            conn.loop.call_soon(self._write_held)
+        self._held.append(conn)
+
+    def _write_held(self) -> None:
+        held, self._held = self._held, []
+        for conn in held:
+            conn.flush()
 
     def busy_connections(self) -> int:
         return sum(1 for conn in self.connections if conn.busy)
@@ -156,6 +178,8 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.must_close = False
         self.task: asyncio.Task[None] | None = None
+        self.held: list[bytes] | None = None  # answers not yet given to the transport (HttpServer.defer)
+        self.held_bytes = 0
 
     @property
     def busy(self) -> bool:
@@ -230,14 +254,40 @@ class Connection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
+    def write(self, data: bytes) -> None:
+        """Send bytes behind any answer still held; held themselves unless this is the only connection."""
+        if self.held is None:
+            if len(self.server.connections) == 1 and self.transport is not None:
+                self.transport.write(data)  # nothing could go out with it: holding would only add a pass
+                return
+            self.held = [data]
+            self.held_bytes = len(data)
+            self.server.defer(self)
+        else:
+            self.held.append(data)
+            self.held_bytes += len(data)
+        if self.held_bytes > _HOLD_MAX_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Give held answers to the transport now (before a write that must follow them)."""
+        held = self.held
+        if held is None:
+            return
+        self.held = None  # still listed in HttpServer._held: flushing again then finds nothing
+        if not self.closing and self.transport is not None:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
     def close(self) -> None:
         if not self.closing and self.transport is not None:
+            self.flush()
             self.closing = True
             self.transport.close()
 
     def _linger(self) -> None:
         if self.closing or self.transport is None:
             return
+        self.flush()
         self.closing = True  # data_received drops whatever still arrives
         if self.timer is not None:
             self.timer.cancel()
@@ -250,6 +300,7 @@ class Connection(asyncio.Protocol):
         self.timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def abort(self) -> None:
+        self.held = None
         self.closing = True
         if self.transport is not None:
             self.transport.abort()
@@ -343,7 +394,7 @@ class Connection(asyncio.Protocol):
         """Send a whole answer. `head` is `status_head()` plus header lines."""
         close = close or self._closes_after(ex)
         if not self.closing and self.transport is not None:
-            self.transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
+            self.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
         self._finish(ex, close)
 
     def _closes_after(self, ex: Exchange) -> bool:
@@ -364,7 +415,8 @@ class Connection(asyncio.Protocol):
 
     def send_continue(self) -> None:
         if self.transport is not None and not self.closing:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.flush()  # the client waits for it before sending the body
 
     def send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
         """Answer with `blob`'s bytes by sendfile(2), off the parser's call stack."""
@@ -388,6 +440,7 @@ class Connection(asyncio.Protocol):
         ok = False
         close = self._closes_after(ex)
         try:
+            self.flush()
             transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
             limit = self.server.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
             async with asyncio.timeout(limit):
@@ -454,7 +507,7 @@ class Connection(asyncio.Protocol):
 
     def _hang_up_with_408(self) -> None:
         """For a request too slow to have become an exchange the handler answers."""
-        self.transport.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[union-attr]
+        self.write(status_head(408) + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         self.close()
 
     def _refuse(self, status: int, message: str) -> None:
