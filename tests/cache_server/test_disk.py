@@ -8,6 +8,7 @@ import pytest
 from cache_server.storage.disk import DiskStorage
 from cache_server.storage.entry_format import HEADER_SIZE
 from cache_server.storage.errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
+from cache_server.storage.syncer import sync_staged
 
 MiB = 1 << 20
 
@@ -376,17 +377,20 @@ def test_staged_commit_publishes_after_sync_or_withdraws_on_a_sync_error(tmp_pat
     body = os.urandom(size)
     upload = storage.begin_put("41", size)
     upload.write(body)
-    fds = upload.stage()
+    staged = upload.stage()
     assert os.path.exists(entry_path(storage, "41")) and storage.get("41") is None  # linked, not yet indexed
-    for fd in fds:
-        os.fsync(fd)
-    upload.publish(fds, None)
+    assert staged.directory == os.path.dirname(entry_path(storage, "41"))
+    assert os.fstat(staged.fd).st_ino == os.stat(entry_path(storage, "41")).st_ino
+    assert sync_staged([staged]) == [None]
+    upload.publish(staged, None)
+    with pytest.raises(OSError):
+        os.fstat(staged.fd)  # publish closed it
     assert read(storage, "41") == body and storage.stats().reserved_bytes == 0
     upload = storage.begin_put("42", size)
     upload.write(body)
-    fds = upload.stage()
+    staged = upload.stage()
     with pytest.raises(NotStored, match="Input/output error"):
-        upload.publish(fds, OSError(5, "Input/output error"))
+        upload.publish(staged, OSError(5, "Input/output error"))
     assert not os.path.exists(entry_path(storage, "42")) and storage.get("42") is None
     assert storage.stats().reserved_bytes == 0 and storage.counters.last_error.op == "put"
     upload.abort()  # a no-op after stage
@@ -398,10 +402,10 @@ def test_staged_commit_loses_a_race_with_409(tmp_path):
     first, second = storage.begin_put("43", 10), storage.begin_put("43", 10)
     first.write(b"a" * 10)
     second.write(b"b" * 10)
-    fds = first.stage()
+    staged = first.stage()
     with pytest.raises(EntryExists):
         second.stage()
-    first.publish(fds, None)
+    first.publish(staged, None)
     assert read(storage, "43") == b"a" * 10 and storage.stats().reserved_bytes == 0
 
 

@@ -315,7 +315,7 @@ class CacheHandler:
             self._finish_put(conn, ex, upload.commit)
             return
         try:
-            fds = upload.stage()
+            staged = upload.stage()
         except StorageError as exc:
             self._answer_put(conn, ex, exc)
             return
@@ -323,9 +323,9 @@ class CacheHandler:
         def synced(conn: Connection, ex: Exchange, error: BaseException | None) -> None:
             if error is not None and not isinstance(error, OSError):
                 raise error  # not from fsync: a bug, answered by internal_error
-            self._finish_put(conn, ex, lambda: upload.publish(fds, error))
+            self._finish_put(conn, ex, lambda: upload.publish(staged, error))
 
-        conn.wait_for(ex, lambda done: syncer.submit(fds, done), synced)
+        conn.wait_for(ex, lambda done: syncer.submit(staged, done), synced)
 
     def _finish_put(self, conn: Connection, ex: Exchange, step: Callable[[], None]) -> None:
         """Run the last storage step of a PUT and answer with its outcome."""

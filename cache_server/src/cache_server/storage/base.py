@@ -30,6 +30,15 @@ class Blob:
             self.fd = -1
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What `Upload.stage` leaves for durability: the file's contents (`fd`, the caller's to
+    fsync), then its name in `directory`, synced once for every upload staged there together."""
+
+    fd: int
+    directory: str
+
+
 class Upload(Protocol):
     """An upload in progress. Nothing is visible to readers before `commit`."""
 
@@ -44,15 +53,16 @@ class Upload(Protocol):
         Raises `IncompleteUpload`, `EntryExists` (lost a race) or `NotStored`.
         """
 
-    def stage(self) -> list[int]:
+    def stage(self) -> Staged:
         """The first half of `commit`: everything but durability and the index, without blocking
-        on a sync. Returns descriptors the caller fsyncs (fsync mode, off the loop), then it calls
-        `publish`. The server uses this pair so that fsyncs are batched.
+        on a sync. In fsync mode the caller then syncs the file and its directory off the loop
+        (`syncer.sync_staged`), and calls `publish` in any mode. The server uses this pair so
+        that syncs are batched.
 
         Raises like `commit`."""
 
-    def publish(self, fds: list[int], error: OSError | None) -> None:
-        """After those fsyncs (`error` if one failed): index the entry, or withdraw it (`NotStored`)."""
+    def publish(self, staged: Staged, error: OSError | None) -> None:
+        """After those syncs (`error` if one failed): index the entry, or withdraw it (`NotStored`)."""
 
     def abort(self) -> None:
         """Discard everything; idempotent, safe after `commit` or `stage`."""

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from .base import Blob, StorageCounters, StorageFault, StorageStats
+from .base import Blob, Staged, StorageCounters, StorageFault, StorageStats
 from .entry_format import (
     HEADER_SIZE,
     DamagedEntry,
@@ -46,6 +46,7 @@ from .entry_format import (
 from .errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
 from .hot import HotBodies
 from .lru import SizedLRU
+from .syncer import sync_staged
 
 log = logging.getLogger("cache_server.storage")
 
@@ -341,8 +342,8 @@ class DiskStorage:
     # leaves a file the index adopts at start; if it was cut short, its size or checksum
     # check turns it into a miss.
 
-    def _stage(self, key: str, fd: int, tmp_path: str, file_size: int) -> list[int]:
-        """Link a fully written upload under its name; the descriptors to fsync (file, directory)."""
+    def _stage(self, key: str, fd: int, tmp_path: str, file_size: int) -> Staged:
+        """Link a fully written upload under its name; the file and directory to sync."""
         final = self._entry_path(key)
         try:
             self._ensure_shard(key)
@@ -361,17 +362,11 @@ class DiskStorage:
             self._record_error("put", f"commit {key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         _unlink_quietly(tmp_path)
-        if not self.fsync:
-            return [fd]
-        try:
-            return [fd, os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
-        except OSError:
-            return [fd]
+        return Staged(fd, f"{self._entries_dir}/{key[:2]}")
 
-    def _publish_staged(self, key: str, fds: list[int], file_size: int, error: OSError | None,
+    def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None,
                         body: bytes | None) -> None:
-        for fd in fds:
-            _close_quietly(fd)
+        _close_quietly(staged.fd)
         if error is not None:
             _unlink_quietly(self._entry_path(key))
             self._release(file_size)
@@ -658,23 +653,16 @@ class _Upload:
     def _discard(self) -> None:
         raise NotImplementedError
 
-    def stage(self) -> list[int]:
+    def stage(self) -> Staged:
         raise NotImplementedError
 
-    def publish(self, fds: list[int], error: OSError | None) -> None:
+    def publish(self, staged: Staged, error: OSError | None) -> None:
         raise NotImplementedError
 
     def commit(self) -> None:
-        """Stage, fsync inline when the storage asks for it, publish."""
-        fds = self.stage()
-        error = None
-        if self._storage.fsync:
-            try:
-                for fd in fds:
-                    os.fsync(fd)
-            except OSError as exc:
-                error = exc
-        self.publish(fds, error)
+        """Stage, sync inline when the storage asks for it, publish."""
+        staged = self.stage()
+        self.publish(staged, sync_staged([staged])[0] if self._storage.fsync else None)
 
     def abort(self) -> None:
         if self._finishing.acquire(blocking=False):
@@ -702,8 +690,8 @@ class SmallUpload(_Upload):
         self._chunks.append(chunk)
         self.written += len(chunk)
 
-    def stage(self) -> list[int]:
-        """First half of a commit, never blocking on a sync: write and link; the descriptors to fsync."""
+    def stage(self) -> Staged:
+        """First half of a commit, never blocking on a sync: write and link."""
         self._begin_finish()
         storage = self._storage
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -730,10 +718,10 @@ class SmallUpload(_Upload):
             raise NotStored(f"not stored: {exc.strerror}") from None
         return storage._stage(self.key, fd, tmp_path, len(data))
 
-    def publish(self, fds: list[int], error: OSError | None) -> None:
-        """After the fsyncs of `stage`'s descriptors: index the entry, or withdraw it."""
+    def publish(self, staged: Staged, error: OSError | None) -> None:
+        """After `staged` was synced: index the entry, or withdraw it."""
         body, self._chunks = self._chunks[0], []
-        self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, body)
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, body)
 
     def _discard(self) -> None:
         self._chunks = []
@@ -772,8 +760,8 @@ class DiskUpload(_Upload):
         self._hasher.update(chunk)
         self.written += len(chunk)
 
-    def stage(self) -> list[int]:
-        """First half of a commit, never blocking on a sync: header and link; the descriptors to fsync."""
+    def stage(self) -> Staged:
+        """First half of a commit, never blocking on a sync: header and link."""
         self._begin_finish()
         try:
             os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
@@ -784,8 +772,8 @@ class DiskUpload(_Upload):
         fd, self._fd = self._fd, -1  # from here on `_stage` and `publish` own it
         return self._storage._stage(self.key, fd, self._tmp_path, self.size + HEADER_SIZE)
 
-    def publish(self, fds: list[int], error: OSError | None) -> None:
-        self._storage._publish_staged(self.key, fds, self.size + HEADER_SIZE, error, None)
+    def publish(self, staged: Staged, error: OSError | None) -> None:
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, None)
 
     def _discard(self) -> None:
         """Called exactly once, by whoever took `_finishing`."""
