@@ -382,6 +382,27 @@ def test_concurrent_mixed_traffic_is_consistent(server):
     assert server.metric("nxcache_puts_total") == 64 and server.metric("nxcache_hits_total") == 64
 
 
+def test_uploads_arriving_interleaved_on_many_connections_each_store_their_own_bytes(server):
+    """Every connection's reads land in one shared receive buffer: whatever an upload keeps of a
+    read must be its own copy, for bodies held in memory (16 KiB) and streamed to a file (1 MiB)."""
+    bodies = {f"{5000 + i}": os.urandom(16 * 1024 if i % 2 else MiB) for i in range(6)}
+    socks = {key: server.raw_socket() for key in bodies}
+    for key, sock in socks.items():
+        sock.sendall(put_headers(key, len(bodies[key])))
+    piece = 4096
+    for offset in range(0, MiB, piece):
+        for key, sock in socks.items():
+            if offset < len(bodies[key]):
+                sock.sendall(bodies[key][offset : offset + piece])
+        if offset % (64 * piece) == 0:
+            time.sleep(0.01)  # let the server read the connections one after another
+    for key, sock in socks.items():
+        assert read_status(sock)[0] == 200, key
+        sock.close()
+    for key, body in bodies.items():
+        assert server.request("GET", key)[2] == body, key
+
+
 def test_get_racing_an_upload_is_a_miss_never_a_torn_body(server):
     sock = server.raw_socket()
     body = os.urandom(8 * MiB)

