@@ -362,7 +362,7 @@ class DiskStorage:
             self._record_error("put", f"commit {key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         _unlink_quietly(tmp_path)
-        return Staged(fd, f"{self._entries_dir}/{key[:2]}")
+        return Staged(fd, os.path.dirname(final))
 
     def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None,
                         body: bytes | None) -> None:
