@@ -49,43 +49,6 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
-def test_download_whose_client_leaves_in_the_same_loop_pass_closes_its_file_and_is_logged(tmp_path, kind):
-    """The client hangs up before the sendfile task's first step: the task is cancelled before
-    it ever runs, so its own cleanup never does; the entry's descriptor must still be closed."""
-    (tmp_path / "tokens").write_text(token_line("w", Scope.READWRITE, "tok"))
-    storage = DiskStorage(str(tmp_path / "s"), max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0, fsync=False)
-    upload = storage.begin_put("big", INLINE_MAX * 4)
-    upload.write(os.urandom(INLINE_MAX * 4))
-    upload.commit()
-    log_path = tmp_path / "access.log"
-    access_log = AccessLog(str(log_path))
-    handler = CacheHandler(storage=storage, tokens=TokenStore(str(tmp_path / "tokens")), metrics=Metrics(storage),
-                           access_log=access_log)
-
-    async def scenario() -> None:
-        conn = HttpServer(handler, idle_timeout=60, body_timeout=30)()
-        conn.connection_made(_Transport())
-        before = _open_fds()
-        conn.data_received(b"GET /v1/cache/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n")
-        assert conn.task is not None and _open_fds() == before + 1  # the entry's file, for sendfile
-        conn.connection_lost(ConnectionResetError())
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert _open_fds() == before
-        assert conn.task is None and conn.current is None
-
-    loop = loop_factory(kind)()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-    access_log.flush()
-    line = log_path.read_text().strip().splitlines()[-1]
-    assert '"status":200' in line and "download aborted: client went away" in line
-    storage.close()
-
-
 @pytest.fixture
 def make_handler(tmp_path):
     """A handler over a store holding `small` (1 KiB), `mid` (63 KiB) and `big` (sent by sendfile)."""
@@ -132,6 +95,30 @@ def _connect(server: HttpServer, count: int):
         conn.connection_made(transport)
         pairs.append((conn, transport))
     return pairs
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_download_whose_client_leaves_in_the_same_loop_pass_closes_its_file_and_is_logged(make_handler, tmp_path, kind):
+    """The client hangs up before the sendfile task's first step: the task is cancelled before
+    it ever runs, so its own cleanup never does; the entry's descriptor must still be closed."""
+    handler = make_handler()
+
+    async def scenario() -> None:
+        conn = HttpServer(handler, idle_timeout=60, body_timeout=30)()
+        conn.connection_made(_Transport())
+        before = _open_fds()
+        conn.data_received(b"GET /v1/cache/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n")
+        assert conn.task is not None and _open_fds() == before + 1  # the entry's file, for sendfile
+        conn.connection_lost(ConnectionResetError())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert _open_fds() == before
+        assert conn.task is None and conn.current is None
+
+    _run(kind, scenario)
+    handler.access_log.flush()
+    line = (tmp_path / "access.log").read_text().strip().splitlines()[-1]
+    assert '"status":200' in line and "download aborted: client went away" in line
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
