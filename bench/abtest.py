@@ -47,23 +47,6 @@ def export(rev: str, into: Path) -> Path:
     return into / "cache_server" / "src"
 
 
-def start(tree: Path, base: Path, name: str, flags: list[str]) -> cb.Server:
-    store = base / name
-    tokens = base / f"{name}.tokens"
-    sys.path.insert(0, str(cb.ROOT / "cache_server" / "src"))
-    from cache_server.auth import Scope, token_line
-
-    tokens.write_text(token_line("bench", Scope.READWRITE, cb.TOKEN))
-    port = cb.free_port()
-    cmd = [sys.executable, "-m", "cache_server", "--bind", f"127.0.0.1:{port}", "--storage", str(store),
-           "--tokens", str(tokens), "--max-size", "3GiB", "--min-free-disk", "0",
-           "--access-log", str(base / f"{name}-access.log"), *flags]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
-    cb.wait_port(port, proc)
-    return cb.Server(name, port, proc, store)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a")
@@ -90,7 +73,7 @@ def main() -> int:
             for label in ("A", "B") if pair % 2 == 0 else ("B", "A"):
                 base = scratch / f"run-{pair}-{label}"
                 base.mkdir()
-                server = start(trees[label], base, f"nxcache-{label}", flags)
+                server = cb.start_nxcache(base, f"nxcache-{label}", flags, sources=trees[label])
                 try:
                     if args.op == "GET":
                         cb.preload(server, "4k", body.read_bytes(), "k")

@@ -191,7 +191,8 @@ def start_nginx(base: Path) -> Server:
     return Server("nginx", port, proc, store)
 
 
-def start_nxcache(base: Path, name: str, extra: list[str]) -> Server:
+def start_nxcache(base: Path, name: str, extra: list[str], sources: Path | None = None) -> Server:
+    """`sources`: a directory holding another revision's `cache_server` package, run instead (abtest.py)."""
     store = base / name
     tokens = base / f"{name}.tokens"
     sys.path.insert(0, str(ROOT / "cache_server" / "src"))
@@ -202,7 +203,8 @@ def start_nxcache(base: Path, name: str, extra: list[str]) -> Server:
     cmd = [sys.executable, "-m", "cache_server", "--bind", f"127.0.0.1:{port}", "--storage", str(store),
            "--tokens", str(tokens), "--max-size", "3GiB", "--min-free-disk", "0",
            "--access-log", str(base / f"{name}-access.log"), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
+    env = None if sources is None else {**os.environ, "PYTHONPATH": str(sources)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
     wait_port(port, proc)
     return Server(name, port, proc, store)
 
