@@ -11,7 +11,7 @@ import pytest
 
 from cache_server.http import peers as peers_module
 from cache_server.http.peers import PeerLink, make_announcements, make_inboxes
-from cache_server.storage.disk import DiskStorage
+from cache_server.storage.disk import INLINE_MAX, DiskStorage
 from cache_server.storage.errors import EntryExists
 from cache_server.storage.entry_format import HEADER_SIZE
 
@@ -176,8 +176,17 @@ def test_announcements_not_yet_read_keep_the_look_on_disk(tmp_path):
         hand_copy(b_store, "seen1", "lost1")
         assert not b.caught_up()
         assert b_store.get("lost1").inline == b"y" * 100
+        for key in ("lost2", "lost3"):
+            a.added(key, 100)
+            hand_copy(b_store, "seen1", key)
+        small = b_store.begin_put("lost2", 100)  # a small body is held in memory: the link refuses it
+        small.write(b"z" * 100)
         with pytest.raises(EntryExists):
-            b_store.begin_put("lost1", 100)
+            small.commit()
+        with pytest.raises(EntryExists):
+            b_store.begin_put("lost3", INLINE_MAX + 1)  # a large one is refused before it is written
+        assert b_store.get("lost2").inline == b_store.get("lost3").inline == b"y" * 100
+        assert b_store.stats().reserved_bytes == 0
         b.close()
 
     asyncio.run(scenario())
