@@ -278,7 +278,8 @@ class CacheHandler:
             _text(conn, ex, 411, "Content-Length is required", close=True)
             return
         try:
-            ex.upload = self.storage.begin_put(ex.key, length)
+            # A client that waits for 100 Continue before the body is told of a conflict first.
+            ex.upload = self.storage.begin_put(ex.key, length, exact=ex.expect_continue)
         except StorageError as exc:
             if exc.status == 409:
                 self.metrics.conflicts += 1

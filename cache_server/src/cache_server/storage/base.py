@@ -112,9 +112,11 @@ class Storage(Protocol):
     def contains(self, key: str) -> bool:
         """Whether the key is stored (cheap, no I/O)."""
 
-    def begin_put(self, key: str, size: int) -> Upload:
+    def begin_put(self, key: str, size: int, *, exact: bool = False) -> Upload:
         """Reserve room for `size` body bytes. Raises `EntryExists`,
-        `ArtifactTooLarge` or `NotStored` before any byte is read."""
+        `ArtifactTooLarge` or `NotStored` before any byte is read. A key that another
+        process stored a moment ago may instead be refused at commit (`EntryExists`),
+        unless `exact` asks to find that out now, at some cost."""
 
     def stats(self) -> StorageStats:
         """Counters for /health and /metrics."""

@@ -291,7 +291,7 @@ class DiskStorage:
 
     # ------------------------------------------------------------------ write
 
-    def begin_put(self, key: str, size: int) -> SmallUpload | DiskUpload:
+    def begin_put(self, key: str, size: int, *, exact: bool = False) -> SmallUpload | DiskUpload:
         _require_key(key)
         if size < 0:
             raise ValueError("negative size")
@@ -306,11 +306,12 @@ class DiskStorage:
             if key in self._lru:
                 if not os.path.lexists(self._entry_path(key)):
                     self._forget(key)  # evicted or quarantined by another worker a moment ago
-            elif size > INLINE_MAX and not peers.caught_up() and os.path.lexists(self._entry_path(key)):
+            elif (exact or size > INLINE_MAX) and not peers.caught_up() and os.path.lexists(self._entry_path(key)):
                 # Published by another worker a moment ago. Only worth a look for a body that would
-                # be written to disk: a small one is held in memory and the link refuses a duplicate
-                # at commit, while under steady uploads the replica is never quite caught up and the
-                # look cost every small PUT an lstat (~10% of its CPU with two workers).
+                # be written to disk, or when asked: a small one is held in memory and the link
+                # refuses a duplicate at commit, while under steady uploads the replica is never
+                # quite caught up and the look cost every small PUT an lstat (~10% of its CPU with
+                # two workers).
                 self._adopt(key)
         with self._lock:
             if key in self._lru:
