@@ -144,8 +144,7 @@ class CacheServer:
         return [p for p in (self.storage / "entries").rglob("*") if p.is_file()]
 
     def tmp_files(self) -> list[Path]:
-        """Uploads in progress (and leftovers): files in the processes' directories under tmp/."""
-        return [p for p in (self.storage / "tmp").rglob("*") if p.is_file()]
+        return list((self.storage / "tmp").iterdir())
 
 
 def put_headers(key: str, length: int, token: str = WRITE_TOKEN, extra: str = "") -> bytes:

@@ -180,24 +180,6 @@ def test_kill_9_mid_upload_leaves_no_entry_and_is_swept(make_server):
     assert srv.request("GET", "cut1")[0] == 404
 
 
-def test_each_worker_streams_uploads_into_a_directory_of_its_own(make_server):
-    srv = make_server("--workers", "2")
-    conns = srv.connection_per_worker()
-    bodies = {pid: os.urandom(1 << 20) for pid in conns}
-    for pid, conn in conns.items():
-        assert conn.sock is not None
-        conn.sock.sendall(put_headers(f"own{pid}", len(bodies[pid])) + bodies[pid][:200_000])
-    assert eventually(lambda: len(srv.tmp_files()) == 2)
-    assert sorted(path.parent.name for path in srv.tmp_files()) == sorted(str(pid) for pid in conns)
-    for pid, conn in conns.items():
-        assert conn.sock is not None
-        conn.sock.sendall(bodies[pid][200_000:])
-        assert read_status(conn.sock)[0] == 200
-    assert srv.tmp_files() == []
-    for pid in conns:
-        assert srv.request("GET", f"own{pid}")[2] == bodies[pid]
-
-
 def test_sigterm_drains_the_requests_in_flight_in_every_worker(make_server):
     srv = make_server("--workers", "2")
     conns = list(srv.connection_per_worker().values())
