@@ -1,0 +1,65 @@
+"""bench/floor.py is a reference in the benchmark tables: it must answer the cache API as Nx
+expects, or its numbers would compare something that a real server may not do."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "floor-token"
+
+
+@pytest.fixture
+def floor(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port),
+                             "--storage", str(tmp_path / "store"), "--token", TOKEN])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "floor.py did not start"
+            time.sleep(0.05)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    yield conn, tmp_path / "store"
+    conn.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+
+
+def ask(conn: http.client.HTTPConnection, method: str, key: str, body: bytes | None = None,
+        token: str | None = TOKEN) -> tuple[int, str | None, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    conn.request(method, f"/v1/cache/{key}", body=body, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.getheader("Content-Type"), response.read()
+
+
+def test_floor_answers_the_cache_api_on_one_keep_alive_connection(floor):
+    conn, store = floor
+    body = os.urandom(4096)
+    big = os.urandom(100 << 10)  # past what it keeps in memory: read back from disk
+    assert ask(conn, "GET", "abc")[0] == 404
+    assert ask(conn, "PUT", "abc", body)[0] == 200
+    assert ask(conn, "PUT", "abc", b"other")[0] == 409
+    assert ask(conn, "GET", "abc") == (200, "application/octet-stream", body)
+    assert ask(conn, "PUT", "big", big)[0] == 200
+    assert ask(conn, "GET", "big")[2] == big
+    assert ask(conn, "GET", "abc", token=None)[:2] == (401, "text/plain")
+    assert ask(conn, "PUT", "new", body, token="wrong")[:2] == (401, "text/plain")
+    assert ask(conn, "GET", "a.b")[0] == 400
+    assert sorted(p.name for p in (store / "e").iterdir()) == ["abc", "big"]
+    assert list((store / "tmp").iterdir()) == []
