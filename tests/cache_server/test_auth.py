@@ -1,6 +1,8 @@
+import hashlib
+
 import pytest
 
-from cache_server.auth import Scope, TokenFileError, TokenStore, hash_token, parse_tokens, token_line
+from cache_server.auth import Proven, Scope, TokenFileError, TokenStore, hash_token, parse_tokens, token_line
 
 
 def test_token_line_holds_only_the_hash():
@@ -55,6 +57,32 @@ def test_failed_reload_keeps_previous_tokens(tmp_path):
     store.reload()
     assert store.authenticate("Bearer one") is None
     assert store.authenticate("Bearer two").name == "b"
+
+
+def test_a_connection_remembers_only_the_header_it_proved_against_the_current_table(tmp_path, monkeypatch):
+    path = tmp_path / "tokens"
+    path.write_text(token_line("a", Scope.READWRITE, "one") + token_line("b", Scope.READ, "two"))
+    store = TokenStore(str(path))
+    proven = Proven()
+    assert store.authenticate(b"Bearer nope", proven) is None
+    assert proven.identity is None, "a failure is not remembered"
+    assert store.authenticate(b"Bearer one", proven).name == "a"
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data: hashed.append(data) or real_sha256(data))
+    assert store.authenticate(b"Bearer one", proven).name == "a"
+    assert hashed == [], "the same header again skips the hash and the scan"
+    assert store.authenticate(b"Bearer two", proven).name == "b", "another header is checked in full"
+    assert store.authenticate(b"Bearer one!", proven) is None
+    assert store.authenticate(b"Bearer two", proven).name == "b"
+    assert hashed == [b"two", b"one!"]
+    # A reload that drops the token ends it on connections that proved it earlier.
+    path.write_text(token_line("a", Scope.READWRITE, "one"))
+    store.reload()
+    assert store.authenticate(b"Bearer two", proven) is None
+    # A reload that keeps it proves it again against the new table.
+    assert store.authenticate(b"Bearer one", proven).name == "a"
+    assert proven.table is not None and store.authenticate(b"Bearer one", Proven()).name == "a"
 
 
 def test_unreadable_file_is_a_clear_error(tmp_path):

@@ -1,5 +1,6 @@
 """HTTP-level behaviour of a real server process: every status code Nx can meet, and the failure paths."""
 
+import http.client
 import json
 import os
 import signal
@@ -510,6 +511,30 @@ def test_sighup_reloads_tokens_at_once(server):
     assert server.request("GET", "1", token="rotated-token")[0] == 404
     assert server.request("GET", "1", token=WRITE_TOKEN)[0] == 401
     assert "tokens reloaded (SIGHUP)" in server.stderr_path.read_text()
+
+
+def test_a_revoked_token_fails_on_a_connection_that_proved_it_before(server):
+    from cache_server.auth import Scope, token_line
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    auth = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+
+    def get() -> int:
+        conn.request("GET", "/v1/cache/41", headers=auth)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    assert [get(), get()] == [404, 404]
+    sock = conn.sock
+    server.tokens.write_text(token_line("rotated", Scope.READWRITE, "rotated-token"))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (status := get()) != 401 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 401
+    assert conn.sock is sock, "the same keep-alive connection"
+    conn.close()
 
 
 def test_background_scrub_quarantines_a_damaged_large_entry(make_server):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..auth import Identity, TokenStore
+from ..auth import Identity, Proven, TokenStore
 from ..metrics import merge_snapshots
 from ..storage.base import Blob, Storage, StorageFault
 from ..storage.disk import is_valid_key
@@ -223,8 +223,11 @@ class CacheHandler:
 
     # -------------------------------------------------------------------- GET
 
-    def _authenticate(self, ex: Exchange) -> Identity | None:
-        identity = self.tokens.authenticate(ex.authorization)
+    def _authenticate(self, conn: Connection, ex: Exchange) -> Identity | None:
+        proven = conn.proven
+        if proven is None:
+            proven = conn.proven = Proven()
+        identity = self.tokens.authenticate(ex.authorization, proven)
         if identity is None:
             self.metrics.reject("unauthorized")
         else:
@@ -232,7 +235,7 @@ class CacheHandler:
         return identity
 
     def _get(self, conn: Connection, ex: Exchange) -> None:
-        if self._authenticate(ex) is None:
+        if self._authenticate(conn, ex) is None:
             _text(conn, ex, 401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)")
             return
         if ex.key is None:
@@ -261,7 +264,7 @@ class CacheHandler:
 
     def _begin_put(self, conn: Connection, ex: Exchange) -> None:
         length = ex.content_length
-        identity = self._authenticate(ex)
+        identity = self._authenticate(conn, ex)
         if identity is None:
             self._reject(conn, ex, 401, "missing or unknown cache token", drain_cap=_DRAIN_CAP_UNAUTHENTICATED)
             return
