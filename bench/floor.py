@@ -5,8 +5,9 @@ A reference for bench/cachebench.py (`--servers ...,py-floor`), not a server to 
 answers the Nx cache API with nothing but what every conformant server must do: parse the
 request (httptools), compare the bearer token, check the key, and for a PUT write the body to
 a temporary file, link it to its final name (409 when that exists) and unlink the temporary
-name; a GET is answered from a dict of the first bodies it stored, or read from disk. No fsync,
-checksum, index, size cap, eviction, access log, metrics, timeouts or pipelining order.
+name; a GET is answered from a dict of the first bodies it stored, from a set of the keys it
+stored (a miss), or read from disk. No fsync, checksum, size cap, eviction, access log,
+metrics, timeouts or pipelining order.
 
 What it measures: the cost of the Python HTTP stack the cache server is built on, so that
 a 4 KiB cell's ratio to nginx can be read against the ceiling of that stack on this machine.
@@ -32,10 +33,11 @@ _MEMORY_ENTRIES = 4096  # the preloaded entries fit; PUT cells' bodies do not pi
 
 
 class Floor(asyncio.Protocol):
-    def __init__(self, storage: str, bearer: bytes, memory: dict[bytes, bytes]) -> None:
+    def __init__(self, storage: str, bearer: bytes, memory: dict[bytes, bytes], index: set[bytes]) -> None:
         self.storage = storage
         self.bearer = bearer
         self.memory = memory
+        self.index = index
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -90,6 +92,7 @@ class Floor(asyncio.Protocol):
         finally:
             os.close(fd)
             os.unlink(tmp)
+        self.index.add(key)
         if len(body) <= 64 << 10 and len(self.memory) < _MEMORY_ENTRIES:
             self.memory[key] = body
         self.answer(b"200 OK", b"", b"")
@@ -97,6 +100,9 @@ class Floor(asyncio.Protocol):
     def get(self, key: bytes) -> None:
         body = self.memory.get(key)
         if body is None:
+            if key not in self.index:
+                self.answer(b"404 Not Found", b"", b"")
+                return
             try:
                 with open(f"{self.storage}/e/{key.decode()}", "rb") as fh:
                     body = fh.read()
@@ -119,8 +125,9 @@ async def serve(port: int, storage: str, token: str) -> None:
         os.makedirs(os.path.join(storage, sub), exist_ok=True)
     loop = asyncio.get_running_loop()
     memory: dict[bytes, bytes] = {}
+    index: set[bytes] = set()  # what it stored since it started: a miss needs no look on disk
     bearer = b"Bearer " + token.encode()
-    server = await loop.create_server(lambda: Floor(storage, bearer, memory), "127.0.0.1", port)
+    server = await loop.create_server(lambda: Floor(storage, bearer, memory, index), "127.0.0.1", port)
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
     await stop
