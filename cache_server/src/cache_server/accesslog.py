@@ -28,8 +28,16 @@ _BATCH_LINES = 256
 _Record = tuple[float, str | None, str, str, str | None, int | None, float, str | None, int, int, str | None]
 
 
+# An answered, authenticated cache request has every field and no reason: one C-level format
+# instead of the general case's branches (~0.5 us less per line).
+_COMPLETE = ('{"ts":%.3f,"remote":"%s","method":"%s","route":"%s","key":"%s","status":%d,"ms":%.3f,'
+             '"token":"%s","bytes_in":%d,"bytes_out":%d}\n')
+
+
 def _line(ts: float, remote: str | None, method: str, route: str, key: str | None, status: int | None, ms: float,
           token: str | None, bytes_in: int, bytes_out: int, reason: str | None) -> str:
+    if reason is None and remote is not None and key is not None and token is not None and status is not None:
+        return _COMPLETE % (ts, remote, method, route, key, status, ms, token, bytes_in, bytes_out)
     remote = "null" if remote is None else '"' + remote + '"'
     key = "null" if key is None else '"' + key + '"'
     token = "null" if token is None else '"' + token + '"'
