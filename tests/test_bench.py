@@ -1,10 +1,12 @@
-"""bench/floor.py is a reference in the benchmark tables: it must answer the cache API as Nx
-expects, or its numbers would compare something that a real server may not do."""
+"""The bench's own parts: bench/floor.py is a reference in the benchmark tables, so it must
+answer the cache API as Nx expects, or its numbers would compare something that a real server
+may not do; bench/inprocess.py drives the server's internals, so it must keep up with them."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,3 +65,12 @@ def test_floor_answers_the_cache_api_on_one_keep_alive_connection(floor):
     assert ask(conn, "GET", "a.b")[0] == 400
     assert sorted(p.name for p in (store / "e").iterdir()) == ["abc", "big"]
     assert list((store / "tmp").iterdir()) == []
+
+
+def test_inprocess_bench_measures_every_operation_for_both():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--requests", "300", "--runs", "1",
+                             "--tokens", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\| (GET|MISS|PUT) \| ([\d.]+) \| [\d.]+ / [\d.]+ \| ([\d.]+) \|", result.stdout, re.M)
+    assert [op for op, _, _ in rows] == ["GET", "MISS", "PUT"]
+    assert all(float(ours) > 0 and float(bare) > 0 for _, ours, bare in rows)
