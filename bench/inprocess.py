@@ -7,9 +7,9 @@ Requests are whole byte strings fed to the server's `Connection.data_received` (
 py-floor's protocol) with a transport that drops what is written, so the figures are the
 Python and storage work of a request: no loop, no socket syscalls. PUT writes real files
 (a tmpfs when /dev/shm exists). GET hits 2,000 preloaded 4 KiB entries, as cachebench does.
-Prints the best of --runs for each, with user and system CPU of that run. Much steadier
-than a wrk run on a shared host; use it to see where a change moves the request path,
-and cachebench.py or abtest.py to see what reaches the wire.
+Prints the best of --runs for each, with user and system CPU of that run. Without the loop
+and sockets a change to the request path shows directly; use cachebench.py or abtest.py to
+see what reaches the wire.
 """
 
 from __future__ import annotations
