@@ -7,39 +7,28 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "floor-token"
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cachebench  # noqa: E402
+
+TOKEN = cachebench.TOKEN
 
 
 @pytest.fixture
 def floor(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port),
-                             "--storage", str(tmp_path / "store"), "--token", TOKEN])
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "floor.py did not start"
-            time.sleep(0.05)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    yield conn, tmp_path / "store"
+    server = cachebench.start_floor(tmp_path)  # as the bench starts it
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    yield conn, server.store
     conn.close()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0
+    server.stop()
+    assert server.proc.returncode == 0
 
 
 def ask(conn: http.client.HTTPConnection, method: str, key: str, body: bytes | None = None,
