@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..auth import Identity, Proven, TokenStore
+from ..auth import Identity, TokenStore
 from ..metrics import merge_snapshots
 from ..storage.base import Blob, Storage, StorageFault
 from ..storage.disk import is_valid_key
@@ -224,10 +224,7 @@ class CacheHandler:
     # -------------------------------------------------------------------- GET
 
     def _authenticate(self, conn: Connection, ex: Exchange) -> Identity | None:
-        proven = conn.proven
-        if proven is None:
-            proven = conn.proven = Proven()
-        identity = self.tokens.authenticate(ex.authorization, proven)
+        identity = self.tokens.authenticate(ex.authorization, conn.proven)
         if identity is None:
             self.metrics.reject("unauthorized")
         else:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from ..auth import Proven
 from .sendfile import send_file
 
 if TYPE_CHECKING:
-    from ..auth import Proven
     from ..storage.base import Blob, Upload
     from .handler import CacheHandler
 
@@ -183,7 +183,7 @@ class Connection(asyncio.BufferedProtocol):
         self.task: asyncio.Task[None] | None = None
         self.held: list[bytes] | None = None  # answers not yet given to the transport (HttpServer.defer)
         self.held_bytes = 0
-        self.proven: Proven | None = None  # the token this connection last proved (handler, auth.py)
+        self.proven = Proven()  # the token this connection last proved (handler, auth.py)
 
     @property
     def busy(self) -> bool:
