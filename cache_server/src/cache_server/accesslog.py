@@ -93,8 +93,8 @@ class AccessLog:
         records, self._batch = self._batch, []
         if not records or self._fd < 0:
             return
-        lines = [_line(*record).encode("utf-8", "replace") for record in records]
-        for chunk in whole_chunks(lines, self._chunk):
+        data = "".join([_line(*record) for record in records]).encode("utf-8", "replace")
+        for chunk in whole_chunks(data, self._chunk):
             self._write_whole(chunk)
 
     def _write_whole(self, data: bytes) -> None:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 
-def whole_chunks(records: list[bytes], limit: int) -> list[bytes]:
-    """Concatenate records into chunks of at most `limit` bytes, never splitting a record
-    (one longer than `limit` goes alone)."""
+def whole_chunks(data: bytes, limit: int, end: bytes = b"\n") -> list[bytes]:
+    """Cut `data`, records that each end with `end`, into chunks of at most `limit` bytes,
+    only ever right after an `end` (a record longer than `limit` goes alone).
+
+    Works on the joined bytes, so its cost is per chunk, not per record: the access log
+    cuts every batch of lines with it."""
     out: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for record in records:
-        if chunk and size + len(record) > limit:
-            out.append(b"".join(chunk))
-            chunk, size = [], 0
-        chunk.append(record)
-        size += len(record)
-    if chunk:
-        out.append(b"".join(chunk))
+    start = 0
+    step = len(end)
+    while len(data) - start > limit:
+        cut = data.rfind(end, start, start + limit)
+        if cut < 0:  # the next record alone is longer than `limit`
+            cut = data.find(end, start + limit)
+            if cut < 0:
+                break
+        out.append(data[start:cut + step])
+        start = cut + step
+    if start < len(data):
+        out.append(data[start:])
     return out

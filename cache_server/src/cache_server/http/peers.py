@@ -186,8 +186,8 @@ class PeerLink:
             return
         touched, self._touched = self._touched, set()
         # Several T lines of bounded length, so that each fits a datagram on its own.
-        runs = whole_chunks([b" " + key.encode("ascii") for key in touched], _DATAGRAM_MAX // 2)
-        self._send_all(["T" + run.decode("ascii") for run in runs])
+        runs = whole_chunks(" ".join(touched).encode("ascii") + b" ", _DATAGRAM_MAX // 2, b" ")
+        self._send_all(["T " + run[:-1].decode("ascii") for run in runs])
 
     def _send_all(self, lines: list[str]) -> None:
         datagrams = _pack(lines)
@@ -307,4 +307,6 @@ class PeerLink:
 
 def _pack(lines: list[str]) -> list[bytes]:
     """Whole lines into datagrams of at most _DATAGRAM_MAX bytes (a longer line goes alone)."""
-    return whole_chunks([line.encode("ascii", "replace") + b"\n" for line in lines], _DATAGRAM_MAX)
+    if not lines:
+        return []
+    return whole_chunks(("\n".join(lines) + "\n").encode("ascii", "replace"), _DATAGRAM_MAX)

@@ -224,11 +224,10 @@ class DiskStorage:
         return key in self._lru
 
     def get(self, key: str) -> Blob | None:
-        _require_key(key)
         peers = self.peers
         with self._lock:
             known = self._lru.touch(key)
-            if known:
+            if known:  # only valid keys enter the index: no need to check this one again
                 body = self._hot.get(key)
                 # Once per ATIME_PERSIST_INTERVAL_S a hit goes to disk anyway: it re-verifies the
                 # file and persists the access time that orders eviction after a restart.
@@ -237,8 +236,10 @@ class DiskStorage:
                     if peers is not None:
                         peers.touched(key)
                     return Blob(len(body), inline=body)
-            elif peers is None or peers.caught_up():
-                return None
+            else:
+                _require_key(key)
+                if peers is None or peers.caught_up():
+                    return None
             removals = self._removals
         # Unknown keys reach here only when another process may have just published them.
         try:
@@ -491,6 +492,8 @@ class DiskStorage:
 
     def replica_added(self, key: str, size: int) -> bool:
         """Index a key unless it is known; whether it was new."""
+        if not is_valid_key(key):  # `get` trusts every indexed key to be one
+            return False
         with self._lock:
             if key in self._lru:
                 return False
