@@ -321,6 +321,29 @@ def test_malformed_or_oversized_requests_are_refused_and_closed(server, request_
     assert server.request("GET", "/health", token=None)[0] == 200
 
 
+def test_one_endless_header_is_refused_once_it_passes_the_head_limit(server):
+    # The parser holds an unfinished header in memory: it must not grow until the head timeout.
+    sock = server.raw_socket()
+    sock.sendall(b"GET /v1/cache/1 HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    sock.settimeout(0.05)
+    answer = b""
+    for _ in range(400):  # up to 6.4 MiB, in pieces that each arrive as reads of their own
+        try:
+            sock.sendall(b"a" * (16 << 10))
+            answer += sock.recv(1000)
+            break
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    sock.settimeout(5)
+    if not answer:
+        answer = read_status(sock)[1]
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:60]
+    sock.close()
+    assert server.request("GET", "/health", token=None)[0] == 200
+
+
 def test_client_that_half_closes_after_its_request_still_gets_the_answer(server):
     sock = server.raw_socket()
     sock.sendall(put_headers("62", 5) + b"hello")

@@ -42,6 +42,9 @@ _HOLD_MAX_BYTES = 64 << 10
 _RECV_BUFFER_BYTES = 256 << 10
 
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
+# The request headers this server reads, by the length of their names: most headers (Host,
+# Accept, Content-Type) are passed over on their length alone, without lower-casing the name.
+_WANTED_HEADERS = {13: b"authorization", 14: b"content-length", 6: b"expect", 17: b"transfer-encoding"}
 _STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 
 
@@ -49,30 +52,22 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-class _Clock:
-    """The `Date` header, formatted at most once a second."""
-
-    __slots__ = ("_second", "_header")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._header = b""
-
-    def date_header(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._header = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._header
-
-
-CLOCK = _Clock()
+# Status line plus Date for every status, made again when the second changes: an answer's
+# head then starts with one dict lookup.
+_heads_second = -1
+_date = b""
+_heads: dict[int, bytes] = {}
 
 
 def status_head(status: int) -> bytes:
     """Status line plus Date, without the blank line that ends the head."""
-    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-    return line + CLOCK.date_header()
+    global _heads_second, _date, _heads
+    now = int(time.time())
+    if now != _heads_second:
+        _date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        _heads = {code: line + _date for code, line in _STATUS_LINES.items()}
+        _heads_second = now
+    return _heads.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status + _date
 
 
 class Exchange:
@@ -128,7 +123,7 @@ class HttpServer:
     def defer(self, conn: Connection) -> None:
         """Write `conn`'s held answers once this loop pass has read every ready socket.
 
-        Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
+        Called by `Connection.write` when it starts holding. Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
         inter-processor interrupt) costs more than the rest of a small request's kernel work.
         Answers written back to back find the client already awake; one write per pass and
         connection, not one per answer, is the same saving for pipelined requests. A 4 KiB PUT
@@ -173,7 +168,8 @@ class Connection(asyncio.BufferedProtocol):
         self.parsing: Exchange | None = None  # the request whose bytes are arriving
         self.current: Exchange | None = None  # the request being answered
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting for `current`
-        self.header_bytes = 0
+        self.header_bytes = 0  # the head's URL and complete headers (the parser's callbacks)
+        self.head_read_bytes = 0  # reads that began and ended inside the head (see data_received)
         self.last_io = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
@@ -181,8 +177,7 @@ class Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         self.must_close = False
         self.task: asyncio.Task[None] | None = None
-        self.held: list[bytes] | None = None  # answers not yet given to the transport (HttpServer.defer)
-        self.held_bytes = 0
+        self.held: bytes | None = None  # answers not yet given to the transport (HttpServer.defer)
         self.proven = Proven()  # the token this connection last proved (handler, auth.py)
 
     @property
@@ -231,8 +226,18 @@ class Connection(asyncio.BufferedProtocol):
         if self.closing:
             return
         self.last_io = self.loop.time()
+        parsing = self.parsing
         try:
             self.parser.feed_data(data)
+            if parsing is not None and parsing is self.parsing and not parsing.method:
+                # The whole read fell inside a head that is still incomplete. The parser keeps a
+                # header it has not finished in memory and only calls `on_header` at its end, so
+                # one endless header would otherwise grow until the head timeout.
+                self.head_read_bytes += len(data)
+                if self.head_read_bytes > MAX_HEADER_BYTES:
+                    raise _HeadersTooLarge()
+        except _HeadersTooLarge:
+            self._refuse(431, "request head over 64 KiB")
         except httptools.HttpParserUpgrade:
             # An Upgrade/CONNECT request was answered as plain HTTP; nothing after it is HTTP/1.1.
             self.must_close = True
@@ -270,18 +275,20 @@ class Connection(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         """Send bytes behind any answer still held; held themselves unless this is the only connection."""
-        if self.held is None:
-            if len(self.server.connections) == 1 and self.transport is not None:
-                self.transport.write(data)  # nothing could go out with it: holding would only add a pass
+        held = self.held
+        if held is None:
+            if len(self.server.connections) == 1 or len(data) > _HOLD_MAX_BYTES:
+                # Nothing could go out with it (holding would only add a pass), or too much to hold.
+                if self.transport is not None:
+                    self.transport.write(data)
                 return
-            self.held = [data]
-            self.held_bytes = len(data)
+            self.held = data
             self.server.defer(self)
         else:
-            self.held.append(data)
-            self.held_bytes += len(data)
-        if self.held_bytes > _HOLD_MAX_BYTES:
-            self.flush()
+            # Pipelined answers: joined, so one write per pass carries them all.
+            self.held = held = held + data
+            if len(held) > _HOLD_MAX_BYTES:
+                self.flush()
 
     def flush(self) -> None:
         """Give held answers to the transport now (before a write that must follow them)."""
@@ -290,7 +297,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.held = None  # still listed in HttpServer._held: flushing again then finds nothing
         if not self.closing and self.transport is not None:
-            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+            self.transport.write(held)
 
     def close(self) -> None:
         if not self.closing and self.transport is not None:
@@ -323,7 +330,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def on_message_begin(self) -> None:
         self.parsing = Exchange(time.perf_counter(), self.remote)
-        self.header_bytes = 0
+        self.header_bytes = self.head_read_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.header_bytes += len(url)
@@ -335,20 +342,18 @@ class Connection(asyncio.BufferedProtocol):
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > MAX_HEADER_BYTES:
             raise _HeadersTooLarge()
-        # The length first: most headers (Host, Content-Type, User-Agent, ...) are passed over
-        # without lower-casing their name.
         size = len(name)
-        if size == 13:
-            if name.lower() == b"authorization":
-                self.parsing.authorization = value  # type: ignore[union-attr]
-        elif size == 14:
-            if name.lower() == b"content-length":
-                self.parsing.content_length = int(value)  # type: ignore[union-attr]  # llhttp checked: one run of digits
-        elif size == 6:
-            if name.lower() == b"expect":
-                self.parsing.expect_continue = value.lower() == b"100-continue"  # type: ignore[union-attr]
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            self.parsing.chunked = True  # type: ignore[union-attr]
+        if size in _WANTED_HEADERS and name.lower() == _WANTED_HEADERS[size]:
+            ex = self.parsing
+            assert ex is not None
+            if size == 13:
+                ex.authorization = value
+            elif size == 14:
+                ex.content_length = int(value)  # llhttp checked: one run of digits
+            elif size == 6:
+                ex.expect_continue = value.lower() == b"100-continue"
+            else:
+                ex.chunked = True
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -376,7 +381,10 @@ class Connection(asyncio.BufferedProtocol):
         self.parsing = None
         ex.complete = True
         if ex is self.current and not ex.answered:
-            self._complete(ex)
+            try:  # `_complete`, spelled out: this is every request's path
+                self.handler.complete(self, ex)
+            except Exception:
+                self.handler.internal_error(self, ex)
 
     # ------------------------------------------------------------- answering
 
@@ -406,7 +414,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
         """Send a whole answer. `head` is `status_head()` plus header lines."""
-        close = close or self._closes_after(ex)
+        close = close or not ex.keep_alive or self.must_close or self.server.draining  # as _closes_after
         if not self.closing and self.transport is not None:
             self.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
         self._finish(ex, close)
