@@ -116,7 +116,7 @@ def nxcache_feeder(base: Path, tokens: int) -> tuple[Callable[[bytes], None], Ca
 
     def feed(raw: bytes) -> None:
         conn.data_received(raw)
-        server._write_held()  # the end of a loop pass
+        server.write_held()  # the end of a loop pass
 
     metrics = handler.metrics
     return feed, lambda: {"GET": metrics.hits, "MISS": metrics.misses, "PUT": metrics.puts}

@@ -14,14 +14,17 @@ from cache_server.storage.entry_format import (
 def _header(body: bytes) -> EntryHeader:
     hasher = new_hasher()
     hasher.update(body)
-    return finished_header(len(body), hasher)
+    return EntryHeader.unpack(finished_header(len(body), hasher))
 
 
 def test_header_round_trips_and_is_fixed_size():
-    header = _header(b"payload")
-    raw = header.pack()
+    hasher = new_hasher()
+    hasher.update(b"payload")
+    raw = finished_header(7, hasher)
     assert len(raw) == HEADER_SIZE
-    assert EntryHeader.unpack(raw) == header
+    header = EntryHeader.unpack(raw)
+    assert header.body_size == 7 and header.digest == hasher.digest()
+    assert header.pack() == raw
 
 
 @pytest.mark.parametrize("raw", [b"", b"NXFC", b"XXXX" + b"\0" * 60, b"\0" * HEADER_SIZE])

@@ -87,13 +87,8 @@ class CacheHandler:
     # ---------------------------------------------------------------- routing
 
     def _route(self, ex: Exchange) -> None:
-        url = ex.url
-        if url.startswith(b"/v1/cache/") and not self._prefix and b"?" not in url:  # what Nx sends
-            ex.kind = "cache"
-            key = url[10:].decode("latin-1")
-            ex.key = key if is_valid_key(key) else None
-            return
-        path = url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
+        """Any URL but the plain `/v1/cache/{hash}` that `begin` takes itself."""
+        path = ex.url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :].lstrip("/")
         if path.startswith(_CACHE_PREFIX):
@@ -104,8 +99,16 @@ class CacheHandler:
             ex.kind = path
 
     def begin(self, conn: Connection, ex: Exchange) -> None:
-        self._route(ex)
-        if ex.kind == "cache" and ex.method == "PUT":
+        url = ex.url
+        if url.startswith(b"/v1/cache/") and not self._prefix and b"?" not in url:  # what Nx sends
+            ex.kind = "cache"
+            key = url[10:]
+            # is_valid_key's rule, on the bytes: bytes.isalnum() accepts ASCII letters and digits only
+            if len(key) <= 128 and key.isalnum():
+                ex.key = key.decode("ascii")
+        else:
+            self._route(ex)
+        if ex.method == "PUT" and ex.kind == "cache":
             self._begin_put(conn, ex)
 
     def body(self, conn: Connection, ex: Exchange, chunk: bytes) -> None:

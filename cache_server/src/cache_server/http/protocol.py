@@ -36,7 +36,7 @@ MAX_HEADER_BYTES = 64 << 10
 # client would see "connection reset" instead of our answer (nginx's lingering close).
 LINGER_S = 2.0
 _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
-# Answers are held until the end of the loop pass (see `HttpServer.defer`), but no more than
+# Answers are held until the end of the loop pass (see `HttpServer.write_held`), but no more than
 # this much per connection: beyond it the transport's own flow control must see the bytes.
 _HOLD_MAX_BYTES = 64 << 10
 _RECV_BUFFER_BYTES = 256 << 10
@@ -112,7 +112,7 @@ class HttpServer:
         self.body_timeout = body_timeout
         self.connections: set[Connection] = set()
         self.draining = False
-        self._held: list[Connection] = []  # connections with answers to write at the end of this pass
+        self.held: list[Connection] = []  # connections with answers to write at the end of this pass
         # How often an idle or receiving connection looks at its clock.
         self.tick = max(0.05, min(idle_timeout, body_timeout))
         self.recv_buffer = memoryview(bytearray(_RECV_BUFFER_BYTES))
@@ -120,21 +120,17 @@ class HttpServer:
     def __call__(self) -> Connection:
         return Connection(self)
 
-    def defer(self, conn: Connection) -> None:
-        """Write `conn`'s held answers once this loop pass has read every ready socket.
+    def write_held(self) -> None:
+        """Write the answers `Connection.write` held (connections listed in `held`), once this loop
+        pass has read every ready socket.
 
-        Called by `Connection.write` when it starts holding. Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
+        Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
         inter-processor interrupt) costs more than the rest of a small request's kernel work.
         Answers written back to back find the client already awake; one write per pass and
         connection, not one per answer, is the same saving for pipelined requests. A 4 KiB PUT
         at 32 connections went from ~97 to ~70 us of server CPU (one process, no fsync).
         """
-        if not self._held:
-            conn.loop.call_soon(self._write_held)
-        self._held.append(conn)
-
-    def _write_held(self) -> None:
-        held, self._held = self._held, []
+        held, self.held = self.held, []
         for conn in held:
             conn.flush()
 
@@ -177,7 +173,7 @@ class Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         self.must_close = False
         self.task: asyncio.Task[None] | None = None
-        self.held: bytes | None = None  # answers not yet given to the transport (HttpServer.defer)
+        self.held: bytes | None = None  # answers not yet given to the transport (HttpServer.write_held)
         self.proven = Proven()  # the token this connection last proved (handler, auth.py)
 
     @property
@@ -283,7 +279,10 @@ class Connection(asyncio.BufferedProtocol):
                     self.transport.write(data)
                 return
             self.held = data
-            self.server.defer(self)
+            held_by_server = self.server.held
+            if not held_by_server:
+                self.loop.call_soon(self.server.write_held)
+            held_by_server.append(self)
         else:
             # Pipelined answers: joined, so one write per pass carries them all.
             self.held = held = held + data
@@ -295,7 +294,7 @@ class Connection(asyncio.BufferedProtocol):
         held = self.held
         if held is None:
             return
-        self.held = None  # still listed in HttpServer._held: flushing again then finds nothing
+        self.held = None  # still listed in HttpServer.held: flushing again then finds nothing
         if not self.closing and self.transport is not None:
             self.transport.write(held)
 
@@ -362,7 +361,12 @@ class Connection(asyncio.BufferedProtocol):
         ex.method = _METHODS.get(method) or method.decode("ascii", "replace")
         ex.keep_alive = self.parser.should_keep_alive()
         if self.current is None and not self.closing:
-            self._start(ex)
+            # `_start`, for a request with no body read yet and no pending bytes: every request's path
+            self.current = ex
+            try:
+                self.handler.begin(self, ex)
+            except Exception:
+                self.handler.internal_error(self, ex)
         else:
             ex.pending = []
             self.queue.append(ex)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(slots=True)
@@ -30,10 +30,10 @@ class Blob:
             self.fd = -1
 
 
-@dataclass(frozen=True, slots=True)
-class Staged:
+class Staged(NamedTuple):
     """What `Upload.stage` leaves for durability: the file's contents (`fd`, the caller's to
-    fsync), then its name in `directory`, synced once for every upload staged there together."""
+    fsync), then its name in `directory`, synced once for every upload staged there together.
+    A named tuple: made once per upload, at a third of a frozen dataclass's cost."""
 
     fd: int
     directory: str

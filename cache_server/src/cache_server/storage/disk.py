@@ -211,12 +211,14 @@ class DiskStorage:
     def _entry_path(self, key: str) -> str:
         return f"{self._entries_dir}/{key[:2]}/{key}"
 
-    def _ensure_shard(self, key: str) -> None:
-        """The entry's directory, created on first use (a set lookup afterwards, not a syscall)."""
+    def _shard_directory(self, key: str) -> str:
+        """The entry's directory (as in `_entry_path`), created on first use: a set lookup afterwards, not a syscall."""
         shard = key[:2]
+        directory = f"{self._entries_dir}/{shard}"
         if shard not in self._shards:
-            os.makedirs(f"{self._entries_dir}/{shard}", exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
             self._shards.add(shard)
+        return directory
 
     # ------------------------------------------------------------------- read
 
@@ -350,10 +352,9 @@ class DiskStorage:
 
     def _stage(self, key: str, fd: int, tmp_path: str, file_size: int) -> Staged:
         """Link a fully written upload under its name; the file and directory to sync."""
-        final = self._entry_path(key)
         try:
-            self._ensure_shard(key)
-            os.link(tmp_path, final)
+            directory = self._shard_directory(key)
+            os.link(tmp_path, f"{directory}/{key}")
         except FileExistsError:
             _close_quietly(fd)
             _unlink_quietly(tmp_path)
@@ -368,7 +369,7 @@ class DiskStorage:
             self._record_error("put", f"commit {key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         _unlink_quietly(tmp_path)
-        return Staged(fd, os.path.dirname(final))
+        return Staged(fd, directory)
 
     def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None,
                         body: bytes | None) -> None:
@@ -706,7 +707,7 @@ class SmallUpload(_Upload):
         self._chunks = [body]
         hasher = new_hasher()
         hasher.update(body)
-        data = finished_header(len(body), hasher).pack() + body
+        data = finished_header(len(body), hasher) + body
         tmp_path = storage._tmp_path(self.key)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -772,7 +773,7 @@ class DiskUpload(_Upload):
         """First half of a commit, never blocking on a sync: header and link."""
         self._begin_finish()
         try:
-            os.pwrite(self._fd, finished_header(self.size, self._hasher).pack(), 0)
+            os.pwrite(self._fd, finished_header(self.size, self._hasher), 0)
         except OSError as exc:
             self._discard()
             self._storage._record_error("put", f"commit {self.key}: {exc.strerror}")

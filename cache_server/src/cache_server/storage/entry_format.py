@@ -33,10 +33,7 @@ class EntryHeader:
     created_ns: int
 
     def pack(self) -> bytes:
-        return (
-            _LAYOUT.pack(MAGIC, VERSION, ALGO_XXH3_128, 0, self.body_size, self.digest, self.created_ns)
-            + _PADDING
-        )
+        return _pack(self.body_size, self.digest, self.created_ns)
 
     @classmethod
     def unpack(cls, raw: bytes) -> EntryHeader:
@@ -52,8 +49,13 @@ def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
-def finished_header(body_size: int, hasher: xxhash.xxh3_128) -> EntryHeader:
-    return EntryHeader(body_size, hasher.digest(), time.time_ns())
+def _pack(body_size: int, digest: bytes, created_ns: int) -> bytes:
+    return _LAYOUT.pack(MAGIC, VERSION, ALGO_XXH3_128, 0, body_size, digest, created_ns) + _PADDING
+
+
+def finished_header(body_size: int, hasher: xxhash.xxh3_128) -> bytes:
+    """The packed header of a body just hashed, stamped now (every upload; no EntryHeader made)."""
+    return _pack(body_size, hasher.digest(), time.time_ns())
 
 
 def check_file_size(header: EntryHeader, file_size: int) -> None:
