@@ -40,6 +40,7 @@ from .entry_format import (
     EntryHeader,
     check_digest,
     check_file_size,
+    digest_of,
     finished_header,
     new_hasher,
 )
@@ -319,17 +320,21 @@ class DiskStorage:
         with self._lock:
             if key in self._lru:
                 raise EntryExists(f"{key} is already stored")
-            if self._reserved + file_size > self.max_bytes:
+            room = self.max_bytes - self._reserved - file_size  # what the index may hold besides
+            if room < 0:
                 raise NotStored(f"not stored: {file_size} bytes do not fit the cache's {self.max_bytes}-byte cap")
-            victims = self._lru.evict_until(self.max_bytes - self._reserved - file_size)
+            # The common upload evicts nothing: no lists or calls for it then.
+            victims = self._lru.evict_until(room) if self._lru.total > room else []
             try:
-                victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims))
+                victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims) if victims else 0)
             except NotStored:
                 self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
                 raise
             self._reserved += file_size
-            self._rename_to_trash(victims)
-        self._schedule_deletes(victims)
+            if victims:
+                self._rename_to_trash(victims)
+        if victims:
+            self._schedule_deletes(victims)
         if size <= INLINE_MAX:
             return SmallUpload(self, key, size)
         tmp_path = self._tmp_path(key)
@@ -705,9 +710,7 @@ class SmallUpload(_Upload):
         storage = self._storage
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = [body]
-        hasher = new_hasher()
-        hasher.update(body)
-        data = finished_header(len(body), hasher) + body
+        data = finished_header(len(body), digest_of(body)) + body
         tmp_path = storage._tmp_path(self.key)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -773,7 +776,7 @@ class DiskUpload(_Upload):
         """First half of a commit, never blocking on a sync: header and link."""
         self._begin_finish()
         try:
-            os.pwrite(self._fd, finished_header(self.size, self._hasher), 0)
+            os.pwrite(self._fd, finished_header(self.size, self._hasher.digest()), 0)
         except OSError as exc:
             self._discard()
             self._storage._record_error("put", f"commit {self.key}: {exc.strerror}")

@@ -53,9 +53,14 @@ def _pack(body_size: int, digest: bytes, created_ns: int) -> bytes:
     return _LAYOUT.pack(MAGIC, VERSION, ALGO_XXH3_128, 0, body_size, digest, created_ns) + _PADDING
 
 
-def finished_header(body_size: int, hasher: xxhash.xxh3_128) -> bytes:
-    """The packed header of a body just hashed, stamped now (every upload; no EntryHeader made)."""
-    return _pack(body_size, hasher.digest(), time.time_ns())
+def digest_of(body: bytes) -> bytes:
+    """The digest of a whole body at once (what `new_hasher` gives for one streamed in)."""
+    return xxhash.xxh3_128_digest(body)
+
+
+def finished_header(body_size: int, digest: bytes) -> bytes:
+    """The packed header of a body with this digest, stamped now (every upload; no EntryHeader made)."""
+    return _pack(body_size, digest, time.time_ns())
 
 
 def check_file_size(header: EntryHeader, file_size: int) -> None:
@@ -66,5 +71,5 @@ def check_file_size(header: EntryHeader, file_size: int) -> None:
 
 
 def check_digest(header: EntryHeader, body: bytes) -> None:
-    if xxhash.xxh3_128_digest(body) != header.digest:
+    if digest_of(body) != header.digest:
         raise DamagedEntry("checksum mismatch")
