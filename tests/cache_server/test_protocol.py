@@ -198,6 +198,21 @@ def test_a_held_answer_goes_out_before_the_head_of_a_sendfile_answer_behind_it(m
     _run(kind, scenario)
 
 
+def test_hundreds_of_pipelined_answers_go_out_whole_in_order_and_in_few_writes(make_handler):
+    handler = make_handler()
+
+    async def scenario() -> None:
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        (conn, transport), _ = _connect(server, 2)
+        conn.data_received(b"".join(_get(f"absent{i}") for i in range(500)) + _get("small"))
+        await asyncio.sleep(0)
+        assert _answers(transport.sent) == [b"HTTP/1.1 404 Not Found"] * 500 + [b"HTTP/1.1 200 OK"]
+        assert transport.sent.endswith(b"\r\n\r\n" + b"x" * 1024)  # the last answer's body, whole and last
+        assert transport.writes <= len(transport.sent) // (64 << 10) + 1
+
+    _run("uvloop", scenario)
+
+
 def test_held_answers_go_to_the_transport_before_they_outgrow_the_hold_cap(make_handler):
     """Past the cap the transport's flow control (pause_writing) must see the bytes this pass."""
     handler = make_handler()

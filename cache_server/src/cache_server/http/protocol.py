@@ -173,7 +173,7 @@ class Connection(asyncio.BufferedProtocol):
         self.write_paused = False
         self.must_close = False
         self.task: asyncio.Task[None] | None = None
-        self.held: bytes | None = None  # answers not yet given to the transport (HttpServer.write_held)
+        self.held: bytes | bytearray | None = None  # answers not yet given to the transport (HttpServer.write_held)
         self.proven = Proven()  # the token this connection last proved (handler, auth.py)
 
     @property
@@ -284,8 +284,11 @@ class Connection(asyncio.BufferedProtocol):
                 self.loop.call_soon(self.server.write_held)
             held_by_server.append(self)
         else:
-            # Pipelined answers: joined, so one write per pass carries them all.
-            self.held = held = held + data
+            # Pipelined answers: joined, so one write per pass carries them all; in a bytearray,
+            # as a run of hundreds of small answers would make `bytes + bytes` copy quadratically.
+            if type(held) is bytes:
+                self.held = held = bytearray(held)
+            held += data
             if len(held) > _HOLD_MAX_BYTES:
                 self.flush()
 
