@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one small request costs inside the server process, next to bench/floor.py, without sockets.
 
-    python bench/inprocess.py [--ops GET,MISS,PUT] [--requests 20000] [--runs 5] [--tokens 1]
+    python bench/inprocess.py [--ops GET,MISS,PUT] [--requests 20000] [--runs 5] [--tokens 1] [--opcodes]
 
 Requests are whole byte strings fed to the server's `Connection.data_received` (and to
 py-floor's protocol) with a transport that drops what is written, so the figures are the
@@ -10,6 +10,11 @@ Python and storage work of a request: no loop, no socket syscalls. PUT writes re
 Prints the best of --runs for each, with user and system CPU of that run. Without the loop
 and sockets a change to the request path shows directly; use cachebench.py or abtest.py to
 see what reaches the wire.
+
+--opcodes counts the Python opcodes each request executes (sys.settrace) instead of timing it.
+The count is steady from run to run (only the Date header, made again when the second turns,
+depends on the clock), so a change to the request path shows even on a host whose timings
+wander by a fifth from one run to the next.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cache_server" / "src"))
@@ -102,6 +108,32 @@ def measure(feed: Callable[[bytes], None], outcomes: Callable[[], dict[str, int]
     return best[0] * 1e6 / count, best[1] * 1e6 / count, best[2] * 1e6 / count
 
 
+def count_opcodes(feed: Callable[[bytes], None], outcomes: Callable[[], dict[str, int]], op: str,
+                  count: int) -> float:
+    """Python opcodes per request, over `count` requests that each had the outcome `op` names."""
+    executed = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        nonlocal executed
+        if event == "call":
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            executed += 1
+        return trace
+
+    expected = outcomes()[op] + count
+    reqs = requests_for(op, 0, count)
+    sys.settrace(trace)
+    try:
+        for raw in reqs:
+            feed(raw)
+    finally:
+        sys.settrace(None)
+    if outcomes()[op] != expected:
+        raise SystemExit(f"inprocess: {op}: {outcomes()[op]} outcomes counted, expected {expected}")
+    return executed / count
+
+
 def nxcache_feeder(base: Path, tokens: int) -> tuple[Callable[[bytes], None], Callable[[], dict[str, int]]]:
     others = "".join(token_line(f"agent{i}", Scope.READWRITE, f"other-token-{i}") for i in range(tokens - 1))
     (base / "tokens").write_text(others + token_line("bench", Scope.READWRITE, TOKEN))
@@ -140,6 +172,7 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=1, help="tokens in the server's file (one is used)")
+    parser.add_argument("--opcodes", action="store_true", help="count Python opcodes per request instead of timing")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nxcache-inprocess-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
@@ -147,6 +180,16 @@ async def main() -> int:
         for feed, _ in feeders.values():
             for i in range(PRELOAD):
                 feed(request("PUT", f"pre{i}", BODY))
+        if args.opcodes:
+            print(f"Python opcodes per 4 KiB request, over {args.requests:,} requests "
+                  f"({args.tokens} token(s) in the server's file)")
+            print("| op | nxcache | py-floor | ratio |")
+            print("|---|---|---|---|")
+            for op in args.ops.split(","):
+                ours_count = count_opcodes(*feeders["nxcache"], op, args.requests)
+                bare_count = count_opcodes(*feeders["py-floor"], op, args.requests)
+                print(f"| {op} | {ours_count:.0f} | {bare_count:.0f} | {ours_count / bare_count:.1f}x |", flush=True)
+            return 0
         print(f"microseconds per 4 KiB request, best of {args.runs} runs of {args.requests:,} "
               f"({args.tokens} token(s) in the server's file)")
         print("| op | nxcache | nxcache user / sys | py-floor | py-floor user / sys | ratio |")

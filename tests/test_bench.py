@@ -63,3 +63,20 @@ def test_inprocess_bench_measures_every_operation_for_both():
     rows = re.findall(r"^\| (GET|MISS|PUT) \| ([\d.]+) \| [\d.]+ / [\d.]+ \| ([\d.]+) \|", result.stdout, re.M)
     assert [op for op, _, _ in rows] == ["GET", "MISS", "PUT"]
     assert all(float(ours) > 0 and float(bare) > 0 for _, ours, bare in rows)
+
+
+def test_inprocess_opcode_count_is_steady_from_run_to_run():
+    def counts() -> list[tuple[str, str, str]]:
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--opcodes", "--requests", "50"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return re.findall(r"^\| (GET|MISS|PUT) \| (\d+) \| (\d+) \|", result.stdout, re.M)
+
+    first = counts()
+    assert [op for op, _, _ in first] == ["GET", "MISS", "PUT"]
+    # Ours does more than the bare stack, and the count does not wander as timings do: only the
+    # Date header, made again when the second turns, depends on the clock.
+    assert all(int(ours) > int(bare) > 0 for _, ours, bare in first)
+    for (op, ours, bare), (_, ours_again, bare_again) in zip(first, counts()):
+        assert abs(int(ours_again) - int(ours)) <= int(ours) * 0.02, op
+        assert abs(int(bare_again) - int(bare)) <= int(bare) * 0.02, op
