@@ -421,7 +421,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
         """Send a whole answer. `head` is `status_head()` plus header lines."""
-        close = close or not ex.keep_alive or self.must_close or self.server.draining  # as _closes_after
+        close = close or self._closes_after(ex)
         if not self.closing and self.transport is not None:
             self.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
         self._finish(ex, close)
