@@ -87,6 +87,13 @@ def requests_for(op: str, run: int, count: int) -> list[bytes]:
     return [request("GET", f"absent{i}") for i in range(count)]
 
 
+def require_outcomes(outcomes: Callable[[], dict[str, int]], op: str, expected: int) -> None:
+    """Stop unless `op`'s outcomes (hits, misses, stores) reached `expected`: else the figures
+    would describe some other request than the one named."""
+    if outcomes()[op] != expected:
+        raise SystemExit(f"inprocess: {op}: {outcomes()[op]} outcomes counted, expected {expected}")
+
+
 def measure(feed: Callable[[bytes], None], outcomes: Callable[[], dict[str, int]], op: str, count: int,
             runs: int) -> tuple[float, float, float]:
     """(wall, user, sys) microseconds per request of the fastest run; every request must have had
@@ -103,8 +110,7 @@ def measure(feed: Callable[[bytes], None], outcomes: Callable[[], dict[str, int]
         after = resource.getrusage(resource.RUSAGE_SELF)
         if wall < best[0]:
             best = (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
-    if outcomes()[op] != expected:
-        raise SystemExit(f"inprocess: {op}: {outcomes()[op]} outcomes counted, expected {expected}")
+    require_outcomes(outcomes, op, expected)
     return best[0] * 1e6 / count, best[1] * 1e6 / count, best[2] * 1e6 / count
 
 
@@ -129,8 +135,7 @@ def count_opcodes(feed: Callable[[bytes], None], outcomes: Callable[[], dict[str
             feed(raw)
     finally:
         sys.settrace(None)
-    if outcomes()[op] != expected:
-        raise SystemExit(f"inprocess: {op}: {outcomes()[op]} outcomes counted, expected {expected}")
+    require_outcomes(outcomes, op, expected)
     return executed / count
 
 
