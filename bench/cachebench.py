@@ -13,7 +13,8 @@ Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-ex
 and `nxcache-nofsync`; `nxcache-1proc` and `nxcache-1proc-nofsync` run a single process,
 `nxcache-asyncio` runs as deployed on the standard library's event loop, and `py-floor`
 (bench/floor.py, 4 KiB cells only) is the bare Python stack underneath: parse, token, file
-and answer, nothing else (--servers).
+and answer, nothing else; `py-floor-2proc` is that in two processes on one port, as `nxcache`
+runs one worker per core (--servers).
 4 KiB also gets MISS cells (GETs of absent keys, 404 expected), like perf.md's get_miss column.
 For each rep and each size, fresh servers get the same preloaded entries; then every
 (operation, concurrency) cell runs each server in a freshly shuffled order.
@@ -211,14 +212,18 @@ def start_nxcache(base: Path, name: str, extra: list[str], sources: Path | None 
     return Server(name, port, proc, store)
 
 
-def start_floor(base: Path) -> Server:
+FLOOR_PROCESSES = {"py-floor": 1, "py-floor-2proc": 2}
+
+
+def start_floor(base: Path, name: str) -> Server:
     """bench/floor.py: what uvloop + httptools cost with none of the cache server's own work."""
-    store = base / "py-floor"
+    store = base / name
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(HERE / "floor.py"), "--port", str(port), "--storage", str(store),
-                             "--token", TOKEN], stdout=subprocess.DEVNULL, stderr=open(base / "py-floor.err", "wb"))
+                             "--token", TOKEN, "--processes", str(FLOOR_PROCESSES[name])],
+                            stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
     wait_port(port, proc)
-    return Server("py-floor", port, proc, store)
+    return Server(name, port, proc, store)
 
 
 def preload(server: Server, size_name: str, body: bytes, prefix: str) -> None:
@@ -308,7 +313,8 @@ def run_cell(server: Server, op: str, size_name: str, conc: int, seconds: int, b
 
 def clear_put_files(server: Server, prefix: str) -> None:
     """Untimed: drop what a PUT cell wrote so tmpfs does not fill. nxcache evicts by itself (--max-size)."""
-    stored = {"nginx": server.store / "v1" / "cache", "py-floor": server.store / "e"}.get(server.name)
+    stored = server.store / "v1" / "cache" if server.name == "nginx" else (
+        server.store / "e" if server.name in FLOOR_PROCESSES else None)
     if stored is not None:
         for path in stored.glob(prefix + "*"):
             path.unlink()
@@ -372,9 +378,9 @@ def main() -> int:
                     for name in names:
                         if name == "nginx":
                             servers.append(start_nginx(run_dir))
-                        elif name == "py-floor":
+                        elif name in FLOOR_PROCESSES:
                             if size_name == "4k":  # it reads whole bodies into memory
-                                servers.append(start_floor(run_dir))
+                                servers.append(start_floor(run_dir, name))
                         else:
                             servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name]))
                     for server in servers:
@@ -438,7 +444,7 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
                 print(row + " | ".join(parts) + f" | {go:.2f} |")
     print()
     for n in others:
-        if n == "py-floor":
+        if n in FLOOR_PROCESSES:
             continue  # 4 KiB cells only: no geomean comparable to perf.md's
         print(f"{n}: geomean x nginx  GET {geomean(ratios[n]['GET']):.2f} (Go {GO_GEOMEAN['GET']:.2f})"
               f"  PUT {geomean(ratios[n]['PUT']):.2f} (Go {GO_GEOMEAN['PUT']:.2f})")

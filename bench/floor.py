@@ -12,7 +12,11 @@ metrics, timeouts or pipelining order.
 What it measures: the cost of the Python HTTP stack the cache server is built on, so that
 a 4 KiB cell's ratio to nginx can be read against the ceiling of that stack on this machine.
 
-    python bench/floor.py --port 3399 --storage DIR --token TOKEN
+    python bench/floor.py --port 3399 --storage DIR --token TOKEN [--processes 2]
+
+--processes N forks N copies on one SO_REUSEPORT port, as the cache server's `--workers` does.
+Each copy knows only what it stored itself, so there a GET it cannot answer from memory looks
+on disk (an open that fails is the miss).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import httptools
 import uvloop
 
 _NAMES = itertools.count()
+_PROCESS = ""  # this process's part of temporary names (serve); copies on one port must not collide
 _MEMORY_ENTRIES = 4096  # the preloaded entries fit; PUT cells' bodies do not pile up in memory
 
 
 class Floor(asyncio.Protocol):
-    def __init__(self, storage: str, bearer: bytes, memory: dict[bytes, bytes], index: set[bytes]) -> None:
+    def __init__(self, storage: str, bearer: bytes, memory: dict[bytes, bytes], index: set[bytes] | None) -> None:
         self.storage = storage
         self.bearer = bearer
         self.memory = memory
@@ -81,7 +86,7 @@ class Floor(asyncio.Protocol):
 
     def put(self, key: bytes, body: bytes) -> None:
         name = key.decode()
-        tmp = f"{self.storage}/tmp/{name}.{next(_NAMES)}"
+        tmp = f"{self.storage}/tmp/{name}.{_PROCESS}{next(_NAMES)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, body)
@@ -92,7 +97,8 @@ class Floor(asyncio.Protocol):
         finally:
             os.close(fd)
             os.unlink(tmp)
-        self.index.add(key)
+        if self.index is not None:
+            self.index.add(key)
         if len(body) <= 64 << 10 and len(self.memory) < _MEMORY_ENTRIES:
             self.memory[key] = body
         self.answer(b"200 OK", b"", b"")
@@ -100,7 +106,7 @@ class Floor(asyncio.Protocol):
     def get(self, key: bytes) -> None:
         body = self.memory.get(key)
         if body is None:
-            if key not in self.index:
+            if self.index is not None and key not in self.index:
                 self.answer(b"404 Not Found", b"", b"")
                 return
             try:
@@ -120,14 +126,17 @@ class Floor(asyncio.Protocol):
                              + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
-async def serve(port: int, storage: str, token: str) -> None:
-    for sub in ("tmp", "e"):
-        os.makedirs(os.path.join(storage, sub), exist_ok=True)
+async def serve(port: int, storage: str, token: str, alone: bool) -> None:
+    global _PROCESS
+    _PROCESS = f"{os.getpid()}."
     loop = asyncio.get_running_loop()
     memory: dict[bytes, bytes] = {}
-    index: set[bytes] = set()  # what it stored since it started: a miss needs no look on disk
+    # What it stored since it started, so that a miss needs no look on disk; only when no other
+    # process stores beside it.
+    index: set[bytes] | None = set() if alone else None
     bearer = b"Bearer " + token.encode()
-    server = await loop.create_server(lambda: Floor(storage, bearer, memory, index), "127.0.0.1", port)
+    server = await loop.create_server(lambda: Floor(storage, bearer, memory, index), "127.0.0.1", port,
+                                      reuse_port=not alone)
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
     await stop
@@ -139,8 +148,28 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--storage", required=True)
     parser.add_argument("--token", required=True)
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.storage, args.token))
+    for sub in ("tmp", "e"):
+        os.makedirs(os.path.join(args.storage, sub), exist_ok=True)
+    if args.processes == 1:
+        uvloop.run(serve(args.port, args.storage, args.token, alone=True))
+        return
+    children = []
+    for _ in range(args.processes):
+        pid = os.fork()
+        if pid == 0:
+            uvloop.run(serve(args.port, args.storage, args.token, alone=False))
+            os._exit(0)
+        children.append(pid)
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(pid, signal.SIGTERM) for pid in children])
+    for pid in children:
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import cachebench  # noqa: E402
 TOKEN = cachebench.TOKEN
 
 
-@pytest.fixture
-def floor(tmp_path):
-    server = cachebench.start_floor(tmp_path)  # as the bench starts it
+@pytest.fixture(params=sorted(cachebench.FLOOR_PROCESSES))
+def floor(tmp_path, request):
+    server = cachebench.start_floor(tmp_path, request.param)  # as the bench starts it
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     yield conn, server.store
     conn.close()
@@ -54,6 +54,27 @@ def test_floor_answers_the_cache_api_on_one_keep_alive_connection(floor):
     assert ask(conn, "GET", "a.b")[0] == 400
     assert sorted(p.name for p in (store / "e").iterdir()) == ["abc", "big"]
     assert list((store / "tmp").iterdir()) == []
+
+
+def test_two_process_floor_finds_what_its_sibling_stored(tmp_path):
+    server = cachebench.start_floor(tmp_path, "py-floor-2proc")
+    try:
+        assert len(server.worker_pids()) == 2
+        body = os.urandom(4096)
+        # New connections spread over both processes (SO_REUSEPORT hashes the client port), so
+        # some of these GETs land on the process that did not store the key: still a hit.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        assert ask(conn, "PUT", "shared", body)[0] == 200
+        conn.close()
+        for _ in range(16):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            assert ask(conn, "GET", "shared")[::2] == (200, body)
+            assert ask(conn, "PUT", "shared", body)[0] == 409
+            assert ask(conn, "GET", "absent")[0] == 404
+            conn.close()
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
 
 
 def test_inprocess_bench_measures_every_operation_for_both():
