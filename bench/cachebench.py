@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,6 +336,27 @@ def mount_tmpfs(base: Path) -> bool:
     return True
 
 
+def go_ratio(op: str, size: str, conc: int) -> float:
+    """The Go peer's ratio to nginx in research/perf.md for one cell; NaN where it has none."""
+    if op == "MISS":
+        return GO_MISS_RATIO.get((size, conc), math.nan)
+    return GO_RATIO.get((size, conc), (math.nan, math.nan))[0 if op == "PUT" else 1]
+
+
+def above_the_floor(ratio: Callable[[str, str, str, int], float], floors: list[str], concs: list[int]) -> list[str]:
+    """The 4 KiB cells whose Go ratio is above every py-floor's ratio in this run, as
+    "PUT c32: Go 1.18, py-floor 1.04, py-floor-2proc 1.07": cells that no server written on this
+    stack reaches on this host, since the floor does nothing but the protocol."""
+    found = []
+    for op in ("GET", "PUT", "MISS"):
+        for conc in concs:
+            go = go_ratio(op, "4k", conc)
+            reached = {name: ratio(name, op, "4k", conc) for name in floors}
+            if reached and not math.isnan(go) and all(go > r for r in reached.values()):
+                found.append(f"{op} c{conc}: Go {go:.2f}, " + ", ".join(f"{n} {r:.2f}" for n, r in reached.items()))
+    return found
+
+
 def geomean(values: list[float]) -> float:
     values = [v for v in values if v > 0 and not math.isnan(v)]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
@@ -437,17 +459,21 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
                     if op != "MISS":  # perf.md's geomeans are over GET and PUT cells
                         ratios[n][op].append(ratio)
                     parts.append(f"{rps:,.0f} | {med(n, op, size, conc, 'p99_ms'):.2f} | {ratio:.2f}")
-                if op == "MISS":
-                    go = GO_MISS_RATIO.get((size, conc), math.nan)
-                else:
-                    go = GO_RATIO.get((size, conc), (math.nan, math.nan))[0 if op == "PUT" else 1]
-                print(row + " | ".join(parts) + f" | {go:.2f} |")
+                print(row + " | ".join(parts) + f" | {go_ratio(op, size, conc):.2f} |")
     print()
     for n in others:
         if n in FLOOR_PROCESSES:
             continue  # 4 KiB cells only: no geomean comparable to perf.md's
         print(f"{n}: geomean x nginx  GET {geomean(ratios[n]['GET']):.2f} (Go {GO_GEOMEAN['GET']:.2f})"
               f"  PUT {geomean(ratios[n]['PUT']):.2f} (Go {GO_GEOMEAN['PUT']:.2f})")
+    floors = [n for n in others if n in FLOOR_PROCESSES]
+    if "4k" in sizes and floors:
+        def ratio(name: str, op: str, size: str, conc: int) -> float:
+            return med(name, op, size, conc, "rps") / med("nginx", op, size, conc, "rps")
+
+        above = above_the_floor(ratio, floors, concs)
+        print("\n4 KiB cells where the Go peer's ratio is above the bare stack's in this run: "
+              + ("; ".join(above) if above else "none"))
     if "4k" in sizes:
         # Less sensitive to a noisy host than req/s: what one request costs the server processes.
         print("\nServer CPU microseconds per request, 4 KiB (median; utime+stime at 10 ms ticks):")

@@ -101,3 +101,20 @@ def test_inprocess_opcode_count_is_steady_from_run_to_run():
     for (op, ours, bare), (_, ours_again, bare_again) in zip(first, counts()):
         assert abs(int(ours_again) - int(ours)) <= int(ours) * 0.02, op
         assert abs(int(bare_again) - int(bare)) <= int(bare) * 0.02, op
+
+
+def test_bench_names_the_cells_whose_go_ratio_is_above_the_bare_stack(capsys):
+    def at(ratio: float) -> list[cachebench.Cell]:
+        return [cachebench.Cell(server=name, op=op, size="4k", conc=conc, rps=rps, mbps=0.0, p99_ms=1.0, errors=0,
+                                cpu_s_per_gb=None, rss_growth_mb=0.0, cpu_us_per_request=10.0)
+                for op in ("GET", "PUT", "MISS") for conc in (1, 8, 32)
+                for name, rps in (("nginx", 1000.0), ("py-floor", 1000.0 * ratio), ("nxcache", 500.0))]
+
+    cachebench.report(at(1.0), ["nginx", "nxcache", "py-floor"], ["4k"], [1, 8, 32])
+    assert "above the bare stack's in this run: PUT c32: Go 1.18, py-floor 1.00\n" in capsys.readouterr().out
+    cachebench.report(at(0.93), ["nginx", "nxcache", "py-floor"], ["4k"], [1, 8, 32])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "above the bare stack" in x)
+    assert line.split(": ", 1)[1].split("; ") == [
+        "GET c8: Go 0.95, py-floor 0.93", "PUT c8: Go 0.97, py-floor 0.93", "PUT c32: Go 1.18, py-floor 0.93"]
+    cachebench.report(at(1.2), ["nginx", "nxcache", "py-floor"], ["4k"], [1, 8, 32])
+    assert "above the bare stack's in this run: none" in capsys.readouterr().out
