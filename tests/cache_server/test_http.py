@@ -112,6 +112,27 @@ def test_head_and_unknown_methods(server):
     assert server.request("GET", "/nope", token=None)[0] == 404
 
 
+def test_head_refusals_carry_no_body_so_the_next_answer_on_the_connection_is_intact(server):
+    """Each HEAD is followed on the connection by a GET; the GET's answer must begin where the
+    HEAD answer's head ends (a body there would be read as the next answer's status line)."""
+    server.request("PUT", "7", b"seven")
+    get = f"GET /v1/cache/7 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITE_TOKEN}\r\n\r\n".encode()
+    for path, token, status in (("/v1/cache/7", "wrong", 401), ("/v1/cache/a.b", WRITE_TOKEN, 400),
+                                ("/nope", None, 404)):
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        sock = server.raw_socket()
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode() + get)
+        data = b""
+        while not data.endswith(b"seven"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        sock.close()
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 %d " % status) and b"Content-Length: " in head
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest
+
+
 def test_client_disconnect_mid_upload_leaves_no_entry(server):
     sock = server.raw_socket()
     sock.sendall(put_headers("31", 4 * MiB) + os.urandom(MiB))

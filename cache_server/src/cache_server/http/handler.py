@@ -46,8 +46,9 @@ def _text(conn: Connection, ex: Exchange, status: int, message: str, *, close: b
     body = message.encode()
     ex.status = status
     # Exactly "text/plain": Nx rejects a 401 whose type carries a charset.
-    conn.respond(ex, status_head(status) + b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body),
-                 body, close=close)
+    head = status_head(status) + b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+    # A HEAD answer has no body: the client reads the next answer where this one's would start.
+    conn.respond(ex, head, b"" if ex.method == "HEAD" else body, close=close)
 
 
 def _empty(conn: Connection, ex: Exchange, status: int) -> None:
