@@ -342,6 +342,38 @@ def test_malformed_or_oversized_requests_are_refused_and_closed(server, request_
     assert server.request("GET", "/health", token=None)[0] == 200
 
 
+def test_answers_due_before_a_bad_request_are_given_before_it_is_refused(server):
+    """A stored PUT (its fsync under way, on the flavours with fsync), a download of 3 MiB (by
+    sendfile) and a queued GET, then bytes that are no request, all in one write: the three are
+    answered in order, then the 400, then the server hangs up."""
+    big = os.urandom(3 * MiB)
+    assert server.request("PUT", "61", big)[0] == 200
+    auth = f"Authorization: Bearer {WRITE_TOKEN}\r\n"
+    sock = server.raw_socket()
+    sock.sendall(put_headers("62", 3) + b"abc"
+                 + f"GET /v1/cache/61 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+                 + f"GET /v1/cache/62 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+                 + b"NOT HTTP AT ALL\r\n\r\n")
+    answers = read_responses(sock, 4)
+    assert [status for status, _ in answers] == [200, 200, 200, 400]
+    assert answers[1][1] == big and answers[2][1] == b"abc"
+    while sock.recv(65536):
+        pass  # the server hangs up
+    sock.close()
+
+
+def test_bytes_after_a_request_with_connection_close_are_not_processed(server):
+    sock = server.raw_socket()
+    sock.sendall(put_headers("63", 3, extra="Connection: close\r\n") + b"abc"
+                 + put_headers("64", 3) + b"def")
+    answers = read_responses(sock, 1)
+    assert answers == [(200, b"")]
+    assert sock.recv(65536) == b""  # then closed, with nothing more said
+    sock.close()
+    assert server.request("GET", "63")[2] == b"abc"
+    assert server.request("GET", "64")[0] == 404
+
+
 def test_one_endless_header_is_refused_once_it_passes_the_head_limit(server):
     # The parser holds an unfinished header in memory: it must not grow until the head timeout.
     sock = server.raw_socket()

@@ -52,6 +52,14 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+class _Unread:
+    """Stands in for the parser once a request could not be parsed: later reads are dropped."""
+
+    @staticmethod
+    def feed_data(data: bytes | memoryview) -> None:
+        pass
+
+
 # Status line plus Date for every status, made again when the second changes: an answer's
 # head then starts with one dict lookup.
 _heads_second = -1
@@ -175,6 +183,7 @@ class Connection(asyncio.BufferedProtocol):
         self.task: asyncio.Task[None] | None = None
         self.held: bytes | bytearray | None = None  # answers not yet given to the transport (HttpServer.write_held)
         self.proven = Proven()  # the token this connection last proved (handler, auth.py)
+        self.refusal: tuple[int, str] | None = None  # for a bad request, once the answers before it are given
 
     @property
     def busy(self) -> bool:
@@ -417,6 +426,10 @@ class Connection(asyncio.BufferedProtocol):
     def _advance(self) -> None:
         while self.current is None and self.queue and not self.closing:
             self._start(self.queue.popleft())
+        if self.refusal is not None and self.current is None and not self.closing:
+            status, message = self.refusal
+            self.refusal = None
+            self._refuse(status, message)
         self._update_reading()
 
     def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
@@ -540,9 +553,21 @@ class Connection(asyncio.BufferedProtocol):
         self.close()
 
     def _refuse(self, status: int, message: str) -> None:
-        """A request we cannot parse: answer it if nothing else is on the wire, then hang up."""
+        """A request we cannot parse: answer it, then hang up. Requests before it that are still
+        being answered (a download, an fsync) and queued behind those are answered first; nothing
+        after it is read. (RFC 9112 9.6: bytes after a request with `Connection: close` are not
+        processed either; they end up here.)"""
         if self.current is not None and self.waiting:
-            self.abort()
+            self.parser = _Unread()  # type: ignore[assignment]
+            self.refusal = (status, message)
+            unfinished = self.parsing
+            self.parsing = None
+            if unfinished is not None:
+                if unfinished in self.queue:
+                    self.queue.remove(unfinished)  # its head was read, its body never will be
+                if unfinished.upload is not None:
+                    unfinished.upload.abort()
+                    unfinished.upload = None
             return
         ex = self.current or self.parsing or Exchange(time.perf_counter(), self.remote)
         self.parsing = None
