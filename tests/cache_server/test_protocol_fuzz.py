@@ -1,0 +1,324 @@
+"""Any stream of requests, cut into reads at any points, gets the answers a plain model of the
+cache API gives, in order, and leaves storage holding exactly what the model stored.
+
+Property-based (hypothesis): a stream is a run of well-formed requests (GET, HEAD, PUT, DELETE;
+good, read-only, wrong and missing tokens; valid and invalid keys; `Expect: 100-continue`;
+`Connection: close`; header names in any case; extra headers), then maybe one bad tail (random
+bytes, a PUT cut short, a chunked PUT, a PUT without Content-Length, a head over 64 KiB). The
+stream is fed to one in-process connection in reads cut at random points, as a real socket
+may deliver it, and the connection is then lost. Checked: every answer up to the tail is the
+model's (status, body, Content-Type of a 401, a HEAD answer without body bytes); the tail gets
+no 5xx; an answer that closes the connection is the last; no internal error; the entries on
+disk are the model's, read back through a fresh `DiskStorage` and clean under scrub; no upload
+file is left behind.
+
+Examples are derandomized so CI is repeatable; NXCACHE_FUZZ_EXAMPLES=5000 searches further,
+from a new random seed each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cache_server.accesslog import AccessLog
+from cache_server.auth import Scope, TokenStore, token_line
+from cache_server.http.handler import CacheHandler
+from cache_server.http.protocol import MAX_HEADER_BYTES, HttpServer
+from cache_server.loops import loop_factory
+from cache_server.metrics import Metrics
+from cache_server.storage.disk import INLINE_MAX, DiskStorage
+from cache_server.storage.syncer import BatchSyncer
+
+TOKENS = {"tok": Scope.READWRITE, "rot": Scope.READ}
+VALID_KEYS = ["k1", "k2", "K3", "9z"]
+INVALID_KEYS = ["a.b", "..", "x" * 129, "%2F", "k-1"]
+SEARCH = os.environ.get("NXCACHE_FUZZ_EXAMPLES")
+EXAMPLES = int(SEARCH or 300)
+
+
+@dataclass
+class Request:
+    method: str
+    key: str
+    token: str | None
+    body: bytes = b""
+    expect: bool = False
+    close: bool = False
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    lower_names: bool = False
+
+    def raw(self) -> bytes:
+        headers = [("Host", "cache:3333")]
+        if self.token is not None:
+            headers.append(("Authorization", f"Bearer {self.token}"))
+        if self.method == "PUT":
+            headers.append(("Content-Length", str(len(self.body))))
+            if self.expect:
+                headers.append(("Expect", "100-continue"))
+        if self.close:
+            headers.append(("Connection", "close"))
+        headers += self.extra
+        if self.lower_names:
+            headers = [(name.lower(), value) for name, value in headers]
+        head = f"{self.method} /v1/cache/{self.key} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+        return head.encode() + b"\r\n" + self.body
+
+
+@dataclass
+class Expected:
+    status: int
+    body: bytes | None = None  # checked when not None
+    closes: bool = False
+    continues: bool = False  # a 100 Continue comes first
+
+
+def model(req: Request, store: dict[str, bytes]) -> Expected:
+    """What the cache API answers, as README and the issue state it; stores a PUT's body in `store`."""
+    if req.method == "DELETE":
+        return Expected(405, closes=req.close)
+    authorized = req.token in TOKENS
+    valid = req.key in VALID_KEYS
+    if req.method in ("GET", "HEAD"):
+        if not authorized:
+            return Expected(401, closes=req.close)
+        if not valid:
+            return Expected(400, closes=req.close)
+        if req.key not in store:
+            return Expected(404, b"", closes=req.close)
+        return Expected(200, store[req.key], closes=req.close)
+    # PUT: refused before the body with Expect (and then the connection closes), after it without
+    if not authorized:
+        return Expected(401, closes=req.close or req.expect)
+    if TOKENS[req.token] is not Scope.READWRITE:  # type: ignore[index]
+        return Expected(403, closes=req.close or req.expect)
+    if not valid:
+        return Expected(400, closes=True)
+    if req.key in store:
+        return Expected(409, closes=req.close or req.expect)
+    store[req.key] = req.body
+    return Expected(200, b"", closes=req.close, continues=req.expect)
+
+
+# ------------------------------------------------------------------ strategies
+
+_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_.,;=/", max_size=30)
+_BODY = st.one_of(
+    st.binary(max_size=600),
+    st.builds(lambda size, byte: bytes([byte]) * size, st.integers(0, INLINE_MAX), st.integers(0, 255)),
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    method = draw(st.sampled_from(["GET", "GET", "PUT", "PUT", "PUT", "HEAD", "DELETE"]))
+    key = draw(st.sampled_from(VALID_KEYS) if draw(st.integers(0, 9)) else st.sampled_from(INVALID_KEYS))
+    token = draw(st.sampled_from(["tok", "tok", "tok", "rot", "wrong", None]))
+    return Request(
+        method=method, key=key, token=token,
+        body=draw(_BODY) if method == "PUT" else b"",
+        expect=method == "PUT" and draw(st.integers(0, 4)) == 0,
+        close=draw(st.integers(0, 19)) == 0,
+        extra=draw(st.lists(st.tuples(st.sampled_from(["X-Trace", "User-Agent", "Accept", "X-Nx-Pad"]), _VALUE),
+                            max_size=3)),
+        lower_names=draw(st.booleans()),
+    )
+
+
+def _put_head(key: str, *lines: str) -> bytes:
+    return (f"PUT /v1/cache/{key} HTTP/1.1\r\nHost: cache\r\nAuthorization: Bearer tok\r\n"
+            + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode()
+
+
+# (raw bytes, the one answer it must get, or None: any answer under 500, or none)
+TAILS = st.one_of(
+    st.just((b"", None)),
+    st.builds(lambda data: (data, None), st.binary(min_size=1, max_size=300)),
+    st.builds(lambda key, sent: (_put_head(key, f"Content-Length: {sent + 10}") + b"b" * sent, None),
+              st.sampled_from(["newkey1", "k1"]), st.integers(0, 2000)),
+    st.just((_put_head("newkey2", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n0\r\n\r\n", 411)),
+    st.just((_put_head("newkey3"), 411)),
+    st.just((b"GET /v1/cache/k1 HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 4096) + b"\r\n\r\n", 431)),
+)
+
+
+# ------------------------------------------------------------------ the wire
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+        self.paused = False  # a transport calls no data_received while reading is paused
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.sent += data
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_answer(sent: bytes, pos: int, head_only: bool) -> tuple[Answer, int]:
+    end = sent.index(b"\r\n\r\n", pos)
+    status_line, *lines = sent[pos:end].decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1.1 "), status_line
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        assert sep and name == name.strip(), f"bad header line {line!r}"
+        headers[name.lower()] = value.strip()
+    pos = end + 4
+    status = int(status_line.split(" ")[1])
+    if status == 100:
+        return Answer(status, headers, b""), pos
+    length = 0 if head_only else int(headers["content-length"])
+    assert len(sent) >= pos + length, "answer cut short"
+    return Answer(status, headers, bytes(sent[pos:pos + length])), pos + length
+
+
+async def _until(ready: Callable[[], bool], what: str) -> None:
+    """Run the loop (an fsync thread hands back on it) until `ready()`; fail after 10 s."""
+    for _ in range(10_000):
+        if ready():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"still waiting: {what}")
+
+
+def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> tuple[bytes, Metrics]:
+    """`stream` into one connection in reads ending at `cuts`; what was written back, and the metrics."""
+    async def scenario() -> tuple[bytes, Metrics]:
+        storage = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
+                              fsync=fsync, memory_cache_bytes=1 << 20)
+        syncer = BatchSyncer(asyncio.get_running_loop()) if fsync else None
+        metrics = Metrics(storage)
+        handler = CacheHandler(storage=storage, tokens=TokenStore(f"{root}/tokens"), metrics=metrics,
+                               access_log=AccessLog("off"), syncer=syncer)
+        server = HttpServer(handler, idle_timeout=60, body_timeout=30)
+        conn, _other = server(), server()  # two connections: answers are held, as under load
+        transport = _Transport()
+        conn.connection_made(transport)
+        _other.connection_made(_Transport())
+        start = 0
+        for cut in sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]:
+            await _until(lambda: not transport.paused or transport.closed, "reading to resume")
+            if transport.closed:
+                break
+            if start == cut:
+                continue  # an empty stream
+            conn.data_received(stream[start:cut])
+            server.write_held()
+            start = cut
+        await _until(lambda: transport.closed or not conn.waiting, "an fsync")
+        server.write_held()
+        conn.connection_lost(None)
+        _other.connection_lost(None)
+        if syncer is not None:
+            syncer.close()
+        storage.close()
+        return bytes(transport.sent), metrics
+
+    loop = loop_factory("uvloop")()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ the property
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=SEARCH is None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(reqs=st.lists(requests(), max_size=12), tail=TAILS, cuts=st.lists(st.integers(0, 1 << 17), max_size=20),
+       fsync=st.booleans())
+def test_any_stream_cut_anywhere_gets_the_models_answers_and_storage(reqs, tail, cuts, fsync):
+    tail_bytes, tail_status = tail
+    stream = b"".join(r.raw() for r in reqs) + tail_bytes
+    store: dict[str, bytes] = {}
+    expected: list[tuple[Request, Expected]] = []
+    for req in reqs:
+        expected.append((req, model(req, store)))
+        if expected[-1][1].closes:
+            break  # nothing after an answer that closes is read
+    reached_tail = not expected or not expected[-1][1].closes
+
+    with tempfile.TemporaryDirectory() as root:
+        with open(f"{root}/tokens", "w") as fh:
+            fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
+        sent, metrics = feed(root, stream, cuts, fsync)
+
+        pos = 0
+        for req, want in expected:
+            if want.continues:
+                interim, pos = read_answer(sent, pos, head_only=False)
+                assert interim.status == 100, (req, interim)
+            # A HEAD answer carries Content-Length but no body bytes, whatever its status.
+            answer, pos = read_answer(sent, pos, head_only=req.method == "HEAD")
+            assert answer.status == want.status, (req, want, answer)
+            if want.body is not None:
+                assert answer.body == (b"" if req.method == "HEAD" else want.body), req
+                assert int(answer.headers["content-length"]) == len(want.body), req
+            if answer.status == 401:
+                assert answer.headers["content-type"] == "text/plain"
+            assert (answer.headers.get("connection") == "close") == want.closes, (req, answer.headers)
+        rest = []
+        while pos < len(sent):
+            answer, pos = read_answer(sent, pos, head_only=False)
+            if answer.status != 100:
+                rest.append(answer)
+        if not reached_tail:
+            assert rest == []
+        elif tail_status is not None:
+            assert [a.status for a in rest] == [tail_status]
+            assert rest[0].headers.get("connection") == "close"
+        else:
+            assert all(a.status < 500 for a in rest), rest
+        assert metrics.rejected["internal_error"] == 0
+
+        assert os.listdir(f"{root}/s/tmp") == []
+        reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
+                               fsync=False)
+        try:
+            for key in VALID_KEYS + ["newkey1", "newkey2", "newkey3"]:
+                blob = reopened.get(key)
+                if key not in store:
+                    assert blob is None, key
+                    continue
+                assert blob is not None, key
+                try:
+                    body = blob.inline if blob.inline is not None else os.pread(blob.fd, blob.size, blob.offset)
+                finally:
+                    blob.close()
+                assert body == store[key], key
+            assert reopened.scrub().damaged == 0
+        finally:
+            reopened.close()
