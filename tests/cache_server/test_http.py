@@ -407,6 +407,22 @@ def test_client_that_half_closes_after_its_request_still_gets_the_answer(server)
     assert server.request("GET", "62")[2] == b"hello"
 
 
+def test_client_that_pipelines_then_half_closes_gets_every_answer(server):
+    """The PUT waits on its fsync (on the flavours with fsync) while the GETs queue behind it
+    and the client's EOF arrives: the connection closes after the last answer, not the first."""
+    auth = f"Authorization: Bearer {WRITE_TOKEN}\r\n"
+    sock = server.raw_socket()
+    sock.sendall(put_headers("65", 5) + b"hello"
+                 + f"GET /v1/cache/65 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+                 + f"GET /v1/cache/66 HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+    sock.shutdown(socket.SHUT_WR)
+    answers = read_responses(sock, 3)
+    assert [status for status, _ in answers] == [200, 200, 404]
+    assert answers[1][1] == b"hello"
+    assert sock.recv(65536) == b""
+    sock.close()
+
+
 def test_expect_100_continue(server):
     sock = server.raw_socket()
     sock.sendall(put_headers("35", 5, extra="Expect: 100-continue\r\n"))

@@ -448,10 +448,10 @@ class Connection(asyncio.BufferedProtocol):
         if ex is self.current:
             self.current = None
         if close:
-            if ex.complete:
-                self.close()
-            else:
-                self._linger()
+            # Lingering even after a whole request: a client may have sent more behind it (a
+            # pipelined request, bytes after `Connection: close`), and closing with those unread
+            # makes the kernel send a reset, which can destroy this answer before it is read.
+            self._linger()
         else:
             self.last_io = self.loop.time()
 
