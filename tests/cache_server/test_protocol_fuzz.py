@@ -54,6 +54,7 @@ class Request:
     close: bool = False
     extra: list[tuple[str, str]] = field(default_factory=list)
     lower_names: bool = False
+    path: str = "/v1/cache/{}"  # also as Nx spells it behind a URL with a trailing slash, or with a query
 
     def raw(self) -> bytes:
         headers = [("Host", "cache:3333")]
@@ -68,7 +69,7 @@ class Request:
         headers += self.extra
         if self.lower_names:
             headers = [(name.lower(), value) for name, value in headers]
-        head = f"{self.method} /v1/cache/{self.key} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+        head = f"{self.method} {self.path.format(self.key)} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
         return head.encode() + b"\r\n" + self.body
 
 
@@ -132,6 +133,7 @@ def requests(draw: st.DrawFn, big: bool = False) -> Request:
         extra=draw(st.lists(st.tuples(st.sampled_from(["X-Trace", "User-Agent", "Accept", "X-Nx-Pad"]), _VALUE),
                             max_size=3)),
         lower_names=draw(st.booleans()),
+        path=draw(st.sampled_from(["/v1/cache/{}"] * 6 + ["//v1/cache/{}", "/v1/cache/{}?t=1"])),
     )
 
 
