@@ -34,6 +34,7 @@ from cache_server.http.handler import CacheHandler
 from cache_server.http.protocol import MAX_HEADER_BYTES, HttpServer
 from cache_server.loops import loop_factory
 from cache_server.metrics import Metrics
+from cache_server.storage.base import StorageStats
 from cache_server.storage.disk import INLINE_MAX, DiskStorage
 from cache_server.storage.syncer import BatchSyncer
 
@@ -220,6 +221,13 @@ async def _until(ready: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"still waiting: {what}")
 
 
+@dataclass
+class Outcome:
+    sent: bytes  # all the server wrote back
+    metrics: Metrics
+    stats: StorageStats  # once every request was answered or lost
+
+
 def _make_server(root: str, fsync: bool) -> tuple[HttpServer, DiskStorage, BatchSyncer | None, Metrics]:
     """On the running loop: the server a worker makes (server.py), over storage in `root`."""
     storage = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
@@ -236,7 +244,7 @@ def _reads(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[start:end] for start, end in zip([0, *ends], ends) if start < end]
 
 
-def _run(scenario: Callable[[], Awaitable[tuple[bytes, Metrics]]]) -> tuple[bytes, Metrics]:
+def _run(scenario: Callable[[], Awaitable[Outcome]]) -> Outcome:
     loop = loop_factory("uvloop")()
     try:
         return loop.run_until_complete(scenario())
@@ -244,9 +252,9 @@ def _run(scenario: Callable[[], Awaitable[tuple[bytes, Metrics]]]) -> tuple[byte
         loop.close()
 
 
-def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> tuple[bytes, Metrics]:
+def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
     """`stream` into one in-process connection in reads ending at `cuts`; what was written back."""
-    async def scenario() -> tuple[bytes, Metrics]:
+    async def scenario() -> Outcome:
         server, storage, syncer, metrics = _make_server(root, fsync)
         conn, _other = server(), server()  # two connections: answers are held, as under load
         transport = _Transport()
@@ -264,16 +272,17 @@ def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> tuple[bytes,
         _other.connection_lost(None)
         if syncer is not None:
             syncer.close()
+        stats = storage.stats()
         storage.close()
-        return bytes(transport.sent), metrics
+        return Outcome(bytes(transport.sent), metrics, stats)
 
     return _run(scenario)
 
 
-def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> tuple[bytes, Metrics]:
+def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
     """`stream` over a real socket pair (the loop's own transport: flow control, sendfile), written
     in pieces ending at `cuts`, then half-closed; all that comes back until the server hangs up."""
-    async def scenario() -> tuple[bytes, Metrics]:
+    async def scenario() -> Outcome:
         loop = asyncio.get_running_loop()
         server, storage, syncer, metrics = _make_server(root, fsync)
         ours, theirs = socket.socketpair()
@@ -305,8 +314,9 @@ def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> tup
             await asyncio.sleep(0)
             if syncer is not None:
                 syncer.close()
+            stats = storage.stats()
             storage.close()
-        return bytes(received), metrics
+        return Outcome(bytes(received), metrics, stats)
 
     return _run(scenario)
 
@@ -352,12 +362,16 @@ def check_answers(sent: bytes, expected: list[tuple[Request, Expected]], reached
         assert all(a.status < 500 for a in rest), rest
 
 
-def check_storage(root: str, store: dict[str, bytes]) -> None:
-    """No upload file is left, and a fresh look at the directory finds the model's entries, whole."""
+def check_storage(root: str, store: dict[str, bytes], live: StorageStats) -> None:
+    """No upload file or reservation is left, a fresh look at the directory finds the model's
+    entries, whole, and the server's own count of entries and bytes agrees with that look."""
     assert os.listdir(f"{root}/s/tmp") == []
+    assert live.reserved_bytes == 0
     reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
                            fsync=False)
     try:
+        found = reopened.stats()
+        assert (live.entries, live.bytes) == (found.entries, found.bytes) and live.entries == len(store)
         for key in VALID_KEYS + ["newkey1", "newkey2", "newkey3"]:
             blob = reopened.get(key)
             if key not in store:
@@ -374,17 +388,17 @@ def check_storage(root: str, store: dict[str, bytes]) -> None:
         reopened.close()
 
 
-def check_stream(deliver: Callable[[str, bytes, list[int], bool], tuple[bytes, Metrics]], reqs: list[Request],
+def check_stream(deliver: Callable[[str, bytes, list[int], bool], Outcome], reqs: list[Request],
                  tail: tuple[bytes, int | None], cuts: list[int], fsync: bool) -> None:
     tail_bytes, tail_status = tail
     store, expected, reached_tail = expectations(reqs)
     with tempfile.TemporaryDirectory() as root:
         with open(f"{root}/tokens", "w") as fh:
             fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
-        sent, metrics = deliver(root, b"".join(r.raw() for r in reqs) + tail_bytes, cuts, fsync)
-        check_answers(sent, expected, reached_tail, tail_status)
-        assert metrics.rejected["internal_error"] == 0
-        check_storage(root, store)
+        outcome = deliver(root, b"".join(r.raw() for r in reqs) + tail_bytes, cuts, fsync)
+        check_answers(outcome.sent, expected, reached_tail, tail_status)
+        assert outcome.metrics.rejected["internal_error"] == 0
+        check_storage(root, store, outcome.stats)
 
 
 # ------------------------------------------------------------------ the properties
