@@ -425,3 +425,114 @@ def test_an_answer_that_closes_is_not_reset_by_bytes_sent_behind_it():
     it, and the client's read of the answer fails. The server lingers instead."""
     first = Request("GET", "k1", "tok", close=True)
     check_stream(over_a_socket, [first, Request("GET", "k2", "tok")], (b"", None), [len(first.raw())], False)
+
+
+# ------------------------------------------------------------ several connections at once
+
+def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]],
+                fsync: bool) -> tuple[list[bytes], Outcome]:
+    """Each stream into its own in-process connection, `schedule` saying whose next piece arrives
+    next and how long it is (a connection whose reading is paused waits its turn); then the rest of
+    each, in turn. What each connection got back, and the outcome."""
+    async def scenario() -> tuple[list[bytes], Outcome]:
+        server, storage, syncer, metrics = _make_server(root, fsync)
+        conns = [(server(), _Transport()) for _ in streams]
+        for conn, transport in conns:
+            conn.connection_made(transport)
+        offsets = [0] * len(streams)
+        order = [(index % len(streams), size) for index, size in schedule]
+        order += [(index, 1 << 30) for index in range(len(streams))]
+        while order:
+            index, size = order.pop(0)
+            conn, transport = conns[index]
+            if transport.closed or offsets[index] >= len(streams[index]):
+                continue
+            if transport.paused:
+                if not any(not t.paused and not t.closed for _, t in conns):
+                    await _until(lambda: not transport.paused or transport.closed, "reading to resume")
+                order.append((index, size))
+                await asyncio.sleep(0)
+                continue
+            piece = streams[index][offsets[index]:offsets[index] + size]
+            offsets[index] += len(piece)
+            conn.data_received(piece)
+            server.write_held()
+            if offsets[index] < len(streams[index]) and size >= 1 << 30:
+                order.append((index, size))  # paused on the way: the rest comes later
+            await asyncio.sleep(0)
+        await _until(lambda: all(t.closed or not c.waiting for c, t in conns), "an fsync")
+        server.write_held()
+        for conn, _ in conns:
+            conn.connection_lost(None)
+        if syncer is not None:
+            syncer.close()
+        stats = storage.stats()
+        storage.close()
+        return [bytes(t.sent) for _, t in conns], Outcome(b"", metrics, stats)
+
+    loop = loop_factory("uvloop")()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def winners_of(sent: bytes, reqs: list[Request], final: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """Check one connection's answers against the model with each key either absent or holding
+    what storage holds at the end (other connections may have stored it at any moment); return
+    the (key, body) of each PUT answered 200."""
+    pos = 0
+    winners = []
+    for req in reqs:
+        candidates = [model(req, {}), model(req, {req.key: final.get(req.key, b"\0not stored")})]
+        if req.method == "PUT" and req.expect and candidates[0].status == 200:
+            # Absent when its head arrived (so 100 Continue), stored by another before its commit
+            candidates.append(Expected(409, closes=req.close, continues=True))
+        continued = sent.startswith(b"HTTP/1.1 100 ", pos)
+        if continued:
+            _, pos = read_answer(sent, pos, head_only=False)
+        answer, pos = read_answer(sent, pos, head_only=req.method == "HEAD")
+        closes = answer.headers.get("connection") == "close"
+
+        def matches(want: Expected) -> bool:
+            body_ok = want.body is None or answer.body == (b"" if req.method == "HEAD" else want.body)
+            return (answer.status, closes, continued) == (want.status, want.closes, want.continues) and body_ok
+
+        assert any(matches(want) for want in candidates), f"{req}\n got {answer}\n want one of {candidates}"
+        if req.method == "PUT" and answer.status == 200:
+            winners.append((req.key, req.body))
+        if closes:
+            break
+    assert pos == len(sent), "answers after the connection closed"
+    return winners
+
+
+@settings(_SETTINGS, max_examples=max(EXAMPLES // 3, 1))
+@given(lists=st.lists(st.lists(requests(), max_size=6), min_size=2, max_size=3),
+       schedule=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3000)), max_size=40), fsync=st.booleans())
+def test_connections_interleaved_agree_on_one_stored_body_per_key(lists, schedule, fsync):
+    """Several connections PUT and GET the same few keys, their bytes interleaved: each key is
+    stored by exactly one PUT answered 200 (the rest get 409), never a mix, and every GET that
+    hits returns that body."""
+    with tempfile.TemporaryDirectory() as root:
+        with open(f"{root}/tokens", "w") as fh:
+            fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
+        sent, outcome = interleaved(root, [b"".join(r.raw() for r in reqs) for reqs in lists], schedule, fsync)
+        assert outcome.metrics.rejected["internal_error"] == 0
+        final = {}
+        reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
+                               fsync=False)
+        try:
+            for key in VALID_KEYS:
+                blob = reopened.get(key)
+                if blob is not None:
+                    try:
+                        final[key] = blob.inline if blob.inline is not None else os.pread(blob.fd, blob.size, 0)
+                    finally:
+                        blob.close()
+        finally:
+            reopened.close()
+        winners = [w for got, reqs in zip(sent, lists) for w in winners_of(got, reqs, final)]
+        assert sorted(key for key, _ in winners) == sorted(final), "a key stored without one PUT answered 200"
+        assert all(final[key] == body for key, body in winners)
+        check_storage(root, final, outcome.stats)
