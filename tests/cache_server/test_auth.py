@@ -1,6 +1,9 @@
 import hashlib
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_server.auth import Proven, Scope, TokenFileError, TokenStore, hash_token, parse_tokens, token_line
 
@@ -88,3 +91,34 @@ def test_a_connection_remembers_only_the_header_it_proved_against_the_current_ta
 def test_unreadable_file_is_a_clear_error(tmp_path):
     with pytest.raises(TokenFileError, match="No such file"):
         TokenStore(str(tmp_path / "missing"))
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=200)
+_NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,20}", fullmatch=True)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(lines=st.lists(st.one_of(_TEXT, st.builds(lambda name, scope, token: token_line(name, scope, token).strip(),
+                                                     _NAMES, st.sampled_from(list(Scope)), _TEXT)), max_size=8))
+def test_any_tokens_file_loads_or_is_refused_naming_its_line(lines):
+    text = "\n".join(lines)
+    try:
+        table = parse_tokens(text, "tokens")
+    except TokenFileError as exc:
+        assert re.match(r"tokens:\d+: ", str(exc)), str(exc)
+        return
+    for digest, identity in table.items():
+        assert len(digest) == 32 and identity.scope in Scope
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(header=st.one_of(st.binary(max_size=80), st.builds(lambda tail: b"Bearer " + tail, st.binary(max_size=80))))
+def test_any_authorization_header_is_refused_unless_it_carries_the_token(tmp_path_factory, header):
+    path = tmp_path_factory.mktemp("tokens") / "tokens"
+    path.write_text(token_line("agent", Scope.READWRITE, "the-token"))
+    store = TokenStore(str(path))
+    proven = Proven()
+    identity = store.authenticate(header, proven)
+    assert identity is None or header[7:].strip() == b"the-token"
+    assert store.authenticate(b"Bearer the-token", proven) is not None
+    assert store.authenticate(header, proven) == identity  # what the connection remembers changes nothing
