@@ -5,12 +5,16 @@ Property-based (hypothesis): a stream is a run of well-formed requests (GET, HEA
 good, read-only, wrong and missing tokens; valid and invalid keys; `Expect: 100-continue`;
 `Connection: close`; header names in any case; extra headers), then maybe one bad tail (random
 bytes, a PUT cut short, a chunked PUT, a PUT without Content-Length, a head over 64 KiB). The
-stream is fed to one in-process connection in reads cut at random points, as a real socket
-may deliver it, and the connection is then lost. Checked: every answer up to the tail is the
-model's (status, body, Content-Type of a 401, a HEAD answer without body bytes); the tail gets
-no 5xx; an answer that closes the connection is the last; no internal error; the entries on
-disk are the model's, read back through a fresh `DiskStorage` and clean under scrub; no upload
-file is left behind.
+stream is cut into reads at random points, as a socket may deliver it, and fed with and
+without the fsync thread to one in-process connection, and again over a real socket pair
+(the loop's transport: flow control, sendfile past 64 KiB). Checked: every answer up to the
+tail is the model's (status, body, Content-Type of a 401, a HEAD answer without body bytes);
+the tail gets no 5xx; an answer that closes the connection is the last; no internal error;
+no upload file or reservation is left; the entries on disk are the model's, read back through
+a fresh `DiskStorage`, clean under scrub, and counted as the server counted them.
+
+Then several connections at once, their pieces interleaved at random: one stored body per key,
+from the one PUT answered 200.
 
 Examples are derandomized so CI is repeatable; NXCACHE_FUZZ_EXAMPLES=5000 searches further,
 from a new random seed each run.
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -362,30 +366,39 @@ def check_answers(sent: bytes, expected: list[tuple[Request, Expected]], reached
         assert all(a.status < 500 for a in rest), rest
 
 
+def write_tokens(root: str) -> None:
+    with open(f"{root}/tokens", "w") as fh:
+        fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
+
+
+def stored(root: str) -> tuple[dict[str, bytes], StorageStats]:
+    """What a fresh `DiskStorage` over the directory finds: each key's body, and its counts.
+    Scrub must find nothing damaged."""
+    reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
+                           fsync=False)
+    try:
+        found = {}
+        for key in VALID_KEYS + ["newkey1", "newkey2", "newkey3"]:
+            blob = reopened.get(key)
+            if blob is not None:
+                try:
+                    found[key] = blob.inline if blob.inline is not None else os.pread(blob.fd, blob.size, blob.offset)
+                finally:
+                    blob.close()
+        assert reopened.scrub().damaged == 0
+        return found, reopened.stats()
+    finally:
+        reopened.close()
+
+
 def check_storage(root: str, store: dict[str, bytes], live: StorageStats) -> None:
     """No upload file or reservation is left, a fresh look at the directory finds the model's
     entries, whole, and the server's own count of entries and bytes agrees with that look."""
     assert os.listdir(f"{root}/s/tmp") == []
     assert live.reserved_bytes == 0
-    reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
-                           fsync=False)
-    try:
-        found = reopened.stats()
-        assert (live.entries, live.bytes) == (found.entries, found.bytes) and live.entries == len(store)
-        for key in VALID_KEYS + ["newkey1", "newkey2", "newkey3"]:
-            blob = reopened.get(key)
-            if key not in store:
-                assert blob is None, key
-                continue
-            assert blob is not None, key
-            try:
-                body = blob.inline if blob.inline is not None else os.pread(blob.fd, blob.size, blob.offset)
-            finally:
-                blob.close()
-            assert body == store[key], key
-        assert reopened.scrub().damaged == 0
-    finally:
-        reopened.close()
+    found, counts = stored(root)
+    assert found == store and counts.entries == len(store)  # and nothing under another name
+    assert (live.entries, live.bytes) == (counts.entries, counts.bytes)
 
 
 def check_stream(deliver: Callable[[str, bytes, list[int], bool], Outcome], reqs: list[Request],
@@ -393,8 +406,7 @@ def check_stream(deliver: Callable[[str, bytes, list[int], bool], Outcome], reqs
     tail_bytes, tail_status = tail
     store, expected, reached_tail = expectations(reqs)
     with tempfile.TemporaryDirectory() as root:
-        with open(f"{root}/tokens", "w") as fh:
-            fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
+        write_tokens(root)
         outcome = deliver(root, b"".join(r.raw() for r in reqs) + tail_bytes, cuts, fsync)
         check_answers(outcome.sent, expected, reached_tail, tail_status)
         assert outcome.metrics.rejected["internal_error"] == 0
@@ -515,23 +527,10 @@ def test_connections_interleaved_agree_on_one_stored_body_per_key(lists, schedul
     stored by exactly one PUT answered 200 (the rest get 409), never a mix, and every GET that
     hits returns that body."""
     with tempfile.TemporaryDirectory() as root:
-        with open(f"{root}/tokens", "w") as fh:
-            fh.write("".join(token_line(f"t-{t}", scope, t) for t, scope in TOKENS.items()))
+        write_tokens(root)
         sent, outcome = interleaved(root, [b"".join(r.raw() for r in reqs) for reqs in lists], schedule, fsync)
         assert outcome.metrics.rejected["internal_error"] == 0
-        final = {}
-        reopened = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
-                               fsync=False)
-        try:
-            for key in VALID_KEYS:
-                blob = reopened.get(key)
-                if blob is not None:
-                    try:
-                        final[key] = blob.inline if blob.inline is not None else os.pread(blob.fd, blob.size, 0)
-                    finally:
-                        blob.close()
-        finally:
-            reopened.close()
+        final, _ = stored(root)
         winners = [w for got, reqs in zip(sent, lists) for w in winners_of(got, reqs, final)]
         assert sorted(key for key, _ in winners) == sorted(final), "a key stored without one PUT answered 200"
         assert all(final[key] == body for key, body in winners)
