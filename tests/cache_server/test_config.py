@@ -1,6 +1,8 @@
 import argparse
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_server.config import ConfigError, Settings, parse_bind, parse_size
 
@@ -58,3 +60,51 @@ def test_event_loop_from_flag_or_environment(monkeypatch):
 def test_artifact_limit_above_total_is_refused():
     with pytest.raises(ConfigError, match="--max-artifact-size .* larger than --max-size"):
         _settings("--max-size", "1GiB", "--max-artifact-size", "2GiB")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--body-timeout", "nan"], "--body-timeout must be a positive number of seconds"),
+    (["--idle-timeout", "inf"], "--idle-timeout must be a positive number of seconds"),
+    (["--drain-timeout", "-1"], "--drain-timeout must be a positive number of seconds"),
+    (["--scrub-interval", "nan"], "--scrub-interval must be 0"),
+    (["--max-size", "9" * 400 + "TiB"], "--max-size: .* is larger than 1 EiB"),
+])
+def test_numbers_that_would_never_fire_or_overflow_are_refused(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        _settings(*argv)
+
+
+_FLAG_VALUES = {
+    "--bind": st.one_of(st.just("127.0.0.1:3333"), st.text(max_size=30)),
+    "--max-size": st.one_of(st.just("50GiB"), st.text(max_size=30),
+                         st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**420),
+                                   st.sampled_from(["", "KiB", "GiB", "TiB", "MB"]))),
+    "--max-artifact-size": st.one_of(st.just("1GiB"), st.text(max_size=30)),
+    "--memory-cache": st.text(max_size=30),
+    "--scrub-rate": st.text(max_size=30),
+    "--body-timeout": st.one_of(st.text(max_size=10), st.sampled_from(["nan", "inf", "-inf", "0", "1e308", "30"])),
+    "--scrub-interval": st.one_of(st.text(max_size=10), st.sampled_from(["nan", "inf", "0", "86400"])),
+    "--url-prefix": st.text(max_size=30),
+    "--workers": st.text(max_size=10),
+    "--event-loop": st.text(max_size=10),
+}
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(_FLAG_VALUES)), st.just(None), max_size=5).flatmap(
+    lambda flags: st.fixed_dictionaries({flag: _FLAG_VALUES[flag] for flag in flags})))
+def test_any_flag_values_give_settings_or_one_clear_line(flags):
+    """Bad values end in a ConfigError naming the flag (cli.py prints it as one line, exit 2), or
+    in argparse's own usage error (also exit 2); never in a traceback."""
+    argv = [item for flag, value in flags.items() for item in (flag, value) if "\x00" not in value]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    Settings.register_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return  # argparse's refusal: a usage line and exit 2
+    try:
+        Settings.from_args(args)
+    except ConfigError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.startswith("--"), text

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)", re.IGNORECASE)
 _UNITS = {
@@ -19,6 +21,7 @@ _UNITS = {
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }  # fmt: skip
+_MAX_SIZE = 1 << 60  # an exbibyte: anything larger is a typo, and would not fit the index's integers
 
 
 class ConfigError(Exception):
@@ -30,7 +33,10 @@ def parse_size(text: str, flag: str) -> int:
     unit = match and match[2].lower()
     if not match or unit not in _UNITS:
         raise ConfigError(f"{flag}: {text!r} is not a size (examples: 50GiB, 512MiB, 1000000)")
-    return int(float(match[1]) * _UNITS[unit])
+    size = int(Fraction(match[1]) * _UNITS[unit])  # exact: a float would overflow on a long number
+    if size > _MAX_SIZE:
+        raise ConfigError(f"{flag}: {text[:40]!r} is larger than 1 EiB")
+    return size
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -166,11 +172,12 @@ class Settings:
         max_artifact = parse_size(args.max_artifact_size, "--max-artifact-size")
         if max_artifact > max_size:
             raise ConfigError(f"--max-artifact-size ({args.max_artifact_size}) is larger than --max-size ({args.max_size})")
+        # float() takes "nan" and "inf"; a NaN timeout never fires, so both are refused here.
         for flag in ("body_timeout", "idle_timeout", "drain_timeout"):
-            if getattr(args, flag) <= 0:
-                raise ConfigError(f"--{flag.replace('_', '-')} must be positive")
-        if args.scrub_interval < 0:
-            raise ConfigError("--scrub-interval must be 0 (off) or positive")
+            if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
+                raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
+        if not (math.isfinite(args.scrub_interval) and args.scrub_interval >= 0):
+            raise ConfigError("--scrub-interval must be 0 (off) or a positive number of seconds")
         prefix = args.url_prefix.strip("/")
         if prefix and not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", prefix):
             raise ConfigError(f"--url-prefix: {args.url_prefix!r} may contain letters, digits, . _ ~ - and /")
