@@ -2,6 +2,9 @@
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cache_server.accesslog import AccessLog
 
 KEYS = ["ts", "remote", "method", "route", "key", "status", "ms", "token", "bytes_in", "bytes_out"]
@@ -29,3 +32,19 @@ def test_every_kind_of_record_is_one_json_line_with_the_same_keys(tmp_path):
             "remote": remote, "method": method, "route": route, "key": key, "status": status,
             "ms": round(ms, 3), "token": token, "bytes_in": bytes_in, "bytes_out": bytes_out}
         assert got.get("reason") == reason
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(reasons=st.lists(st.one_of(st.none(), st.text(max_size=60), st.text('ab "\\\n\t/', max_size=20)),
+                       min_size=1, max_size=20))
+def test_any_reason_text_stays_inside_its_own_json_line(tmp_path_factory, reasons):
+    """`reason` is the one free-text field (an OS error, a parser's complaint): quotes, backslashes,
+    newlines and control characters in it must not break or split the line."""
+    path = tmp_path_factory.mktemp("log") / "access.log"
+    log = AccessLog(str(path))
+    for reason in reasons:
+        log.write("127.0.0.1", "PUT", "cache", "k1", 403, 1.0, "agent", 3, 0, reason)
+    log.close()
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines.pop() == ""
+    assert [json.loads(line).get("reason") for line in lines] == reasons
