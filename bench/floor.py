@@ -162,14 +162,14 @@ def main() -> None:
             uvloop.run(serve(args.port, args.storage, args.token, alone=False))
             os._exit(0)
         children.append(pid)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(pid, signal.SIGTERM) for pid in children])
+
+    def stop_children(signum: int, frame: object) -> None:
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_children)
     for pid in children:
-        while True:
-            try:
-                os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        os.waitpid(pid, 0)  # resumed after the handler (PEP 475)
 
 
 if __name__ == "__main__":
