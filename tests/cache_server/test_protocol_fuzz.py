@@ -469,8 +469,6 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
             offsets[index] += len(piece)
             conn.data_received(piece)
             server.write_held()
-            if offsets[index] < len(streams[index]) and size >= 1 << 30:
-                order.append((index, size))  # paused on the way: the rest comes later
             await asyncio.sleep(0)
         await _until(lambda: all(t.closed or not c.waiting for c, t in conns), "an fsync")
         server.write_held()
@@ -480,7 +478,7 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
             syncer.close()
         stats = storage.stats()
         storage.close()
-        return [bytes(t.sent) for _, t in conns], Outcome(b"", metrics, stats)
+        return [bytes(t.sent) for _, t in conns], Outcome(b"", metrics, stats)  # sent: per connection, first
 
     loop = loop_factory("uvloop")()
     try:
