@@ -10,39 +10,10 @@ from cache_server.accesslog import AccessLog
 from cache_server.auth import Scope, TokenStore, token_line
 from cache_server.http.handler import CacheHandler
 from cache_server.http.protocol import HttpServer
-from cache_server.loops import loop_factory
 from cache_server.metrics import Metrics
 from cache_server.storage.disk import INLINE_MAX, DiskStorage
 
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = b""
-        self.writes = 0
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.sent += bytes(data)
-        self.writes += 1
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        pass
+from .in_process import RecordingTransport, run_on
 
 
 def _open_fds() -> int:
@@ -71,14 +42,6 @@ def make_handler(tmp_path):
         storage.close()
 
 
-def _run(kind: str, scenario) -> None:
-    loop = loop_factory(kind)()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-
-
 def _get(key: str, *extra: str) -> bytes:
     return (f"GET /v1/cache/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n" + "".join(extra) + "\r\n").encode()
 
@@ -91,7 +54,7 @@ def _answers(sent: bytes) -> list[bytes]:
 def _connect(server: HttpServer, count: int):
     pairs = []
     for _ in range(count):
-        conn, transport = server(), _Transport()
+        conn, transport = server(), RecordingTransport()
         conn.connection_made(transport)
         pairs.append((conn, transport))
     return pairs
@@ -105,7 +68,7 @@ def test_download_whose_client_leaves_in_the_same_loop_pass_closes_its_file_and_
 
     async def scenario() -> None:
         conn = HttpServer(handler, idle_timeout=60, body_timeout=30)()
-        conn.connection_made(_Transport())
+        conn.connection_made(RecordingTransport())
         before = _open_fds()
         conn.data_received(b"GET /v1/cache/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n")
         assert conn.task is not None and _open_fds() == before + 1  # the entry's file, for sendfile
@@ -115,7 +78,7 @@ def test_download_whose_client_leaves_in_the_same_loop_pass_closes_its_file_and_
         assert _open_fds() == before
         assert conn.task is None and conn.current is None
 
-    _run(kind, scenario)
+    run_on(kind, scenario)
     handler.access_log.flush()
     line = (tmp_path / "access.log").read_text().strip().splitlines()[-1]
     assert '"status":200' in line and "download aborted: client went away" in line
@@ -142,7 +105,7 @@ def test_answers_read_in_one_loop_pass_are_written_once_the_pass_has_read_every_
         await asyncio.sleep(0)
         assert t1.writes == 2 and _answers(t1.sent)[-1] == b"HTTP/1.1 200 OK"
 
-    _run(kind, scenario)
+    run_on(kind, scenario)
 
 
 def test_the_only_open_connection_is_answered_at_once(make_handler):
@@ -155,7 +118,7 @@ def test_the_only_open_connection_is_answered_at_once(make_handler):
         conn.data_received(_get("small"))
         assert _answers(transport.sent) == [b"HTTP/1.1 200 OK"]
 
-    _run("uvloop", scenario)
+    run_on("uvloop", scenario)
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
@@ -178,7 +141,7 @@ def test_a_held_answer_keeps_its_place_before_a_100_continue_and_before_a_hang_u
         assert _answers(t2.sent) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found"]
         assert b"Connection: close" in t2.sent.split(b"HTTP/1.1 404")[1]
 
-    _run(kind, scenario)
+    run_on(kind, scenario)
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
@@ -195,7 +158,7 @@ def test_a_held_answer_goes_out_before_the_head_of_a_sendfile_answer_behind_it(m
         first, second = transport.sent.split(b"HTTP/1.1 200 OK")[1:]
         assert first.endswith(b"x" * 1024) and b"Content-Length: %d" % (INLINE_MAX * 2) in second
 
-    _run(kind, scenario)
+    run_on(kind, scenario)
 
 
 def test_hundreds_of_pipelined_answers_go_out_whole_in_order_and_in_few_writes(make_handler):
@@ -210,7 +173,7 @@ def test_hundreds_of_pipelined_answers_go_out_whole_in_order_and_in_few_writes(m
         assert transport.sent.endswith(b"\r\n\r\n" + b"x" * 1024)  # the last answer's body, whole and last
         assert transport.writes <= len(transport.sent) // (64 << 10) + 1
 
-    _run("uvloop", scenario)
+    run_on("uvloop", scenario)
 
 
 def test_held_answers_go_to_the_transport_before_they_outgrow_the_hold_cap(make_handler):
@@ -229,4 +192,4 @@ def test_held_answers_go_to_the_transport_before_they_outgrow_the_hold_cap(make_
         await asyncio.sleep(0)
         assert transport.writes == 2 and len(_answers(transport.sent)) == 5
 
-    _run("uvloop", scenario)
+    run_on("uvloop", scenario)

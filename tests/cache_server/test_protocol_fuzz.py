@@ -26,7 +26,7 @@ import asyncio
 import os
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
@@ -36,11 +36,12 @@ from cache_server.accesslog import AccessLog
 from cache_server.auth import Scope, TokenStore, token_line
 from cache_server.http.handler import CacheHandler
 from cache_server.http.protocol import MAX_HEADER_BYTES, HttpServer
-from cache_server.loops import loop_factory
 from cache_server.metrics import Metrics
 from cache_server.storage.base import StorageStats
 from cache_server.storage.disk import INLINE_MAX, DiskStorage
 from cache_server.storage.syncer import BatchSyncer
+
+from .in_process import RecordingTransport, run_on
 
 TOKENS = {"tok": Scope.READWRITE, "rot": Scope.READ}
 VALID_KEYS = ["k1", "k2", "K3", "9z"]
@@ -161,36 +162,6 @@ TAILS = st.one_of(
 
 # ------------------------------------------------------------------ the wire
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = bytearray()
-        self.closed = False
-        self.paused = False  # a transport calls no data_received while reading is paused
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
-        self.sent += data
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
 @dataclass
 class Answer:
     status: int
@@ -248,22 +219,14 @@ def _reads(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[start:end] for start, end in zip([0, *ends], ends) if start < end]
 
 
-def _run(scenario: Callable[[], Awaitable[Outcome]]) -> Outcome:
-    loop = loop_factory("uvloop")()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-
-
 def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
     """`stream` into one in-process connection in reads ending at `cuts`; what was written back."""
     async def scenario() -> Outcome:
         server, storage, syncer, metrics = _make_server(root, fsync)
         conn, _other = server(), server()  # two connections: answers are held, as under load
-        transport = _Transport()
+        transport = RecordingTransport()
         conn.connection_made(transport)
-        _other.connection_made(_Transport())
+        _other.connection_made(RecordingTransport())
         for data in _reads(stream, cuts):
             await _until(lambda: not transport.paused or transport.closed, "reading to resume")
             if transport.closed:
@@ -280,7 +243,7 @@ def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
         storage.close()
         return Outcome(bytes(transport.sent), metrics, stats)
 
-    return _run(scenario)
+    return run_on("uvloop", scenario)
 
 
 def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
@@ -322,7 +285,7 @@ def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Out
             storage.close()
         return Outcome(bytes(received), metrics, stats)
 
-    return _run(scenario)
+    return run_on("uvloop", scenario)
 
 
 def expectations(reqs: list[Request]) -> tuple[dict[str, bytes], list[tuple[Request, Expected]], bool]:
@@ -448,7 +411,7 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
     each, in turn. What each connection got back, and the outcome."""
     async def scenario() -> tuple[list[bytes], Outcome]:
         server, storage, syncer, metrics = _make_server(root, fsync)
-        conns = [(server(), _Transport()) for _ in streams]
+        conns = [(server(), RecordingTransport()) for _ in streams]
         for conn, transport in conns:
             conn.connection_made(transport)
         offsets = [0] * len(streams)
@@ -480,11 +443,7 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
         storage.close()
         return [bytes(t.sent) for _, t in conns], Outcome(b"", metrics, stats)  # sent: per connection, first
 
-    loop = loop_factory("uvloop")()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    return run_on("uvloop", scenario)
 
 
 def winners_of(sent: bytes, reqs: list[Request], final: dict[str, bytes]) -> list[tuple[str, bytes]]:
