@@ -314,11 +314,14 @@ def run_cell(server: Server, op: str, size_name: str, conc: int, seconds: int, b
 
 def clear_put_files(server: Server, prefix: str) -> None:
     """Untimed: drop what a PUT cell wrote so tmpfs does not fill. nxcache evicts by itself (--max-size)."""
-    stored = server.store / "v1" / "cache" if server.name == "nginx" else (
-        server.store / "e" if server.name in FLOOR_PROCESSES else None)
-    if stored is not None:
-        for path in stored.glob(prefix + "*"):
-            path.unlink()
+    if server.name == "nginx":
+        stored = server.store / "v1" / "cache"
+    elif server.name in FLOOR_PROCESSES:
+        stored = server.store / "e"
+    else:
+        return
+    for path in stored.glob(prefix + "*"):
+        path.unlink()
 
 
 def mount_tmpfs(base: Path) -> bool:
@@ -447,6 +450,7 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     ratios: dict[str, dict[str, list[float]]] = {n: {"GET": [], "PUT": []} for n in others}
+    cell_ratios: dict[tuple[str, str, str, int], float] = {}
     for op in ("GET", "PUT", "MISS"):
         for size in sizes if op != "MISS" else [s for s in sizes if s == "4k"]:
             for conc in concs:
@@ -455,7 +459,7 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
                 parts = []
                 for n in others:
                     rps = med(n, op, size, conc, "rps")
-                    ratio = rps / base_rps if base_rps else math.nan
+                    ratio = cell_ratios[(n, op, size, conc)] = rps / base_rps if base_rps else math.nan
                     if op != "MISS":  # perf.md's geomeans are over GET and PUT cells
                         ratios[n][op].append(ratio)
                     parts.append(f"{rps:,.0f} | {med(n, op, size, conc, 'p99_ms'):.2f} | {ratio:.2f}")
@@ -468,10 +472,7 @@ def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[in
               f"  PUT {geomean(ratios[n]['PUT']):.2f} (Go {GO_GEOMEAN['PUT']:.2f})")
     floors = [n for n in others if n in FLOOR_PROCESSES]
     if "4k" in sizes and floors:
-        def ratio(name: str, op: str, size: str, conc: int) -> float:
-            return med(name, op, size, conc, "rps") / med("nginx", op, size, conc, "rps")
-
-        above = above_the_floor(ratio, floors, concs)
+        above = above_the_floor(lambda *cell: cell_ratios[cell], floors, concs)
         print("\n4 KiB cells where the Go peer's ratio is above the bare stack's in this run: "
               + ("; ".join(above) if above else "none"))
     if "4k" in sizes:

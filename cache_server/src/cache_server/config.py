@@ -21,7 +21,7 @@ _UNITS = {
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }  # fmt: skip
-_MAX_SIZE = 1 << 60  # an exbibyte: anything larger is a typo, and would not fit the index's integers
+_MAX_SIZE = 1 << 60  # an exbibyte: anything larger is a typo
 
 
 class ConfigError(Exception):
@@ -174,7 +174,8 @@ class Settings:
             raise ConfigError(f"--max-artifact-size ({args.max_artifact_size}) is larger than --max-size ({args.max_size})")
         # float() takes "nan" and "inf"; a NaN timeout never fires, so both are refused here.
         for flag in ("body_timeout", "idle_timeout", "drain_timeout"):
-            if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
+            seconds = getattr(args, flag)
+            if not (math.isfinite(seconds) and seconds > 0):
                 raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
         if not (math.isfinite(args.scrub_interval) and args.scrub_interval >= 0):
             raise ConfigError("--scrub-interval must be 0 (off) or a positive number of seconds")
