@@ -6,13 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NX_CLIENT := tests/nx_client
+# The cache server as `make wheels` builds it (its request path compiled by mypyc, setup.py),
+# unpacked so that PYTHONPATH puts it ahead of the editable, pure-Python install.
+COMPILED := build/compiled
+CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.py cache_server/mypyc.ini
 
 .PHONY: run cache test bench wheels clean
 
 $(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+	# The editable cache server is pure Python, so an edited module is what runs; the build that
+	# ships (and that the tests and the bench run) is compiled into $(COMPILED).
+	NXCACHE_PURE_PYTHON=1 $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
 		-c cache_server/requirements.lock -c nxfarm/requirements.lock
 	touch $@
 
@@ -28,11 +34,20 @@ cache: $(VENV)/.installed
 $(NX_CLIENT)/nx23/node_modules/.package-lock.json: $(NX_CLIENT)/nx23/package.json $(NX_CLIENT)/nx23/package-lock.json
 	cd $(NX_CLIENT)/nx23 && npm ci --no-audit --no-fund --loglevel=error
 
-test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+$(COMPILED)/.built: $(VENV)/.installed $(CACHE_SOURCES)
+	rm -rf $(COMPILED)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
+	$(PY) -m zipfile -e $(COMPILED)/wheel/nxfarm_cache_server-*.whl $(COMPILED)/lib
+	touch $@
 
-bench: $(VENV)/.installed
-	$(PY) bench/cachebench.py $(ARGS)
+# Every test against the compiled build, then the cache server's own tests against the pure-Python
+# modules too: a host that installs the pure wheel (NXCACHE_PURE_PYTHON=1) runs those.
+test: $(VENV)/.installed $(COMPILED)/.built $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
+	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib NXCACHE_EXPECT=compiled $(PY) -m pytest tests $(PYTEST_ARGS)
+	NXCACHE_EXPECT=pure $(PY) -m pytest tests/cache_server $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed $(COMPILED)/.built
+	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib $(PY) bench/cachebench.py $(ARGS)
 
 # What `pulumi up` ships to hosts without internet: each program's wheel plus every dependency wheel.
 wheels: $(VENV)/.installed
@@ -41,4 +56,4 @@ wheels: $(VENV)/.installed
 	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent -r nxfarm/requirements.lock ./nxfarm
 
 clean:
-	rm -rf $(VENV) dist $(NX_CLIENT)/node_modules $(NX_CLIENT)/nx23/node_modules
+	rm -rf $(VENV) dist build $(NX_CLIENT)/node_modules $(NX_CLIENT)/nx23/node_modules

@@ -4,8 +4,8 @@
     python bench/abtest.py A B [--op PUT|GET|MISS] [--conc 32] [--seconds 3] [--pairs 3] \
         [--flags "--workers 1 --no-fsync"] [--storage-in DIR]
 
-A and B are git revisions (HEAD, a commit, a tag), or WORKTREE for the files as they are on
-disk. Each is exported into a temporary directory and run as `python -m cache_server` with
+A and B are git revisions (HEAD, a commit, a tag), WORKTREE for the files as they are on
+disk, or a directory holding a built `cache_server` package (a compiled build's lib directory). Each is exported into a temporary directory and run as `python -m cache_server` with
 that directory first on PYTHONPATH; dependencies come from the environment running this
 script. Every run gets a fresh server on fresh storage (a tmpfs when /dev/shm exists, or a new
 directory in --storage-in: the filesystem a cache host would use tells more about PUT), then
@@ -35,6 +35,8 @@ import cachebench as cb
 def export(rev: str, into: Path) -> Path:
     """The cache server's sources at `rev`, as an importable directory."""
     src = cb.ROOT / "cache_server" / "src"
+    if (Path(rev) / "cache_server" / "__init__.py").is_file():
+        return Path(rev).resolve()  # a built tree (build/lib...), used where it is
     if rev == "WORKTREE":
         shutil.copytree(src / "cache_server", into / "cache_server",
                         ignore=shutil.ignore_patterns("__pycache__"))

@@ -213,6 +213,15 @@ def start_nxcache(base: Path, name: str, extra: list[str], sources: Path | None 
     return Server(name, port, proc, store)
 
 
+def server_build(sources: Path | None = None) -> str:
+    """Which build `python -m cache_server` imports here: the compiled one (`make bench` puts it
+    on PYTHONPATH) or the pure-Python modules."""
+    env = None if sources is None else {**os.environ, "PYTHONPATH": str(sources)}
+    origin = subprocess.run([sys.executable, "-c", "import cache_server.http.protocol as p; print(p.__file__)"],
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return f"{'compiled (mypyc)' if not origin.endswith('.py') else 'pure Python'}, {origin}"
+
+
 FLOOR_PROCESSES = {"py-floor": 1, "py-floor-2proc": 2}
 
 
@@ -385,6 +394,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="nxcache-bench-"))
     on_tmpfs = mount_tmpfs(base)
     print(f"storage: {'tmpfs' if on_tmpfs else 'disk (could not mount a tmpfs)'} at {base}; {args.reps} reps x {args.seconds:g}s per cell")
+    print(f"nxcache build: {server_build()}")
     script = base / "bench.lua"
     script.write_text(WRK_SCRIPT)
     cells: list[Cell] = []

@@ -65,20 +65,18 @@ def test_an_error_belongs_to_the_uploads_it_touched(tmp_path, synced_paths):
     assert str(tmp_path / "ef") not in synced_paths  # no upload left in it to make durable
 
 
-def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path, monkeypatch):
+def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path):
     batches = []
-    real_sync = syncer.sync_staged
 
     def counting_sync(batch):
         batches.append(len(batch))
-        return real_sync(batch)
+        return syncer.sync_staged(batch)
 
-    monkeypatch.setattr(syncer, "sync_staged", counting_sync)
     staged = [_stage(tmp_path / "ab", f"ab{i}") for i in range(5)]
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        worker = BatchSyncer(loop)
+        worker = BatchSyncer(loop, sync=counting_sync)
         results = [loop.create_future() for _ in staged]
         for item, result in zip(staged, results):
             worker.submit(item, result.set_result)

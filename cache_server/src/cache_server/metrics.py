@@ -14,7 +14,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from .storage.base import Storage, StorageStats
 
@@ -33,7 +32,9 @@ class LatencyHistogram:
         self.total += seconds
 
 
-class Metrics(Collector):
+class Metrics:
+    """The counters, and their collector for prometheus_client (any object with `collect`)."""
+
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self.hits = 0

@@ -721,7 +721,9 @@ class SmallUpload(_Upload):
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                # Not inside the slice: compiled, a memoryview's slice bounds run twice (setup.py).
+                written = os.write(fd, view)
+                view = view[written:]
         except OSError as exc:
             _close_quietly(fd)
             _unlink_quietly(tmp_path)

@@ -5,11 +5,13 @@ Which status a storage fault gets is decided by what Nx 24 tolerates
 green, so "could not store" is a 403, never a 5xx.
 """
 
+from typing import ClassVar
+
 
 class StorageError(Exception):
     """Base class; `status` is the HTTP status the transport answers."""
 
-    status = 500
+    status: ClassVar[int] = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,13 +21,13 @@ class StorageError(Exception):
 class EntryExists(StorageError):
     """The key is already stored; entries are immutable."""
 
-    status = 409
+    status: ClassVar[int] = 409
 
 
 class ArtifactTooLarge(StorageError):
     """The body is larger than the per-artifact limit."""
 
-    status = 413
+    status: ClassVar[int] = 413
 
 
 class NotStored(StorageError):
@@ -35,10 +37,10 @@ class NotStored(StorageError):
     never fails a build.
     """
 
-    status = 403
+    status: ClassVar[int] = 403
 
 
 class IncompleteUpload(StorageError):
     """Fewer bytes arrived than Content-Length announced."""
 
-    status = 400
+    status: ClassVar[int] = 400

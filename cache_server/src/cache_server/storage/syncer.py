@@ -54,14 +54,16 @@ def sync_staged(batch: list[Staged]) -> list[OSError | None]:
 
 
 class BatchSyncer:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 sync: Callable[[list[Staged]], list[OSError | None]] = sync_staged) -> None:
         self._loop = loop
+        self._sync = sync  # a parameter, not a module lookup: compiled code calls functions directly
         self._pending: list[tuple[Staged, Done]] = []
         self._submitted: list[tuple[Staged, Done]] = []  # this loop pass's, not yet handed over
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="cache-fsync", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="cache-fsync", daemon=True)
+        self._worker.start()
 
     def submit(self, staged: Staged, done: Done) -> None:
         """From the loop: make `staged` durable, then call `done(error)` on the loop.
@@ -83,7 +85,7 @@ class BatchSyncer:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        self._worker.join()
 
     def _run(self) -> None:
         while True:
@@ -93,7 +95,7 @@ class BatchSyncer:
                 if not self._pending:
                     return
                 batch, self._pending = self._pending, []
-            errors = sync_staged([staged for staged, _ in batch])
+            errors = self._sync([staged for staged, _ in batch])
             results = [(done, error) for (_, done), error in zip(batch, errors)]
             try:
                 self._loop.call_soon_threadsafe(_deliver, results)

@@ -1,0 +1,106 @@
+"""The build under test is the one asked for, and the compiled build is what the wheel ships.
+
+`make test` runs every test against the compiled modules (PYTHONPATH, NXCACHE_EXPECT=compiled),
+then the cache server's tests again against the pure-Python ones (NXCACHE_EXPECT=pure). Without
+these checks a failed or stale compile would leave the pure modules under test unnoticed.
+"""
+
+import abc
+import ast
+import enum
+import importlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+import typing
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compiled_modules() -> list[str]:
+    """The modules setup.py compiles, as import names (read from setup.py, not repeated here)."""
+    tree = ast.parse((ROOT / "cache_server" / "setup.py").read_text())
+    listed = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED")
+    return ["cache_server." + name.removesuffix(".py").replace("/", ".") for name in listed]
+
+
+def is_extension(module: str) -> bool:
+    origin = importlib.import_module(module).__file__ or ""
+    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def test_the_modules_under_test_are_the_build_asked_for():
+    expected = os.environ.get("NXCACHE_EXPECT")
+    if expected not in ("compiled", "pure"):
+        pytest.skip("NXCACHE_EXPECT is not set: `make test` sets it")
+    modules = compiled_modules()
+    assert len(modules) >= 10
+    wrong = [m for m in modules if is_extension(m) != (expected == "compiled")]
+    assert not wrong, f"expected the {expected} build, but these are not: {wrong}"
+
+
+def test_the_shipped_wheel_carries_each_compiled_module_and_its_source(built_wheels):
+    wheel = next((built_wheels / "cache").glob("nxfarm_cache_server-*.whl"))
+    assert "-cp3" in wheel.name, f"{wheel.name} is not a compiled wheel"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for module in compiled_modules():
+        stem = module.replace(".", "/")
+        assert f"{stem}.py" in names  # for tracebacks, and the same code as the pure build
+        assert any(n.startswith(stem + ".cpython-") and n.endswith(".so") for n in names), stem
+
+
+def test_the_pure_build_needs_no_compiler(tmp_path):
+    """NXCACHE_PURE_PYTHON=1: a wheel for any platform, with no extension in it."""
+    env = {**os.environ, "NXCACHE_PURE_PYTHON": "1", "CC": "/bin/false"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT / "cache_server")],
+                   check=True, capture_output=True, env=env, timeout=300)
+    wheel = next(tmp_path.glob("nxfarm_cache_server-*.whl"))
+    assert wheel.name.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".so")]
+
+
+def compiled_sources() -> list[Path]:
+    return [ROOT / "cache_server" / "src" / (m.replace(".", "/") + ".py") for m in compiled_modules()]
+
+
+def test_no_compiled_slice_bound_has_a_side_effect():
+    """mypyc 2.4.1 evaluates a slice's bounds twice on a memoryview (setup.py): a bound that
+    calls anything but len() would do its work twice."""
+    found = []
+    for path in compiled_sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Slice):
+                continue
+            for bound in (node.lower, node.upper, node.step):
+                for inner in ast.walk(bound) if bound is not None else ():
+                    if isinstance(inner, (ast.NamedExpr, ast.Await, ast.Yield)) or (
+                            isinstance(inner, ast.Call) and ast.unparse(inner.func) != "len"):
+                        found.append(f"{path.name}:{node.lineno}: {ast.unparse(bound)}")
+    assert not found, found
+
+
+def test_no_compiled_class_derives_from_a_python_class_with_a_metaclass():
+    """A compiled class derived from prometheus_client's Collector (an ABC defined in Python)
+    crashed the compiled server in the garbage collector at exit (setup.py). The bases mypyc
+    knows (abc.ABC, Enum, Generic, Protocol) and plain Python classes are fine. Checked on
+    the classes themselves, whichever build is imported."""
+    modules = compiled_modules()
+    known = (abc.ABC, enum.Enum, typing.Generic, typing.Protocol, object)
+    found = []
+    for module in modules:
+        for name, value in vars(importlib.import_module(module)).items():
+            if not isinstance(value, type) or value.__module__ != module:
+                continue
+            for base in value.__mro__[1:]:
+                if base.__module__ not in modules and base not in known and type(base) is not type:
+                    found.append(f"{module}.{name}: {base.__module__}.{base.__qualname__}")
+    assert not found, found
