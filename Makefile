@@ -9,7 +9,7 @@ NX_CLIENT := tests/nx_client
 # The cache server as `make wheels` builds it (its request path compiled by mypyc, setup.py),
 # unpacked so that PYTHONPATH puts it ahead of the editable, pure-Python install.
 COMPILED := build/compiled
-CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.py cache_server/mypyc.ini
+CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.py cache_server/mypyc.ini cache_server/pyproject.toml Makefile
 
 .PHONY: run cache test bench wheels clean
 
@@ -38,6 +38,9 @@ $(COMPILED)/.built: $(VENV)/.installed $(CACHE_SOURCES)
 	rm -rf $(COMPILED)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
 	$(PY) -m zipfile -e $(COMPILED)/wheel/nxfarm_cache_server-*.whl $(COMPILED)/lib
+	# Only the modules: with its dist-info on PYTHONPATH, pip in a test's venv would take the
+	# package for installed and skip the wheel under test.
+	rm -rf $(COMPILED)/lib/*.dist-info
 	touch $@
 
 # Every test against the compiled build, then the cache server's own tests against the pure-Python
