@@ -11,7 +11,8 @@ every phase is bounded by time.
 Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-exists),
 `nxcache` (our server as deployed: fsync on, access log on, one worker process per core, uvloop)
 and `nxcache-nofsync`; `nxcache-1proc` and `nxcache-1proc-nofsync` run a single process,
-`nxcache-asyncio` runs as deployed on the standard library's event loop, and `py-floor`
+`nxcache-asyncio` runs as deployed on the standard library's event loop, `nxcache-pure` as
+deployed from the pure-Python modules (`make bench` runs the others compiled), and `py-floor`
 (bench/floor.py, 4 KiB cells only) is the bare Python stack underneath: parse, token, file
 and answer, nothing else; `py-floor-2proc` is that in two processes on one port, as `nxcache`
 runs one worker per core (--servers).
@@ -73,7 +74,10 @@ NXCACHE_FLAGS = {
     "nxcache-1proc": ["--workers", "1"],
     "nxcache-1proc-nofsync": ["--workers", "1", "--no-fsync"],
     "nxcache-asyncio": ["--workers", "auto", "--event-loop", "asyncio"],
+    "nxcache-pure": ["--workers", "auto"],
 }
+# Run from the pure-Python modules, whatever build is on PYTHONPATH (`make bench`: the compiled one).
+PURE_SOURCES = {"nxcache-pure": ROOT / "cache_server" / "src"}
 
 NGINX_CONF = """
 worker_processes 1;
@@ -417,7 +421,7 @@ def main() -> int:
                             if size_name == "4k":  # it reads whole bodies into memory
                                 servers.append(start_floor(run_dir, name))
                         else:
-                            servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name]))
+                            servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name], PURE_SOURCES.get(name)))
                     for server in servers:
                         preload(server, size_name, body, "g")
                     for op in ("GET", "PUT", "MISS") if size_name == "4k" else ("GET", "PUT"):
