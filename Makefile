@@ -13,11 +13,11 @@ CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.
 
 .PHONY: run cache test bench wheels clean
 
+# The editable cache server is pure Python, so an edited module is what runs; the build that
+# ships (and that the tests and the bench run) is compiled into $(COMPILED).
 $(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	# The editable cache server is pure Python, so an edited module is what runs; the build that
-	# ships (and that the tests and the bench run) is compiled into $(COMPILED).
 	NXCACHE_PURE_PYTHON=1 $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
 		-c cache_server/requirements.lock -c nxfarm/requirements.lock
 	touch $@
@@ -34,12 +34,12 @@ cache: $(VENV)/.installed
 $(NX_CLIENT)/nx23/node_modules/.package-lock.json: $(NX_CLIENT)/nx23/package.json $(NX_CLIENT)/nx23/package-lock.json
 	cd $(NX_CLIENT)/nx23 && npm ci --no-audit --no-fund --loglevel=error
 
+# Only the modules are unpacked: with its dist-info on PYTHONPATH, pip in a test's venv would
+# take the package for installed and skip the wheel under test.
 $(COMPILED)/.built: $(VENV)/.installed $(CACHE_SOURCES)
 	rm -rf $(COMPILED)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
 	$(PY) -m zipfile -e $(COMPILED)/wheel/nxfarm_cache_server-*.whl $(COMPILED)/lib
-	# Only the modules: with its dist-info on PYTHONPATH, pip in a test's venv would take the
-	# package for installed and skip the wheel under test.
 	rm -rf $(COMPILED)/lib/*.dist-info
 	touch $@
 
