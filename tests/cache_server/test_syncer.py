@@ -3,6 +3,7 @@
 import asyncio
 import errno
 import os
+import threading
 
 import pytest
 
@@ -91,3 +92,38 @@ def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path):
         for item in staged:
             os.close(item.fd)
     assert batches == [5]
+
+
+def test_passes_handed_over_during_a_sync_become_one_batch_and_close_finishes_them(tmp_path):
+    batches = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def slow_sync(batch):
+        batches.append(len(batch))
+        if len(batches) == 1:
+            first_started.set()
+            release.wait(10)
+        return syncer.sync_staged(batch)
+
+    staged = [_stage(tmp_path / "cd", f"cd{i}") for i in range(5)]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        worker = BatchSyncer(loop, sync=slow_sync)
+        results = [loop.create_future() for _ in staged]
+        worker.submit(staged[0], results[0].set_result)
+        assert await loop.run_in_executor(None, first_started.wait, 10)
+        for passes in ((1, 2), (3, 4)):  # two loop passes while the first batch syncs
+            for i in passes:
+                worker.submit(staged[i], results[i].set_result)
+            await asyncio.sleep(0.01)
+        release.set()
+        await loop.run_in_executor(None, worker.close)  # returns once everything handed over is synced
+        return await asyncio.wait_for(asyncio.gather(*results), 10)
+
+    try:
+        assert asyncio.run(scenario()) == [None] * 5
+    finally:
+        for item in staged:
+            os.close(item.fd)
+    assert batches == [1, 4]
