@@ -2,7 +2,7 @@
 
 Why: on a small artifact the server's cost is the Python it runs per request (~1,000
 bytecodes for a GET), not storage or syscalls. The same modules compiled answer a 4 KiB
-miss in ~30% less CPU (bench/README.md, "Compiled"). The .py files ship beside the
+GET or miss in 22-31% less CPU (bench/README.md, "Compiled"). The .py files ship beside the
 extensions, and every module runs unchanged as Python: NXCACHE_PURE_PYTHON=1 builds a
 wheel without a C compiler, and the editable install used for development is pure, so
 an edited module never hides behind a stale extension.
