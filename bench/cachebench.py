@@ -217,13 +217,17 @@ def start_nxcache(base: Path, name: str, extra: list[str], sources: Path | None 
     return Server(name, port, proc, store)
 
 
-def server_build(sources: Path | None = None) -> str:
+def build_of(module_file: str) -> str:
+    """Which build a cache_server module was imported from, by its file."""
+    return "pure Python" if module_file.endswith(".py") else "compiled (mypyc)"
+
+
+def server_build() -> str:
     """Which build `python -m cache_server` imports here: the compiled one (`make bench` puts it
     on PYTHONPATH) or the pure-Python modules."""
-    env = None if sources is None else {**os.environ, "PYTHONPATH": str(sources)}
     origin = subprocess.run([sys.executable, "-c", "import cache_server.http.protocol as p; print(p.__file__)"],
-                            env=env, capture_output=True, text=True, check=True).stdout.strip()
-    return f"{'compiled (mypyc)' if not origin.endswith('.py') else 'pure Python'}, {origin}"
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return f"{build_of(origin)}, {origin}"
 
 
 FLOOR_PROCESSES = {"py-floor": 1, "py-floor-2proc": 2}
