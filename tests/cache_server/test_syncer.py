@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import itertools
 import os
 import threading
 
@@ -66,64 +67,49 @@ def test_an_error_belongs_to_the_uploads_it_touched(tmp_path, synced_paths):
     assert str(tmp_path / "ef") not in synced_paths  # no upload left in it to make durable
 
 
-def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path):
-    batches = []
-
-    def counting_sync(batch):
-        batches.append(len(batch))
-        return syncer.sync_staged(batch)
-
-    staged = [_stage(tmp_path / "ab", f"ab{i}") for i in range(5)]
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        worker = BatchSyncer(loop, sync=counting_sync)
-        results = [loop.create_future() for _ in staged]
-        for item, result in zip(staged, results):
-            worker.submit(item, result.set_result)
-        try:
-            return await asyncio.wait_for(asyncio.gather(*results), 10)
-        finally:
-            worker.close()
-
-    try:
-        assert asyncio.run(scenario()) == [None] * 5
-    finally:
-        for item in staged:
-            os.close(item.fd)
-    assert batches == [5]
-
-
-def test_passes_handed_over_during_a_sync_become_one_batch_and_close_finishes_them(tmp_path):
-    batches = []
+def batch_sizes(tmp_path, passes: list[int], hold_first_batch: bool = False) -> list[int]:
+    """Submit `passes[i]` uploads in loop pass i to a BatchSyncer, close it, check that every upload
+    was answered without error, and return the sizes of the batches it synced. With
+    `hold_first_batch`, the first sync lasts until every later pass has been handed over."""
+    sizes = []
     first_started, release = threading.Event(), threading.Event()
 
-    def slow_sync(batch):
-        batches.append(len(batch))
-        if len(batches) == 1:
+    def sync(batch):
+        sizes.append(len(batch))
+        if hold_first_batch and len(sizes) == 1:
             first_started.set()
             release.wait(10)
         return syncer.sync_staged(batch)
 
-    staged = [_stage(tmp_path / "cd", f"cd{i}") for i in range(5)]
+    staged = [_stage(tmp_path / "ab", f"ab{i}") for i in range(sum(passes))]
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        worker = BatchSyncer(loop, sync=slow_sync)
+        worker = BatchSyncer(loop, sync=sync)
         results = [loop.create_future() for _ in staged]
-        worker.submit(staged[0], results[0].set_result)
-        assert await loop.run_in_executor(None, first_started.wait, 10)
-        for passes in ((1, 2), (3, 4)):  # two loop passes while the first batch syncs
-            for i in passes:
-                worker.submit(staged[i], results[i].set_result)
-            await asyncio.sleep(0.01)
+        uploads = iter(zip(staged, results))
+        for index, count in enumerate(passes):
+            for item, result in itertools.islice(uploads, count):
+                worker.submit(item, result.set_result)
+            if hold_first_batch and index == 0:
+                assert await loop.run_in_executor(None, first_started.wait, 10)
+            else:
+                await asyncio.sleep(0.01)  # the pass ends: its uploads are handed over
         release.set()
         await loop.run_in_executor(None, worker.close)  # returns once everything handed over is synced
         return await asyncio.wait_for(asyncio.gather(*results), 10)
 
     try:
-        assert asyncio.run(scenario()) == [None] * 5
+        assert asyncio.run(scenario()) == [None] * len(staged)
     finally:
         for item in staged:
             os.close(item.fd)
-    assert batches == [1, 4]
+    return sizes
+
+
+def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path):
+    assert batch_sizes(tmp_path, [5]) == [5]
+
+
+def test_passes_handed_over_during_a_sync_become_one_batch_and_close_finishes_them(tmp_path):
+    assert batch_sizes(tmp_path, [1, 2, 2], hold_first_batch=True) == [1, 4]
