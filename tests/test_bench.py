@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cachebench  # noqa: E402
+from cache_server.storage.entry_format import HEADER_SIZE  # noqa: E402
 
 TOKEN = cachebench.TOKEN
 
@@ -115,6 +116,26 @@ def test_inprocess_opcode_count_refuses_the_compiled_build():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--opcodes", "--requests", "50"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "compiled build runs none" in result.stderr
+
+
+def test_pagecost_writes_both_files_and_leaves_nothing(tmp_path):
+    """The rows must be the sizes the server and the peers store, and the page counts right."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "pagecost.py"), "--dir", str(tmp_path),
+                             "--files", "40", "--reps", "2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^(artifact alone|header \+ artifact) .*? (\d+) +(\d+)  +((?:[\d.]+ +){2})([\d.]+)$",
+                      result.stdout, re.M)
+    assert [(what, int(size), int(pages)) for what, size, pages, _, _ in rows] == [
+        ("artifact alone", 4096, 1), ("header + artifact", 4096 + HEADER_SIZE, 2)]
+    assert all(float(median) > 0 for *_, median in rows)
+    assert "x the artifact alone)" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pagecost_refuses_a_missing_directory(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "pagecost.py"), "--dir", str(tmp_path / "absent")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "absent is not a directory" in result.stderr
 
 
 def test_bench_names_the_cells_whose_go_ratio_is_above_the_bare_stack(capsys):
