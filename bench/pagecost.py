@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cache_server" / "src"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "cache_server" / "src"))  # PYTHONPATH (a built copy) wins
 
 from cache_server.storage.entry_format import HEADER_SIZE  # noqa: E402
 
