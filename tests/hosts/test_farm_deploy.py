@@ -133,12 +133,22 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
     # Remove one: its delete scripts run, its service is gone, its token is refused.
     agent2_token = mock_token("cache-token-agent-2", {"generation": "1"})
     assert http(f"{cache_url}/v1/cache/1", agent2_token)[0] == 404
+    # The health timer may fire while the agent is being removed; here the heal runs back to back
+    # until the runtime is gone, and must never start the agent the removal stopped.
+    agent2 = farm.hosts["agent-2"]
+    nxfarm = "/opt/nx-farm/agent/venv/bin/nxfarm"
+    agent2.ssh(f"rm -f ~/.local/state/nx-agent.log; nohup sh -c 'while [ -x {nxfarm} ]; do "
+               f"{nxfarm} health --heal --cache-url {cache_url} >/dev/null 2>&1; echo >> /root/heal-runs; done' "
+               ">/dev/null 2>&1 &")
     removed = farm.up(["agent-1", "agent-3"])
     assert ("agent-2-enable", "delete") in removed and all(
         name.startswith("agent-2-") or name == "cache-tokens" for name, _ in removed), removed
     assert farm.hosts["agent-2"].ssh("systemctl is-active nx-farm-agent.service", check=False).stdout.strip() \
         in ("inactive", "unknown")
     assert farm.hosts["agent-2"].ssh("test -e /etc/systemd/system/nx-farm-agent.service", check=False).returncode
+    assert "restarted" not in agent2.ssh("cat ~/.local/state/nx-agent.log 2>/dev/null || true").stdout
+    assert int(agent2.ssh("wc -l < /root/heal-runs").stdout) >= 1
+    assert "nx-farm" not in agent2.ssh("systemctl list-units --failed --all --plain --no-legend").stdout
     assert http(f"{cache_url}/v1/cache/1", agent2_token)[0] == 401
     farm.wait_workers({"agent-1", "agent-3"})
 
@@ -189,3 +199,12 @@ def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
         log = host.ssh("cat ~/.local/state/nx-agent.log").stdout
         assert f"restarted {unit} (attempt 1): ok" in log, log
         assert host.ssh(f"systemctl show -p Restart --value {unit}").stdout.strip() == "no", name
+
+    # Turned off on purpose: neither the heal (nor so the timer) nor a bare `nxfarm restart` starts it.
+    agent.ssh("systemctl disable --now nx-farm-agent.service")
+    healed = agent.ssh(f"{nxfarm} health --heal --cache-url http://{CACHE_IP}:3333", check=False)
+    assert healed.returncode == 0 and "disabled: not restarted" in healed.stdout, healed.stdout + healed.stderr
+    bare = agent.ssh(f"{nxfarm} restart", check=False)
+    assert bare.returncode == 1 and "nx-farm-agent.service: disabled, not restarted" in bare.stdout, bare.stdout
+    assert agent.ssh("systemctl is-active nx-farm-agent.service", check=False).stdout.strip() == "inactive"
+    assert agent.ssh(f"{nxfarm} restart nx-farm-agent.service").stdout.startswith("nx-farm-agent.service: active")

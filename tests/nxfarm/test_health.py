@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from nxfarm.health import checks, heal
 from nxfarm.health.command import render
@@ -41,8 +42,19 @@ def test_cache_health_answers():
 def test_unit_states():
     assert checks.unit_check("nx-farm-agent.service", {"ActiveState": "active", "SubState": "running",
                                                        "MainPID": "42"}).ok
-    failed = checks.unit_check("nx-farm-agent.service", {"ActiveState": "failed", "SubState": "failed"})
+    failed = checks.unit_check("nx-farm-agent.service", {"ActiveState": "failed", "SubState": "failed",
+                                                         "UnitFileState": "enabled"})
     assert failed.ok is False and "systemctl restart nx-farm-agent.service" in failed.fix
+
+
+@pytest.mark.parametrize("file_state", ["disabled", "masked", "masked-runtime"])
+def test_a_unit_turned_off_on_purpose_is_skipped_not_failed(file_state):
+    """What `pulumi up` leaves while removing an agent: heal must not start it again."""
+    show = {"ActiveState": "inactive", "SubState": "dead", "UnitFileState": file_state}
+    off = checks.unit_check("nx-farm-agent.service", show)
+    assert off.ok is None and f"{file_state}: not restarted" in off.detail
+    assert off.fix == "sudo systemctl enable --now nx-farm-agent.service"
+    assert checks.unit_check("nx-farm-agent.service", {**show, "ActiveState": "active"}).ok
 
 
 def test_backoff_doubles_and_resets_when_healthy(tmp_path, monkeypatch):

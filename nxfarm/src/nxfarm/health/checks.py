@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 # Every service nx-farm installs; a host checks the ones it has.
 FARM_UNITS = ("nx-farm-cache.service", "nx-farm-scheduler.service", "nx-farm-agent.service")
+# A unit in one of these file states was turned off on purpose (`systemctl disable --now`, which is
+# also how `pulumi up` removes an agent): health reports it, and nothing restarts it.
+TURNED_OFF = ("disabled", "masked", "masked-runtime")
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ def cache_check(url: str | None, timeout: float = 3) -> Check:
 
 
 def systemctl_show(unit: str) -> dict[str, str]:
-    result = subprocess.run(["systemctl", "show", unit, "-p", "LoadState,ActiveState,SubState,MainPID,NRestarts"],
-                            capture_output=True, text=True)
+    properties = "LoadState,ActiveState,SubState,MainPID,NRestarts,UnitFileState"
+    result = subprocess.run(["systemctl", "show", unit, "-p", properties], capture_output=True, text=True)
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
 
@@ -94,8 +97,15 @@ def installed_units() -> list[str]:
     return [unit for unit in FARM_UNITS if systemctl_show(unit).get("LoadState") == "loaded"]
 
 
+def turned_off(show: dict[str, str]) -> bool:
+    return show.get("UnitFileState") in TURNED_OFF
+
+
 def unit_check(unit: str, show: dict[str, str]) -> Check:
     state, sub = show.get("ActiveState", "unknown"), show.get("SubState", "")
     if state == "active":
         return Check(unit, True, f"active ({sub}), pid {show.get('MainPID', '?')}")
+    if turned_off(show):
+        return Check(unit, None, f"{state} ({sub}), {show['UnitFileState']}: not restarted",
+                     f"sudo systemctl enable --now {unit}")
     return Check(unit, False, f"{state} ({sub})", f"sudo systemctl restart {unit}; journalctl -u {unit} -n 50")

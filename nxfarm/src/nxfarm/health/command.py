@@ -62,9 +62,9 @@ def run_health(args: argparse.Namespace) -> int:
 
 
 RESTART_EPILOG = """examples:
-  nxfarm restart                          every farm service on this host
+  nxfarm restart                          every farm service on this host that is not disabled
   nxfarm restart nx-farm-agent.service    just the agent (what `just nx-start-agent` runs)
-exit codes: 0 every unit active, 1 a unit did not come up, 2 not a farm unit"""
+exit codes: 0 every unit active, 1 a unit did not come up or none is enabled, 2 not a farm unit"""
 
 
 def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,14 +75,19 @@ def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
 def run_restart(args: argparse.Namespace) -> int:
     """Restart through systemd (which stops the old process first), then wait until active:
     however often it runs, one process per service remains."""
-    units = args.units or checks.installed_units()
+    units = args.units
+    if not units:
+        installed = {unit: checks.systemctl_show(unit) for unit in checks.installed_units()}
+        units = [unit for unit, show in installed.items() if not checks.turned_off(show)]
+        for unit in [unit for unit in installed if unit not in units]:
+            print(f"{unit}: {installed[unit]['UnitFileState']}, not restarted (name it to restart it anyway)")
     unknown = [unit for unit in units if unit not in checks.FARM_UNITS]
     if unknown:
         print(f"nxfarm restart: not a farm unit: {', '.join(unknown)} (farm units: {', '.join(checks.FARM_UNITS)})",
               file=sys.stderr)
         return 2
     if not units:
-        print("nxfarm restart: no farm service is installed on this host", file=sys.stderr)
+        print("nxfarm restart: no enabled farm service on this host", file=sys.stderr)
         return 1
     worst = 0
     for unit in units:
