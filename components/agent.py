@@ -23,6 +23,7 @@ from .render.agent import (
     health_timer,
     install_script,
 )
+from .render.systemd import remove_unit, stop_for_good, update_unit_file
 from .settings import AgentSettings
 
 
@@ -85,11 +86,8 @@ class NxAgent(pulumi.ComponentResource):
                 f"{name}-unit-{unit.replace('.', '-')}",
                 args.connection,
                 run=_install_file(f"/etc/systemd/system/{unit}", "0644", "systemctl daemon-reload"),
-                update=_install_file(f"/etc/systemd/system/{unit}", "0644",
-                                     "systemctl daemon-reload" + (f" && (systemctl try-restart {unit} || true)"
-                                                                  if unit == AGENT_UNIT else "")),
-                delete=f"systemctl disable --now {unit} 2>/dev/null || true; rm -f /etc/systemd/system/{unit}; "
-                       "systemctl daemon-reload",
+                update=update_unit_file(unit, restart=unit == AGENT_UNIT),
+                delete=remove_unit(unit),
                 stdin=text,
                 opts=child,
             )
@@ -97,7 +95,8 @@ class NxAgent(pulumi.ComponentResource):
         ]
         self.enabled = host_command(
             f"{name}-enable", args.connection, run=f"systemctl enable --now {AGENT_UNIT} {HEALTH_TIMER}",
-            delete=f"systemctl disable --now {AGENT_UNIT} {HEALTH_TIMER} 2>/dev/null || true",
+            # The health check goes first: a run already under way would restart the stopped agent.
+            delete=stop_for_good(HEALTH_TIMER, HEALTH_UNIT, AGENT_UNIT),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.env_file, *self.units]),
         )
 

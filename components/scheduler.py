@@ -13,6 +13,7 @@ from ._remote import host_command, ship_wheels
 from ._wheels import wheels_digest
 from .render.agent import HEALTH_TIMER, HEALTH_UNIT, health_service, health_timer
 from .render.scheduler import INSTALL_ROOT, install_script, remove_script, scheduler_unit, tls_install_command
+from .render.systemd import remove_unit, stop_for_good
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/agent"
 
@@ -57,15 +58,14 @@ class FarmScheduler(pulumi.ComponentResource):
             host_command(
                 f"{name}-unit-{unit.replace('.', '-')}", args.connection,
                 run=f"install -m 0644 /dev/stdin /etc/systemd/system/{unit} && systemctl daemon-reload",
-                delete=f"systemctl disable --now {unit} 2>/dev/null || true; rm -f /etc/systemd/system/{unit}; "
-                       "systemctl daemon-reload",
+                delete=remove_unit(unit),
                 stdin=text, opts=pulumi.ResourceOptions(parent=self),
             )
             for unit, text in units.items()
         ]
         self.health = host_command(
             f"{name}-health", args.connection, run=f"systemctl enable --now {HEALTH_TIMER}",
-            delete=f"systemctl disable --now {HEALTH_TIMER} 2>/dev/null || true",
+            delete=stop_for_good(HEALTH_TIMER, HEALTH_UNIT),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service, *self.health_units]),
         )
         self.address = pulumi.Output.from_input(f"tls://{args.bind}:{args.port}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from .systemd import stop_for_good
 from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
 UNIT_NAME = "nx-farm-scheduler.service"
@@ -63,5 +64,5 @@ if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
 
 
 def remove_script() -> str:
-    return (f"systemctl disable --now {UNIT_NAME} 2>/dev/null || true; rm -f /etc/systemd/system/{UNIT_NAME} "
+    return (f"{stop_for_good(UNIT_NAME)}; rm -f /etc/systemd/system/{UNIT_NAME} "
             f"{TLS_ENV_PATH}; systemctl daemon-reload; rm -rf {INSTALL_ROOT}")

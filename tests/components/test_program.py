@@ -115,6 +115,18 @@ def test_new_runtime_wheels_update_every_agent_and_nothing_else(raw_config, whee
     assert added == removed == set() and changed == {"agent-1-runtime", "agent-2-runtime", "cache-scheduler-service"}
 
 
+def test_removal_stops_the_health_check_before_the_services_it_heals(raw_config):
+    resources = run(raw_config).by_name()
+    for name, last in (("agent-1-enable", "nx-farm-agent.service"), ("cache-scheduler-health", None)):
+        delete = unwrap(resources[name].inputs)["delete"]
+        order = [delete.index(f"disable --now {unit}") for unit in
+                 ("nx-farm-health.timer", "nx-farm-health.service", *([last] if last else []))]
+        assert order == sorted(order), (name, delete)
+        assert "reset-failed nx-farm-health.service" in delete
+    for name in ("agent-1-unit-nx-farm-agent-service", "cache-scheduler-service", "cache-service"):
+        assert "reset-failed" in unwrap(resources[name].inputs)["delete"], name
+
+
 def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
     keep = unwrap(run(raw_config).by_name()["cache-service"].inputs)["delete"]
     purge = unwrap(run({**raw_config, "cacheHost": {**raw_config["cacheHost"], "purgeOnDestroy": True}})
