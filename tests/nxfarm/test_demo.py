@@ -53,9 +53,15 @@ def test_demo_builds_on_the_agents_then_from_the_cache_and_leaves_nothing(tmp_pa
     assert not state.exists(), "the state directory is removed unless --keep"
 
 
+def _sigint_default() -> None:
+    # A job started with `&` by a non-interactive shell (a CI script, say) inherits SIGINT ignored,
+    # and Python keeps an ignored SIGINT ignored: the demo would never see this test's Ctrl+C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_everything(tmp_path):
     state = tmp_path / "state"
-    process = demo(state)
+    process = demo(state, preexec_fn=_sigint_default)
     lines = []
     assert process.stdout is not None
     for line in process.stdout:
