@@ -12,6 +12,10 @@ from pathlib import Path
 import pyrage
 import pytest
 
+import components.agent
+import components.render.cache_host
+import components.render.scheduler
+import components.scheduler
 from tests.components.pulumi_harness import ROOT, mock_token, run_program, unwrap
 from tests.nx_client.workspace import NX_BIN, Workspace
 
@@ -138,7 +142,7 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
     agent2 = farm.hosts["agent-2"]
     nxfarm = "/opt/nx-farm/agent/venv/bin/nxfarm"
     agent2.ssh(f"rm -f ~/.local/state/nx-agent.log; nohup sh -c 'while [ -x {nxfarm} ]; do "
-               f"{nxfarm} health --heal --cache-url {cache_url} >/dev/null 2>&1; echo >> /root/heal-runs; done' "
+               f"{nxfarm} health --heal --cache-url {cache_url} >/dev/null 2>&1; echo >> ~/heal-runs; done' "
                ">/dev/null 2>&1 &")
     removed = farm.up(["agent-1", "agent-3"])
     assert ("agent-2-enable", "delete") in removed and all(
@@ -147,7 +151,7 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
         in ("inactive", "unknown")
     assert farm.hosts["agent-2"].ssh("test -e /etc/systemd/system/nx-farm-agent.service", check=False).returncode
     assert "restarted" not in agent2.ssh("cat ~/.local/state/nx-agent.log 2>/dev/null || true").stdout
-    assert int(agent2.ssh("wc -l < /root/heal-runs").stdout) >= 1
+    assert int(agent2.ssh("wc -l < ~/heal-runs").stdout) >= 1
     assert "nx-farm" not in agent2.ssh("systemctl list-units --failed --all --plain --no-legend").stdout
     assert http(f"{cache_url}/v1/cache/1", agent2_token)[0] == 401
     farm.wait_workers({"agent-1", "agent-3"})
@@ -163,9 +167,24 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
         assert http(f"{cache_url}/v1/cache/1", mock_token(f"cache-token-{name}", {"generation": "2"}))[0] == 404
 
 
-def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm):
+def test_the_timer_heals_killed_services_and_restart_is_idempotent(farm, monkeypatch):
     farm.up(["agent-1"])
     cache, agent = farm.hosts["cache"], farm.hosts["agent-1"]
+
+    # A release that changes only how units are removed: pulumi-command runs those resources'
+    # updates (a changed `delete` is an update), and none of them restarts a service.
+    services = ((cache, "nx-farm-cache.service"), (cache, "nx-farm-scheduler.service"),
+                (agent, "nx-farm-agent.service"))
+    before = [pid(host, unit) for host, unit in services]
+    for module in (components.agent, components.scheduler, components.render.cache_host,
+                   components.render.scheduler):
+        for name in ("remove_unit", "stop_for_good"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, lambda *units, _f=getattr(module, name): _f(*units) + " # v2")
+    updated = farm.up(["agent-1"])
+    assert {("agent-1-unit-nx-farm-agent-service", "update"), ("agent-1-enable", "update"),
+            ("cache-service", "update"), ("cache-scheduler-service", "update")} <= set(updated), updated
+    assert [pid(host, unit) for host, unit in services] == before
     nxfarm = "/opt/nx-farm/agent/venv/bin/nxfarm"
     health = agent.ssh(f"{nxfarm} health --cache-url http://{CACHE_IP}:3333", check=False)
     assert health.returncode == 0, health.stdout + health.stderr
