@@ -7,7 +7,7 @@ import shlex
 from cache_server.auth import Scope, token_line
 
 from ..settings import CacheHostSettings
-from .systemd import stop_for_good
+from .systemd import remove_unit
 from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
 UNIT_NAME = "nx-farm-cache.service"
@@ -111,6 +111,4 @@ def remove_script(cache: CacheHostSettings, purge: bool) -> str:
     """Stop and disable the service; the cached data stays unless `purge`."""
     q = shlex.quote
     purge_line = f"rm -rf {q(cache.storage_path)}\n" if purge else ""
-    return (f"set -eu\n{stop_for_good(UNIT_NAME)}\n"
-            f"rm -f /etc/systemd/system/{UNIT_NAME}\nsystemctl daemon-reload\n"
-            f"rm -rf {INSTALL_ROOT} {TOKENS_PATH}\n{purge_line}")
+    return f"set -eu\n{remove_unit(UNIT_NAME)}\nrm -rf {INSTALL_ROOT} {TOKENS_PATH}\n{purge_line}"

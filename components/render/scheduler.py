@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from .systemd import stop_for_good
+from .systemd import remove_unit
 from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
 UNIT_NAME = "nx-farm-scheduler.service"
@@ -64,5 +64,4 @@ if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
 
 
 def remove_script() -> str:
-    return (f"{stop_for_good(UNIT_NAME)}; rm -f /etc/systemd/system/{UNIT_NAME} "
-            f"{TLS_ENV_PATH}; systemctl daemon-reload; rm -rf {INSTALL_ROOT}")
+    return f"{remove_unit(UNIT_NAME)}; rm -f {TLS_ENV_PATH}; rm -rf {INSTALL_ROOT}"

@@ -103,6 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     found = [*tool_checks(), tailnet(), cache(args.cache_url, os.environ.get("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN")),
              agent_log()]
-    found += [checks.unit_check(unit, checks.systemctl_show(unit)) for unit in checks.installed_units()]
+    found += [checks.unit_check(unit, show) for unit, show in checks.installed_units().items()]
     print(json.dumps([vars(check) for check in found], indent=2) if args.json else render(found))
     return 1 if any(check.ok is False for check in found) else 0

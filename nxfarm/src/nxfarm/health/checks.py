@@ -91,10 +91,12 @@ def systemctl_show(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
 
-def installed_units() -> list[str]:
+def installed_units() -> dict[str, dict[str, str]]:
+    """The farm units this host has, each with its `systemctl_show` (one call per unit)."""
     if shutil.which("systemctl") is None:
-        return []
-    return [unit for unit in FARM_UNITS if systemctl_show(unit).get("LoadState") == "loaded"]
+        return {}
+    shows = {unit: systemctl_show(unit) for unit in FARM_UNITS}
+    return {unit: show for unit, show in shows.items() if show.get("LoadState") == "loaded"}
 
 
 def turned_off(show: dict[str, str]) -> bool:

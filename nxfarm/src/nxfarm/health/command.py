@@ -29,9 +29,8 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gather(cache_url: str | None) -> list[checks.Check]:
-    shows = {unit: checks.systemctl_show(unit) for unit in checks.installed_units()}
     found = [checks.tailnet_check(), checks.cache_check(cache_url)]
-    return found + [checks.unit_check(unit, show) for unit, show in shows.items()]
+    return found + [checks.unit_check(unit, show) for unit, show in checks.installed_units().items()]
 
 
 def render(found: list[checks.Check]) -> str:
@@ -77,10 +76,12 @@ def run_restart(args: argparse.Namespace) -> int:
     however often it runs, one process per service remains."""
     units = args.units
     if not units:
-        installed = {unit: checks.systemctl_show(unit) for unit in checks.installed_units()}
-        units = [unit for unit, show in installed.items() if not checks.turned_off(show)]
-        for unit in [unit for unit in installed if unit not in units]:
-            print(f"{unit}: {installed[unit]['UnitFileState']}, not restarted (name it to restart it anyway)")
+        units = []
+        for unit, show in checks.installed_units().items():
+            if checks.turned_off(show):
+                print(f"{unit}: {show['UnitFileState']}, not restarted (name it to restart it anyway)")
+            else:
+                units.append(unit)
     unknown = [unit for unit in units if unit not in checks.FARM_UNITS]
     if unknown:
         print(f"nxfarm restart: not a farm unit: {', '.join(unknown)} (farm units: {', '.join(checks.FARM_UNITS)})",
