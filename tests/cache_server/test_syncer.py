@@ -113,3 +113,87 @@ def test_uploads_submitted_in_one_loop_pass_are_synced_as_one_batch(tmp_path):
 
 def test_passes_handed_over_during_a_sync_become_one_batch_and_close_finishes_them(tmp_path):
     assert batch_sizes(tmp_path, [1, 2, 2], hold_first_batch=True) == [1, 4]
+
+
+def _sync_uploads(tmp_path, count, **syncer_args):
+    """Submit `count` uploads, one loop pass each, from a loop on this thread; after each, the
+    sync thread's CPU affinity and the CPU its sync ran on. Every upload must be synced."""
+    seen = []
+    cpu_now = syncer.running_cpu()
+
+    def sync(batch):
+        seen.append(cpu_now())
+        return syncer.sync_staged(batch)
+
+    staged = [_stage(tmp_path / "ab", f"ab{i}") for i in range(count)]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        worker = BatchSyncer(loop, sync=sync, **syncer_args)
+        after = []
+        try:
+            for item in staged:
+                result = loop.create_future()
+                worker.submit(item, result.set_result)
+                assert await asyncio.wait_for(result, 10) is None
+                after.append((os.sched_getaffinity(worker.thread_id), seen[-1]))
+        finally:
+            await loop.run_in_executor(None, worker.close)
+        return after
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        for item in staged:
+            os.close(item.fd)
+
+
+@pytest.fixture
+def two_cpus():
+    """Two CPUs this test may run on; the test thread's affinity is restored afterwards."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or syncer.running_cpu() is None:
+        pytest.skip("needs two CPUs and sched_getcpu")
+    yield sorted(allowed)[:2]
+    os.sched_setaffinity(0, allowed)
+
+
+def test_the_sync_thread_runs_on_the_cpu_the_loop_handed_over_from(tmp_path, two_cpus, monkeypatch):
+    first, second = two_cpus
+    bindings = []
+    real_setaffinity = os.sched_setaffinity
+
+    def recording_setaffinity(pid, cpus):
+        if pid != 0:  # not this (the loop's) thread moving itself
+            bindings.append(set(cpus))
+        return real_setaffinity(pid, cpus)
+
+    monkeypatch.setattr(syncer.os, "sched_setaffinity", recording_setaffinity)
+    cpus = iter([first, first, second])
+    loop_cpus = []
+
+    def cpu_of_loop():
+        # The loop thread is this one: move it, then report where it runs, as sched_getcpu does.
+        os.sched_setaffinity(0, {next(cpus)})
+        loop_cpus.append(syncer.running_cpu()())
+        return loop_cpus[-1]
+
+    after = _sync_uploads(tmp_path, 3, cpu_of_loop=cpu_of_loop)
+    assert loop_cpus == [first, first, second]
+    assert after == [({first}, first), ({first}, first), ({second}, second)]
+    assert bindings == [{first}, {second}]  # a syscall only when the loop has moved
+
+
+def test_a_cpu_the_thread_may_not_take_frees_it_ends_the_following_and_loses_no_upload(tmp_path, two_cpus):
+    first, _ = two_cpus
+    everywhere = os.sched_getaffinity(0)
+    answers = iter([first, (os.cpu_count() or 1) + 4096])  # then no such CPU: sched_setaffinity refuses it
+    calls = []
+
+    def cpu_of_loop():
+        calls.append(1)
+        return next(answers)
+
+    after = _sync_uploads(tmp_path, 4, cpu_of_loop=cpu_of_loop)
+    assert len(calls) == 2  # refused once, not asked again
+    assert [affinity for affinity, _ in after] == [{first}] + [everywhere] * 3  # bound, then free again
