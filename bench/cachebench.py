@@ -214,7 +214,31 @@ def start_nxcache(base: Path, name: str, extra: list[str], sources: Path | None 
     env = None if sources is None else {**os.environ, "PYTHONPATH": str(sources)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.err", "wb"))
     wait_port(port, proc)
-    return Server(name, port, proc, store)
+    server = Server(name, port, proc, store)
+    wait_workers(server, expected_workers(extra))
+    return server
+
+
+def expected_workers(flags: list[str]) -> int:
+    """How many worker processes the cache server starts with these flags (1: it serves itself)."""
+    from cache_server.config import parse_workers
+
+    value = flags[flags.index("--workers") + 1] if "--workers" in flags else "1"  # the flag's default
+    return parse_workers(value)
+
+
+def wait_workers(server: Server, expected: int) -> None:
+    """The listening socket is bound before the workers fork, so the port answers before they all
+    run: a cell measured then would leave the CPU of the missing ones out."""
+    if expected < 2:
+        return
+    deadline = time.monotonic() + 20
+    while len(server.worker_pids()) < expected or server.worker_pids() == [server.proc.pid]:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name}: {expected} workers did not start")
+        time.sleep(0.05)
 
 
 def build_of(module_file: str) -> str:

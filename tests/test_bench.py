@@ -78,6 +78,19 @@ def test_two_process_floor_finds_what_its_sibling_stored(tmp_path):
     assert server.proc.returncode == 0
 
 
+def test_bench_measures_a_multi_worker_server_only_once_every_worker_runs(tmp_path):
+    # Its CPU per request sums the workers' CPU: one not yet forked would be left out.
+    assert cachebench.expected_workers([]) == 1
+    assert cachebench.expected_workers(["--workers", "3", "--no-fsync"]) == 3
+    server = cachebench.start_nxcache(tmp_path, "nxcache-2", ["--workers", "2"])
+    try:
+        pids = server.worker_pids()
+        assert len(pids) == 2 and server.proc.pid not in pids
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
+
+
 def test_inprocess_bench_measures_every_operation_for_both():
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--requests", "300", "--runs", "1",
                              "--tokens", "3"], capture_output=True, text=True, timeout=120)
