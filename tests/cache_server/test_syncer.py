@@ -136,7 +136,7 @@ def _sync_uploads(tmp_path, count, **syncer_args):
                 result = loop.create_future()
                 worker.submit(item, result.set_result)
                 assert await asyncio.wait_for(result, 10) is None
-                after.append((os.sched_getaffinity(max(worker.thread_id, 0)), seen[-1]))
+                after.append((os.sched_getaffinity(worker.thread_id), seen[-1]))
         finally:
             await loop.run_in_executor(None, worker.close)
         return after
@@ -197,23 +197,3 @@ def test_a_cpu_the_thread_may_not_take_frees_it_ends_the_following_and_loses_no_
     after = _sync_uploads(tmp_path, 4, cpu_of_loop=cpu_of_loop)
     assert len(calls) == 2  # refused once, not asked again
     assert [affinity for affinity, _ in after] == [{first}] + [everywhere] * 3  # bound, then free again
-
-
-def test_without_a_native_thread_id_nothing_is_bound(tmp_path, monkeypatch):
-    class NoNativeId(threading.Thread):
-        @property
-        def native_id(self):
-            return None
-
-    monkeypatch.setattr(syncer.threading, "Thread", NoNativeId)
-    calls = []
-    everywhere = os.sched_getaffinity(0)
-
-    def cpu_of_loop():
-        calls.append(1)
-        return sorted(everywhere)[0]
-
-    after = _sync_uploads(tmp_path, 2, cpu_of_loop=cpu_of_loop)
-    assert calls == []  # never asked, so never bound: id 0 would have been this, the loop's, thread
-    assert os.sched_getaffinity(0) == everywhere
-    assert len(after) == 2

@@ -11,8 +11,8 @@ Each fsync also costs two GIL hand-overs with the loop thread, so a directory is
 once per batch, after the files of every upload linked into it: not once per upload.
 
 The thread runs on the CPU the loop last handed over from. A wake-up that crosses to another
-CPU costs far more than one on the same CPU, most of all when that CPU is idle (in a VM, an
-IPI and a halted vCPU woken by the host), and an upload pays two: to the thread and back. On the loop's CPU the thread
+CPU first has to bring that CPU out of idle (in a VM, an IPI and a halted vCPU woken by the
+host), and an upload pays two of them: to the thread and back. On the loop's CPU the thread
 runs when the loop sleeps, and the loop when the thread sleeps. The loop is never pinned, so
 the kernel still moves it off a busy CPU, and the thread follows at the next hand-over. On
 the 2-vCPU VM this was measured on, 4 KiB PUTs as deployed (a worker per core) took 18-20%
@@ -90,10 +90,7 @@ class BatchSyncer:
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="cache-fsync", daemon=True)
         self._worker.start()
-        native_id = self._worker.native_id  # set before start() returns, where the OS has one
-        self._thread_id: int = native_id if native_id is not None else -1
-        if native_id is None:
-            self._cpu_of_loop = None  # id 0 would bind the calling thread: the loop itself
+        self._thread_id: int = self._worker.native_id or 0  # set before start() returns
 
     def submit(self, staged: Staged, done: Done) -> None:
         """From the loop: make `staged` durable, then call `done(error)` on the loop.
