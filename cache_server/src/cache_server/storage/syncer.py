@@ -9,20 +9,11 @@ commits the first fsync's transaction for the whole batch, so the later ones are
 
 Each fsync also costs two GIL hand-overs with the loop thread, so a directory is synced
 once per batch, after the files of every upload linked into it: not once per upload.
-
-The thread runs on the CPU the loop last handed over from. A wake-up that crosses to another
-CPU first has to bring that CPU out of idle (in a VM, an IPI and a halted vCPU woken by the
-host), and an upload pays two of them: to the thread and back. On the loop's CPU the thread
-runs when the loop sleeps, and the loop when the thread sleeps. The loop is never pinned, so
-the kernel still moves it off a busy CPU, and the thread follows at the next hand-over. On
-the 2-vCPU VM this was measured on, 4 KiB PUTs as deployed (a worker per core) took 18-20%
-less CPU each and ran 21-31% faster (bench/README.md, "The fsync thread on the loop's CPU").
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -30,18 +21,6 @@ from collections.abc import Callable
 from .base import Staged
 
 Done = Callable[[OSError | None], None]
-CpuOf = Callable[[], int]
-
-
-def running_cpu() -> CpuOf | None:
-    """The C library's sched_getcpu (the CPU the calling thread runs on), or None without one."""
-    try:
-        getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
-    except (OSError, AttributeError):
-        return None
-    getcpu.restype = ctypes.c_int
-    getcpu.argtypes = []
-    return getcpu
 
 
 def fsync_directory(path: str) -> None:
@@ -76,21 +55,15 @@ def sync_staged(batch: list[Staged]) -> list[OSError | None]:
 
 class BatchSyncer:
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 sync: Callable[[list[Staged]], list[OSError | None]] = sync_staged,
-                 cpu_of_loop: CpuOf | None = None) -> None:
-        """`cpu_of_loop`: called on the loop at each hand-over, the CPU to run the thread on
-        (default: sched_getcpu); a negative answer leaves the thread where it is."""
+                 sync: Callable[[list[Staged]], list[OSError | None]] = sync_staged) -> None:
         self._loop = loop
         self._sync = sync  # a parameter, not a module lookup: compiled code calls functions directly
-        self._cpu_of_loop = cpu_of_loop if cpu_of_loop is not None else running_cpu()
-        self._thread_cpu = -1  # the CPU the thread is bound to, -1 while it may run on any
         self._pending: list[tuple[Staged, Done]] = []
         self._submitted: list[tuple[Staged, Done]] = []  # this loop pass's, not yet handed over
         self._cond = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="cache-fsync", daemon=True)
         self._worker.start()
-        self._thread_id: int = self._worker.native_id or 0  # set before start() returns
 
     def submit(self, staged: Staged, done: Done) -> None:
         """From the loop: make `staged` durable, then call `done(error)` on the loop.
@@ -103,34 +76,9 @@ class BatchSyncer:
 
     def _hand_over(self) -> None:
         batch, self._submitted = self._submitted, []
-        if self._cpu_of_loop is not None:
-            self._follow_loop(self._cpu_of_loop())
         with self._cond:
             self._pending.extend(batch)
             self._cond.notify()
-
-    def _follow_loop(self, cpu: int) -> None:
-        """Bind the thread to `cpu`, the loop's, before waking it (a syscall only when the loop moved)."""
-        if cpu == self._thread_cpu or cpu < 0:
-            return
-        try:
-            os.sched_setaffinity(self._thread_id, (cpu,))
-        except OSError:
-            # Not allowed here (a cpuset without that CPU, a sandbox): unbind and stop following.
-            self._cpu_of_loop = None
-            if self._thread_cpu >= 0:
-                try:
-                    os.sched_setaffinity(self._thread_id, os.sched_getaffinity(0))
-                except OSError:
-                    pass
-            self._thread_cpu = -1
-            return
-        self._thread_cpu = cpu
-
-    @property
-    def thread_id(self) -> int:
-        """The sync thread's native id (for its CPU affinity)."""
-        return self._thread_id
 
     def close(self) -> None:
         """Finish what was submitted, then stop the thread."""
