@@ -6,7 +6,11 @@ same for every server. Storage is a tmpfs (when root can mount one) so the HTTP 
 are compared, not the disk, as in research/perf.md. Everything listens on 127.0.0.1 and
 every phase is bounded by time.
 
-    python bench/cachebench.py [--reps 3] [--seconds 3] [--sizes 4k,1m,64m] [--conc 1,8,32]
+    python bench/cachebench.py [--reps 3] [--seconds 3] [--sizes 4k,1m,64m] [--conc 1,8,32] \
+        [--storage-in DIR]
+
+--storage-in puts every server's storage (nginx's too) in a new directory under DIR instead:
+on a tmpfs fsync does nothing, so only a disk shows what the deployed fsync costs.
 
 Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-exists),
 `nxcache` (our server as deployed: fsync on, access log on, one worker process per core, uvloop)
@@ -414,7 +418,11 @@ def main() -> int:
     parser.add_argument("--conc", default="1,8,32")
     parser.add_argument("--servers", default="nginx,nxcache,nxcache-nofsync")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.jsonl"))
+    parser.add_argument("--storage-in", type=Path, help="store in a new directory here (a disk), not on a tmpfs")
     args = parser.parse_args()
+    if args.storage_in is not None and not args.storage_in.is_dir():
+        print(f"cachebench: --storage-in {args.storage_in} is not a directory", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers, unmount
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
@@ -423,9 +431,12 @@ def main() -> int:
     sizes = args.sizes.split(",")
     concs = [int(c) for c in args.conc.split(",")]
     names = args.servers.split(",")
-    base = Path(tempfile.mkdtemp(prefix="nxcache-bench-"))
-    on_tmpfs = mount_tmpfs(base)
-    print(f"storage: {'tmpfs' if on_tmpfs else 'disk (could not mount a tmpfs)'} at {base}; {args.reps} reps x {args.seconds:g}s per cell")
+    base = Path(tempfile.mkdtemp(prefix="nxcache-bench-", dir=args.storage_in))
+    on_tmpfs = args.storage_in is None and mount_tmpfs(base)
+    if not on_tmpfs:
+        base.chmod(0o755)  # mkdtemp's 0700 would keep nginx's worker (nobody) out; a tmpfs root is 1777
+    where = "tmpfs" if on_tmpfs else "disk, --storage-in" if args.storage_in else "disk (could not mount a tmpfs)"
+    print(f"storage: {where} at {base}; {args.reps} reps x {args.seconds:g}s per cell")
     print(f"nxcache build: {server_build()}")
     script = base / "bench.lua"
     script.write_text(WRK_SCRIPT)

@@ -151,6 +151,12 @@ def test_pagecost_refuses_a_missing_directory(tmp_path):
     assert result.returncode == 2 and "absent is not a directory" in result.stderr
 
 
+def test_bench_refuses_a_missing_storage_directory(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "cachebench.py"), "--storage-in", str(tmp_path / "absent")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--storage-in" in result.stderr and "absent is not a directory" in result.stderr
+
+
 def test_bench_names_the_cells_whose_go_ratio_is_above_the_bare_stack(capsys):
     def at(ratio: float) -> list[cachebench.Cell]:
         return [cachebench.Cell(server=name, op=op, size="4k", conc=conc, rps=rps, mbps=0.0, p99_ms=1.0, errors=0,
