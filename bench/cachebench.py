@@ -176,17 +176,28 @@ class Server:
                 self.proc.wait()
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], failure: str) -> None:
+    """Poll `ready` for up to 20 s while the server `proc` runs; raise `failure` if it never is."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if ready():
             return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+        time.sleep(0.05)
+    raise RuntimeError(failure)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    wait_until(lambda: listening(port), proc, f"nothing listening on {port}")
 
 
 def start_nginx(base: Path) -> Server:
@@ -234,15 +245,9 @@ def expected_workers(flags: list[str]) -> int:
 def wait_workers(server: Server, expected: int) -> None:
     """The listening socket is bound before the workers fork, so the port answers before they all
     run: a cell measured then would leave the CPU of the missing ones out."""
-    if expected < 2:
-        return
-    deadline = time.monotonic() + 20
-    while len(server.worker_pids()) < expected:  # a lone supervisor is listed as itself: 1
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name}: {expected} workers did not start")
-        time.sleep(0.05)
+    if expected > 1:  # a lone server is listed as its own worker
+        wait_until(lambda: len(server.worker_pids()) >= expected, server.proc,
+                   f"{server.name}: {expected} workers did not start")
 
 
 def build_of(module_file: str) -> str:
