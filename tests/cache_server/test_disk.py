@@ -313,7 +313,9 @@ def test_an_unindexed_file_is_adopted_instead_of_blocking_its_key_forever(tmp_pa
 def test_small_bodies_are_served_from_memory_once_verified(tmp_path):
     storage = make(tmp_path, memory_cache_bytes=MiB)
     body = os.urandom(4096)
-    put(storage, "71", body)  # a small upload is kept in memory as it is published
+    put(storage, "71", body)  # an upload enters memory only when it is first read
+    assert storage.stats().memory_bytes == 0
+    assert read(storage, "71") == body and storage.counters.memory_hits == 0
     assert storage.stats().memory_bytes == 4096
     assert read(storage, "71") == body and storage.counters.memory_hits == 1
     storage.close()
@@ -328,15 +330,29 @@ def test_small_bodies_are_served_from_memory_once_verified(tmp_path):
     assert read(storage, "72") == big and storage.stats().memory_bytes == 4096
 
 
+def test_uploads_do_not_push_read_bodies_out_of_memory(tmp_path):
+    storage = make(tmp_path, memory_cache_bytes=3 * 4096)
+    for key in ("r1", "r2", "r3"):
+        put(storage, key, key.encode() * 2048)
+        assert read(storage, key) == key.encode() * 2048  # read once: now in memory
+    for i in range(10):
+        put(storage, f"w{i}", os.urandom(4096))  # written, never read
+    for key in ("r1", "r2", "r3"):
+        os.unlink(entry_path(storage, key))  # a hit can only come from memory now
+        assert read(storage, key) == key.encode() * 2048
+    assert storage.counters.memory_hits == 3
+
+
 def test_memory_copy_goes_with_its_entry(tmp_path):
     storage = make(tmp_path, memory_cache_bytes=MiB, max_bytes=3 * (40_000 + HEADER_SIZE))
     put(storage, "81", b"a" * 40_000)
     assert read(storage, "81") == b"a" * 40_000
+    assert storage.stats().memory_bytes == 40_000
     put(storage, "82", b"b" * 40_000)
     put(storage, "83", b"c" * 40_000)
     put(storage, "84", b"d" * 40_000)  # evicts 81, the least recently used
     storage.flush()
-    assert read(storage, "81") is None and storage.stats().memory_bytes == 3 * 40_000  # 82, 83, 84
+    assert read(storage, "81") is None and storage.stats().memory_bytes == 0
     put(storage, "81", b"new" * 10)  # the same key stored again is read fresh, not from memory
     assert read(storage, "81") == b"new" * 10
 

@@ -376,8 +376,7 @@ class DiskStorage:
         _unlink_quietly(tmp_path)
         return Staged(fd, directory)
 
-    def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None,
-                        body: bytes | None) -> None:
+    def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None) -> None:
         _close_quietly(staged.fd)
         if error is not None:
             _unlink_quietly(self._entry_path(key))
@@ -386,10 +385,9 @@ class DiskStorage:
             raise NotStored(f"not stored: {error.strerror}")
         with self._lock:
             self._reserved -= file_size
+            # Not into memory: a body comes in when it is first read (see `get`). Most uploads of
+            # an Nx cache are never read, and each one let in would push out a body that is.
             self._lru.add(key, file_size)
-            if body is not None and self._hot.max_bytes:
-                self._hot.put(key, body)
-                self._atime_saved[key] = time.monotonic()
         if self.peers is not None:
             self.peers.added(key, file_size)
 
@@ -709,7 +707,7 @@ class SmallUpload(_Upload):
         self._begin_finish()
         storage = self._storage
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks = [body]
+        self._chunks = []
         data = finished_header(len(body), digest_of(body)) + body
         tmp_path = storage._tmp_path(self.key)
         try:
@@ -734,8 +732,7 @@ class SmallUpload(_Upload):
 
     def publish(self, staged: Staged, error: OSError | None) -> None:
         """After `staged` was synced: index the entry, or withdraw it."""
-        body, self._chunks = self._chunks[0], []
-        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, body)
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error)
 
     def _discard(self) -> None:
         self._chunks = []
@@ -787,7 +784,7 @@ class DiskUpload(_Upload):
         return self._storage._stage(self.key, fd, self._tmp_path, self.size + HEADER_SIZE)
 
     def publish(self, staged: Staged, error: OSError | None) -> None:
-        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, None)
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error)
 
     def _discard(self) -> None:
         """Called exactly once, by whoever took `_finishing`."""
