@@ -11,18 +11,23 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 
-@dataclass(slots=True)
 class Blob:
     """A hit. Either `inline` holds the whole (already verified) body, or
     `fd` is an open descriptor whose bytes `[offset, offset+size)` are the body.
     The caller closes it. The body stays readable even if the entry is evicted
     meanwhile: POSIX keeps an unlinked file alive while a descriptor is open.
+
+    A plain class, not a dataclass: compiled, a dataclass keeps the `__init__` it generates
+    as interpreted Python (160 against 28 ns), and one Blob is made per hit.
     """
 
-    size: int
-    inline: bytes | None = None
-    fd: int = -1
-    offset: int = 0
+    __slots__ = ("size", "inline", "fd", "offset")
+
+    def __init__(self, size: int, inline: bytes | None = None, fd: int = -1, offset: int = 0) -> None:
+        self.size = size
+        self.inline = inline
+        self.fd = fd
+        self.offset = offset
 
     def close(self) -> None:
         if self.fd >= 0:
