@@ -59,15 +59,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--flags", default="--workers 1 --no-fsync", help="cache server flags for both sides")
-    parser.add_argument("--storage-in", type=Path, help="make each run's storage in this directory, not on a tmpfs")
+    parser.add_argument("--storage-in", type=cb.existing_directory,
+                        help="make each run's storage in this directory, not on a tmpfs")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("abtest: wrk is required (apt-get install -y wrk)", file=sys.stderr)
         return 2
     flags = shlex.split(args.flags)
-    if args.storage_in is not None and not args.storage_in.is_dir():
-        print(f"abtest: --storage-in {args.storage_in} is not a directory", file=sys.stderr)
-        return 2
     scratch = Path(tempfile.mkdtemp(prefix="nxcache-ab-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
         trees = {label: export(rev, scratch / label) for label, rev in (("A", args.a), ("B", args.b))}

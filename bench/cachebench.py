@@ -176,6 +176,14 @@ class Server:
                 self.proc.wait()
 
 
+def existing_directory(text: str) -> Path:
+    """argparse type of --storage-in (here and in abtest.py): a directory that exists, else exit 2 naming it."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return path
+
+
 def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], failure: str) -> None:
     """Poll `ready` for up to 20 s while the server `proc` runs; raise `failure` if it never is."""
     deadline = time.monotonic() + 20
@@ -423,11 +431,9 @@ def main() -> int:
     parser.add_argument("--conc", default="1,8,32")
     parser.add_argument("--servers", default="nginx,nxcache,nxcache-nofsync")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.jsonl"))
-    parser.add_argument("--storage-in", type=Path, help="store in a new directory here (a disk), not on a tmpfs")
+    parser.add_argument("--storage-in", type=existing_directory,
+                        help="store in a new directory here (a disk), not on a tmpfs")
     args = parser.parse_args()
-    if args.storage_in is not None and not args.storage_in.is_dir():
-        print(f"cachebench: --storage-in {args.storage_in} is not a directory", file=sys.stderr)
-        return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers, unmount
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
