@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import runpy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ class Registered:
     inputs: dict[str, Any]
     urn: str
     depends_on: frozenset[str] = frozenset()  # names of the resources it depends on (explicit and by input)
+    custom: bool = True  # False for a ComponentResource
+    # resource options the engine acts on, as sent in RegisterResource: retain_on_delete,
+    # ignore_changes, delete_before_replace, replace_on_changes, replacement_trigger
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def is_secret(value: Any) -> bool:
@@ -141,8 +145,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
     """With `local_dir`, `local.Command` really runs its `create` (stdin included) in that
     directory, as the provider would in the repository, and returns the real stdout."""
 
-    def __init__(self, local_dir: Path | None = None, local_env: dict[str, str] | None = None) -> None:
+    def __init__(self, local_dir: Path | None = None, local_env: dict[str, str] | None = None,
+                 tailnet: Any = None) -> None:
         self.resources: list[Registered] = []
+        self.tailnet = tailnet  # tests.standin.tailnet.Tailnet: answers the device lookups
         self.triggers: dict[str, str] = {}
         self.local_dir = local_dir
         self.local_env = local_env or {}
@@ -172,14 +178,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["stdout"] = "ENC[" + hashlib.sha256(seen.encode()).hexdigest()[:32] + "]"
             outputs.setdefault("stderr", "")
         urn = f"urn:pulumi:stack::nx-farm::{args.typ}::{args.name}"
-        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), urn))
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), urn, custom=args.custom))
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        # As the provider: an unknown device fails the program (at preview too), never a made-up answer.
         if args.token == "tailscale:index/getDevice:getDevice":
-            hostname = args.args["hostname"]
-            return {"nodeId": f"node-{hostname}", "name": hostname, "addresses": [], "tags": []}
-        return {}
+            device = self.tailnet.get_device(hostname=args.args.get("hostname"), name=args.args.get("name"))
+            return {**device, "waitFor": args.args.get("waitFor")}
+        if args.token == "tailscale:index/getDevices:getDevices":
+            return {"devices": self.tailnet.get_devices(args.args.get("namePrefix")), "id": "devices",
+                    "namePrefix": args.args.get("namePrefix")}
+        raise NotImplementedError(f"no stand-in for invoke {args.token}")
 
 
 class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
@@ -188,14 +198,25 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
     def __init__(self, mocks: RecordingMocks) -> None:
         super().__init__(mocks)
         self.dependencies: dict[str, frozenset[str]] = {}
+        self.options: dict[str, dict[str, Any]] = {}
 
     def RegisterResource(self, request):  # noqa: N802, ANN001, ANN201 - the gRPC method name
         urns = set(request.dependencies)
         for deps in request.propertyDependencies.values():
             urns.update(deps.urns)
         self.dependencies[request.name] = frozenset(urn.rsplit("::", 1)[-1] for urn in urns)
+        options: dict[str, Any] = {
+            "retain_on_delete": request.retainOnDelete,
+            "ignore_changes": list(request.ignoreChanges),
+            "delete_before_replace": request.deleteBeforeReplace,
+            "replace_on_changes": [key.removesuffix("[*]") for key in request.replaceOnChanges],
+            "aliases": [alias.spec.name for alias in request.aliasSpecs if alias.HasField("spec") and alias.spec.name]
+            if request.aliasSpecs else [],
+        }
         if request.HasField("replacement_trigger"):
             self.mocks.triggers[request.name] = str(request.replacement_trigger)
+            options["replacement_trigger"] = str(request.replacement_trigger)
+        self.options[request.name] = options
         return super().RegisterResource(request)
 
 
@@ -213,14 +234,18 @@ class ProgramRun:
 
 
 def run_program(config: dict[str, Any], secret_config: dict[str, str], local_dir: Path | None = None,
-                local_env: dict[str, str] | None = None) -> ProgramRun:
+                local_env: dict[str, str] | None = None, tailnet: Any = None, preview: bool = False) -> ProgramRun:
     """Run `__main__.py` once with this stack config (camelCase keys without the project prefix).
-    `local_dir`: execute local commands for real there (a scratch stand-in for the repository)."""
+    `local_dir`: execute local commands for real there (a scratch stand-in for the repository).
+    `tailnet`: the tailnet stand-in that device lookups consult; by default one where every
+    host of the config is an enrolled, untagged device at its `host` address."""
+    from tests.standin.tailnet import enrolled
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    mocks = RecordingMocks(local_dir, local_env)
+    mocks = RecordingMocks(local_dir, local_env, tailnet if tailnet is not None else enrolled(config))
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="nx-farm", stack="test", preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project="nx-farm", stack="test", preview=preview, monitor=monitor)
     values = {f"nx-farm:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values.update({f"nx-farm:{k}": v for k, v in secret_config.items()})
     pulumi.runtime.set_all_config(values, secret_keys=[f"nx-farm:{k}" for k in secret_config])
@@ -262,4 +287,5 @@ def run_program(config: dict[str, Any], secret_config: dict[str, str], local_dir
         asyncio.set_event_loop(None)
     for resource in mocks.resources:
         resource.depends_on = monitor.dependencies.get(resource.name, frozenset())
+        resource.options = monitor.options.get(resource.name, {})
     return ProgramRun(mocks.resources, outputs, error)
