@@ -71,7 +71,8 @@ def cache_token(name: str) -> pulumi.Output[str]:
 tokens = {agent.name: cache_token(agent.name) for agent in settings.agents}
 tokens.update({name: cache_token(name) for name in settings.orchestrators})
 
-tailnet = TailnetPolicy("tailnet", TailnetPolicyArgs(policy=policy))
+tailnet = TailnetPolicy("tailnet", TailnetPolicyArgs(policy=policy,
+                                                    overwrite_existing=settings.tailnet.overwrite_existing_policy))
 
 cache = CacheHost(
     settings.cache_host.name,
@@ -82,6 +83,7 @@ cache = CacheHost(
         wheels_dir=WHEELS_DIR / "cache",
         cache_tag=settings.tailnet.cache_tag,
         acl=tailnet.acl,
+        where=f"{PROJECT}:cacheHost",
     ),
 )
 
@@ -106,6 +108,9 @@ farm_scheduler = FarmScheduler(
             lambda pems: env_lines(tls_values(*pems))),
         wheels_dir=WHEELS_DIR / "agent",
         cache_url=f"http://127.0.0.1:{settings.cache_host.port}",
+        target=settings.cache_host,
+        owner=settings.cache_host.name,
+        after=cache.preflight,
     ),
 )
 scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.scheduler_port}"
@@ -128,7 +133,7 @@ plaintexts[settings.sops.shared_file] = pulumi.Output.from_input(
 )
 encrypted = SopsRecipients("sops", SopsRecipientsArgs(settings=settings, plaintexts=plaintexts, repo_root=ROOT))
 
-for agent in settings.agents:
+for index, agent in enumerate(settings.agents):
     NxAgent(
         agent.name,
         NxAgentArgs(
@@ -140,6 +145,7 @@ for agent in settings.agents:
             acl=tailnet.acl,
             wheels_dir=WHEELS_DIR / "agent",
             cache_url=url,
+            where=f"{PROJECT}:agents[{index}]",
         ),
     )
 

@@ -10,8 +10,9 @@ import pulumi
 from pulumi_command import remote
 
 from ._device import tag_device
-from ._remote import host_command, ship_wheels
+from ._remote import host_command, preflight, ship_wheels
 from ._wheels import wheels_digest
+from .render.host import claim, if_owned
 from .render.cache_host import (
     SERVICE_USER,
     TOKENS_PATH,
@@ -26,6 +27,8 @@ from .render.venv import ensure_system_user
 from .settings import CacheHostSettings
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/cache"
+# Which stack name owns the cache host's install; the scheduler on it is owned by the same name.
+OWNER_MARK = "cache-host.owner"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +40,7 @@ class CacheHostArgs:
     + wheels_dir: local directory with the server's wheel and its dependency wheels
     + cache_tag: the tailnet tag of the cache host's device
     + acl: the tailnet policy that defines the tags (tags are applied after it)
+    + where: its place in the stack config (`nx-farm:cacheHost`), for error messages
     """
 
     settings: CacheHostSettings
@@ -45,6 +49,7 @@ class CacheHostArgs:
     wheels_dir: Path
     cache_tag: str
     acl: pulumi.Resource
+    where: str = "nx-farm:cacheHost"
     read_only: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -57,28 +62,35 @@ class CacheHost(pulumi.ComponentResource):
         digest = wheels_digest(args.wheels_dir, "nxfarm_cache_server")
         secret_output = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdout", "stderr"])
 
-        self.wheels = ship_wheels(f"{name}-wheels", args.connection, args.wheels_dir, REMOTE_WHEELS_DIR, self)
+        owned = lambda command: if_owned(OWNER_MARK, name, command)  # noqa: E731
+
+        # Every step on the host waits until the operator may reach it (see NxAgent).
+        self.reachable = tag_device(name, target=settings, where=args.where, tags=[args.cache_tag], acl=args.acl,
+                                    parent=self)
+        self.preflight = preflight(f"{name}-preflight", args.connection, settings, args.where,
+                                   pulumi.ResourceOptions(parent=self, depends_on=self.reachable))
+        after_preflight = pulumi.ResourceOptions(parent=self, depends_on=[self.preflight])
+        self.wheels = ship_wheels(f"{name}-wheels", args.connection, settings, args.wheels_dir, REMOTE_WHEELS_DIR,
+                                  after_preflight)
 
         token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.read_only))
         install_tokens = f"{ensure_system_user(SERVICE_USER)} && {tokens_install_command()}"
         self.tokens_file = host_command(
-            f"{name}-tokens", args.connection, run=install_tokens, delete=f"rm -f {TOKENS_PATH}",
-            stdin=pulumi.Output.secret(token_text), logging=remote.Logging.STDERR, opts=secret_output,
+            f"{name}-tokens", args.connection, run=install_tokens, delete=owned(f"rm -f {TOKENS_PATH}"),
+            stdin=pulumi.Output.secret(token_text), logging=remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions.merge(secret_output, after_preflight),
         )
 
         # The digest and the unit travel in the command inputs, so a new wheel set or a changed
         # unit is an update (the script restarts only then); nothing here uses `triggers`.
         script = install_script(settings, REMOTE_WHEELS_DIR)
-        install = f"NXFARM_WHEELS={digest} sh -c {shlex.quote(script)}"
+        install = f"NXFARM_WHEELS={digest} sh -c {shlex.quote(script)} && {claim(OWNER_MARK, name)}"
         self.service = host_command(
             f"{name}-service", args.connection, run=install,
-            delete=f"sh -c {shlex.quote(remove_script(settings, settings.purge_on_destroy))}",
+            delete=owned(f"sh -c {shlex.quote(remove_script(settings, settings.purge_on_destroy))}"),
             stdin=cache_unit(settings), logging=remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
         )
-
-        self.device_tags, self.device_key = tag_device(name, hostname=settings.name, tags=[args.cache_tag],
-                                                       acl=args.acl, parent=self)
 
         self.url = pulumi.Output.from_input(cache_url(settings))
         self.register_outputs({"url": self.url})

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from cache_server.config import MAX_WORKERS
@@ -24,7 +24,11 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _TAG = re.compile(r"tag:[a-z0-9][a-z0-9-]{0,62}")
 _AGE_RECIPIENT = re.compile(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
-_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+# Tailscale gives every device an address in these ranges (CGNAT and its ULA prefix).
+TAILNET_NETWORKS = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
+PYTHONS = ("3.11", "3.12", "3.13")
+ARCHES = ("x86_64", "aarch64")
 _SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B?)?", re.IGNORECASE)
 _ABS_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 
@@ -54,6 +58,11 @@ def check_host(value: str) -> str:
 def check_host_key(value: str) -> str:
     """An OpenSSH public host key line (`<type> <base64> [comment]`) whose blob names the same type."""
     parts = value.split()
+    if parts[:1] == ["ssh-rsa"]:
+        # pulumi-command 1.2.1 then offers only SHA-1 `ssh-rsa` signatures, which OpenSSH 8.8+ refuses.
+        raise ValueError("ssh-rsa host keys cannot be pinned (the deploy's SSH client would offer only SHA-1 "
+                         "signatures, which OpenSSH 8.8+ refuses): pin the host's ed25519 key, from "
+                         "`ssh-keyscan -t ed25519 HOST`")
     if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
         raise ValueError(f"host key must be '<type> <base64>' with type one of {', '.join(_HOST_KEY_TYPES)} "
                          "(as printed by ssh-keyscan)")
@@ -89,16 +98,50 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
+def is_tailnet_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in TAILNET_NETWORKS if network.version == address.version)
+
+
 class SshTarget(_Model):
-    """How the deploy reaches a host: address, user and pinned host key."""
+    """How the deploy reaches a host (address, user, pinned host key), whether it is a tailnet
+    device the farm tags, and the Python and CPU its wheels must fit."""
 
     host: str
     ssh_port: Port = 22
     ssh_user: str = "root"
     host_key: str
+    # Tagged and kept from key expiry by the farm; looked up by its address `host`. Default: true
+    # exactly when `host` is a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48); a host
+    # reached through a subnet router is not a device.
+    tailnet_device: bool | None = None
+    python: Literal["3.11", "3.12", "3.13"] = "3.11"  # the host's python3 (checked before anything is installed)
+    arch: Literal["x86_64", "aarch64"] = "x86_64"
 
     _host = field_validator("host")(lambda cls, v: check_host(v))
     _key = field_validator("host_key")(lambda cls, v: check_host_key(v))
+
+    @model_validator(mode="after")
+    def _device_address(self) -> "SshTarget":
+        if self.tailnet_device and not _is_ip(self.host):
+            raise ValueError(f"tailnetDevice: true needs host to be the device's tailnet IP address (the farm "
+                             f"finds the device by it), not {self.host!r}")
+        return self
+
+    @property
+    def is_tailnet_device(self) -> bool:
+        return self.tailnet_device if self.tailnet_device is not None else is_tailnet_address(self.host)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
 
 
 class CacheHostSettings(SshTarget):
@@ -178,6 +221,9 @@ class TailnetSettings(_Model):
     base_policy_file: str = "infra/tailnet-policy.hujson"
     scheduler_port: Port = 8786
     subnet_routers: list[SubnetRouter] = []
+    # The first `pulumi up` may replace a tailnet policy that is not Tailscale's default only when
+    # this is true (or the policy was imported): basePolicyFile must then hold the live policy.
+    overwrite_existing_policy: bool = False
 
     _tags = field_validator("agent_tag", "cache_tag", "orchestrator_tag")(lambda cls, v: check_tag(v))
 

@@ -46,7 +46,7 @@ class SopsRecipients(pulumi.ComponentResource):
             update=f"install -m 0644 /dev/stdin {shlex.quote(config_path)}",
             stdin=sops_config(settings),
             dir=str(args.repo_root),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["dir"]),
         )
         recipients = file_recipients(settings)
         self.ciphertexts = {}
@@ -64,7 +64,8 @@ class SopsRecipients(pulumi.ComponentResource):
                 dir=str(args.repo_root),
                 logging=local.Logging.STDERR,
                 add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config]),
+                # `dir` is where this checkout is; another operator's clone must not look like a change.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config], ignore_changes=["dir"]),
             )
             self.ciphertexts[path] = command.stdout
         self.register_outputs({"files": sorted(self.ciphertexts)})

@@ -13,11 +13,12 @@ import pulumi_tailscale as tailscale
 @dataclass(frozen=True, kw_only=True)
 class TailnetPolicyArgs:
     """+ policy: the merged policy (render.tailnet_policy.build_policy), built before any resource
-    + adopt_existing: overwrite a tailnet whose policy is not the default one (first `pulumi up`)
+    + overwrite_existing: let the first `pulumi up` replace a policy that is not Tailscale's default
+      (the provider otherwise refuses: "Overwrite Protected"; see docs/how-to/adopt-a-tailnet-policy.md)
     """
 
     policy: dict[str, Any]
-    adopt_existing: bool = True
+    overwrite_existing: bool = False
 
 
 class TailnetPolicy(pulumi.ComponentResource):
@@ -29,7 +30,7 @@ class TailnetPolicy(pulumi.ComponentResource):
         self.acl = tailscale.Acl(
             f"{name}-acl",
             acl=json.dumps(args.policy, indent=2),
-            overwrite_existing_content=args.adopt_existing,
+            overwrite_existing_content=args.overwrite_existing,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"aclId": self.acl.id})

@@ -66,9 +66,11 @@ def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
 
 
 def farm_ssh(settings: FarmSettings) -> list[dict[str, Any]]:
+    """Tailscale SSH (for hosts that run `tailscale up --ssh`): operators may log in as the users the
+    deploy connects as (`sshUser`), not as the farm's service user, which has no login shell."""
     t = settings.tailnet
-    return [{"action": "accept", "src": list(t.operators), "dst": [t.agent_tag, t.cache_tag],
-             "users": [settings.deploy_user]}]
+    users = sorted({settings.cache_host.ssh_user, *(agent.ssh_user for agent in settings.agents)})
+    return [{"action": "accept", "src": list(t.operators), "dst": [t.agent_tag, t.cache_tag], "users": users}]
 
 
 def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
@@ -119,4 +121,31 @@ def build_policy(base: dict[str, Any], settings: FarmSettings) -> dict[str, Any]
                 current = routes.setdefault(route, [])
                 if t.agent_tag not in current:
                     current.append(t.agent_tag)
+    unowned = sorted(referenced_tags(policy) - set(owners))
+    if unowned:
+        # Tailscale refuses the whole policy ("tag not found") when `pulumi up` sets it; say so at preview.
+        raise PolicyError(f"{settings.tailnet.base_policy_file}: {', '.join(unowned)} used but not in tagOwners: "
+                          "add an owner for each (Tailscale refuses a policy that uses an undefined tag)")
     return policy
+
+
+def referenced_tags(policy: dict[str, Any]) -> set[str]:
+    """Every tag a rule, test or auto-approver names (`tag:x`, also as `tag:x:port`)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value.startswith("tag:"):
+            found.add(":".join(value.split(":")[:2]))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+
+    for section in ("grants", "acls", "ssh", "tests", "sshTests", "autoApprovers", "nodeAttrs"):
+        walk(policy.get(section, []))
+    for owners in policy.get("tagOwners", {}).values():
+        walk(owners)
+    return found

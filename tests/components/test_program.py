@@ -46,7 +46,7 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert unwrap(names["cache-tags"].inputs)["tags"] == ["tag:nx-cache"]
     keys = {entry["host"]: entry["hostKey"] for entry in [raw_config["cacheHost"], *raw_config["agents"]]}
     remotes = result.of_type("command:remote:Command") + result.of_type("command:remote:CopyToRemote")
-    assert len(remotes) == 3 + 6 + 7 * len(raw_config["agents"])  # cache, scheduler + health, agents
+    assert len(remotes) == 4 + 6 + 8 * len(raw_config["agents"])  # cache, scheduler + health, agents
     assert names["cache-scheduler"].typ == "nxfarm:index:FarmScheduler"
     assert is_secret(names["cache-scheduler-tls"].inputs["stdin"])
     assert "--bind 100.64.0.10 --port 8786" in unwrap(names["cache-scheduler-service"].inputs["stdin"])
@@ -160,7 +160,8 @@ def test_adding_an_agent_adds_only_its_resources_and_touches_tokens_policy_and_s
     after = run(raw)
     added, removed, changed = changed_between(before, after)
     assert removed == set()
-    assert added == {"cache-token-agent-3", "agent-3", "agent-3-wheels", "agent-3-runtime", "agent-3-env",
+    assert added == {"cache-token-agent-3", "agent-3", "agent-3-preflight", "agent-3-wheels", "agent-3-runtime",
+                     "agent-3-env",
                      "agent-3-unit-nx-farm-agent-service",
                      "agent-3-unit-nx-farm-health-service", "agent-3-unit-nx-farm-health-timer", "agent-3-enable", "agent-3-tags", "agent-3-key",
                      "sops-infra-agents-agent-3", "farm-ca-agent-3-key", "farm-ca-agent-3-csr",
@@ -196,9 +197,10 @@ def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_confi
     new_certs = {"farm-ca-ca", *(f"farm-ca-{m}-{kind}" for m in members for kind in ("csr", "cert"))}
     assert changed == tokens | encrypted | new_certs | {"cache-tokens", "agent-1-env", "agent-2-env",
                                                         "cache-scheduler-tls"}
-    # Only the tokens are replaced (their keepers); everything else changes by update: no resource
-    # uses `triggers`, which would replace it and run the old `delete` after the new `create`.
-    assert not [r.name for r in after.resources if r.inputs.get("triggers")]
+    # Only the tokens are replaced (their keepers); everything else changes by update. Only the wheel
+    # copies use `triggers` (the connection: they have no delete to run), and those did not change.
+    assert {r.name for r in after.resources if r.inputs.get("triggers")} == {
+        "cache-wheels", "cache-scheduler-wheels", "agent-1-wheels", "agent-2-wheels"}
 
 
 def test_the_example_stack_runs_whole(raw_config):
@@ -212,7 +214,8 @@ def test_the_example_stack_runs_whole(raw_config):
     assert result.error is None, result.error
     assert len(result.of_type("nxfarm:index:NxAgent")) == 3
     tags = {r.name: unwrap(r.inputs)["tags"] for r in result.of_type("tailscale:index/deviceTags:DeviceTags")}
-    assert tags["agent-wsl-tags"] == ["tag:homelab-wsl2", "tag:nx-agent"] and tags["cache-tags"] == ["tag:nx-cache"]
+    assert tags == {"cache-tags": ["tag:nx-cache"], "agent-desk-tags": ["tag:nx-agent"],
+                    "agent-nuc-tags": ["tag:nx-agent"]}, "agent-wsl sits behind a subnet router: not a device"
 
 
 def test_orchestrators_get_their_cluster_certificate_as_a_secret_output(raw_config):

@@ -69,11 +69,12 @@ def test_agent_and_scheduler_ports(base, settings):
             "ip": ["tcp:22", f"tcp:{WORKER_PORT}"]} in grants
 
 
-def test_subnet_routes_are_auto_approved_and_ssh_for_the_deploy_user(base, settings):
+def test_subnet_routes_are_auto_approved_and_ssh_for_the_users_deploys_log_in_as(base, settings):
     policy = build_policy(base, settings)
     assert policy["autoApprovers"]["routes"]["192.168.20.0/24"] == ["tag:nx-agent"]
+    # The deploy logs in as sshUser (root by default); the service user `nxfarm` has no login shell.
     assert {"action": "accept", "src": ["group:nx-operators"], "dst": ["tag:nx-agent", "tag:nx-cache"],
-            "users": ["nxfarm"]} in policy["ssh"]
+            "users": ["root"]} in policy["ssh"]
 
 
 def test_building_twice_changes_nothing(base, settings):

@@ -133,6 +133,10 @@ class Engine:
                 ops[resource.name] = "same"
         return ops, inputs
 
+    def plan(self, run: ProgramRun) -> dict[str, str]:
+        """What `pulumi preview` would say of each resource: create, update, replace or same."""
+        return self._plan([r for r in run.resources if r.custom])[0]
+
     # -- running ---------------------------------------------------------------------------------
     def up(self, run: ProgramRun) -> list[tuple[str, str]]:
         """Apply one program run; returns the (resource, operation) steps that ran, in the order they ended."""
