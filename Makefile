@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NX_CLIENT := tests/nx_client
-# The cache server as `make wheels` builds it (its request path compiled by mypyc, setup.py),
+# The cache server compiled (its request path built by mypyc, setup.py; `make wheels` ships the pure build),
 # unpacked so that PYTHONPATH puts it ahead of the editable, pure-Python install.
 COMPILED := build/compiled
 CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.py cache_server/mypyc.ini cache_server/pyproject.toml Makefile
@@ -52,11 +52,12 @@ test: $(VENV)/.installed $(COMPILED)/.built $(NX_CLIENT)/node_modules/.package-l
 bench: $(VENV)/.installed $(COMPILED)/.built
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib $(PY) bench/cachebench.py $(ARGS)
 
-# What `pulumi up` ships to hosts without internet: each program's wheel plus every dependency wheel.
+# What `pulumi up` ships to hosts without internet: per role and per supported Python and CPU
+# (dist/wheels/agent/cp313-aarch64/...), our pure-Python wheel plus every locked dependency's wheel
+# for that platform. PLATFORMS=cp311-x86_64,cp313-aarch64 builds only those.
 wheels: $(VENV)/.installed
 	rm -rf dist/wheels
-	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/cache -r cache_server/requirements.lock ./cache_server
-	$(PY) -m pip wheel --quiet --disable-pip-version-check -w dist/wheels/agent -r nxfarm/requirements.lock ./nxfarm
+	$(PY) -m components.wheelhouse --out dist/wheels $(if $(PLATFORMS),--platforms $(PLATFORMS))
 
 clean:
 	rm -rf $(VENV) dist build $(NX_CLIENT)/node_modules $(NX_CLIENT)/nx23/node_modules

@@ -12,7 +12,7 @@ import pulumi_random as random
 from pulumi_command import remote
 
 from components.agent import NxAgent, NxAgentArgs
-from components._wheels import WheelsMissing, wheels_digest
+from components._wheels import WheelsMissing, wheel_set
 from components.cache_host import CacheHost, CacheHostArgs
 from components.farm_ca import FarmCA, FarmCAArgs
 from components.render.agent import env_lines, tls_values
@@ -27,13 +27,32 @@ from components.tailnet import TailnetPolicy, TailnetPolicyArgs
 
 ROOT = Path(__file__).resolve().parent
 WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")  # cache/ and agent/ sets
+# role -> (the package it installs, the lock its dependency wheels follow); see components/wheelhouse.py
+WHEEL_ROLES = {"cache": ("nxfarm_cache_server", ROOT / "cache_server" / "requirements.lock"),
+               "agent": ("nxfarm", ROOT / "nxfarm" / "requirements.lock")}
+
+
+def wheels_for_hosts(settings) -> dict[tuple[str, str], Path]:  # noqa: ANN001 - FarmSettings
+    """(role, host's stack name) -> the wheel set that fits the host; every gap at once, one per line."""
+    wanted = [("cache", settings.cache_host, f"{PROJECT}:cacheHost"), ("agent", settings.cache_host, f"{PROJECT}:cacheHost"),
+              *(("agent", agent, f"{PROJECT}:agents[{i}]") for i, agent in enumerate(settings.agents))]
+    found, problems = {}, []
+    for role, target, where in wanted:
+        distribution, lock = WHEEL_ROLES[role]
+        try:
+            found[(role, target.name)] = wheel_set(WHEELS_DIR / role, distribution, lock, target.python, target.arch,
+                                                   where)
+        except WheelsMissing as exc:
+            problems.append(str(exc))
+    if problems:
+        raise WheelsMissing("\n".join(problems))
+    return found
 
 config = pulumi.Config(PROJECT)
 try:
     settings = load(config)
     settings.cache_host.listen_address  # noqa: B018 - validates bindAddress for DNS hosts
-    wheels_digest(WHEELS_DIR / "cache", "nxfarm_cache_server")
-    wheels_digest(WHEELS_DIR / "agent", "nxfarm")
+    wheels = wheels_for_hosts(settings)
     policy_path = ROOT / settings.tailnet.base_policy_file
     try:
         base_policy_text = policy_path.read_text()
@@ -80,7 +99,7 @@ cache = CacheHost(
         settings=settings.cache_host,
         connection=connection(settings.cache_host),
         tokens=tokens,
-        wheels_dir=WHEELS_DIR / "cache",
+        wheels_dir=wheels[("cache", settings.cache_host.name)],
         cache_tag=settings.tailnet.cache_tag,
         acl=tailnet.acl,
         where=f"{PROJECT}:cacheHost",
@@ -106,7 +125,7 @@ farm_scheduler = FarmScheduler(
         port=settings.tailnet.scheduler_port,
         tls_env=pulumi.Output.all(scheduler_tls.ca_pem, scheduler_tls.cert_pem, scheduler_tls.key_pem).apply(
             lambda pems: env_lines(tls_values(*pems))),
-        wheels_dir=WHEELS_DIR / "agent",
+        wheels_dir=wheels[("agent", settings.cache_host.name)],
         cache_url=f"http://127.0.0.1:{settings.cache_host.port}",
         target=settings.cache_host,
         owner=settings.cache_host.name,
@@ -143,7 +162,7 @@ for index, agent in enumerate(settings.agents):
             deploy_user=settings.deploy_user,
             agent_tag=settings.tailnet.agent_tag,
             acl=tailnet.acl,
-            wheels_dir=WHEELS_DIR / "agent",
+            wheels_dir=wheels[("agent", agent.name)],
             cache_url=url,
             where=f"{PROJECT}:agents[{index}]",
         ),

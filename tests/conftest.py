@@ -35,12 +35,14 @@ def raw_config():
     }
 
 
+# The platforms of the test hosts: Debian 12 (Python 3.11) and Debian 13 (Python 3.13), x86_64.
+HOST_PLATFORMS = ["cp311-x86_64", "cp313-x86_64"]
+
+
 @pytest.fixture(scope="session")
 def built_wheels(tmp_path_factory):
-    """What `make wheels` produces: dist/wheels/cache and dist/wheels/agent."""
+    """What `make wheels` produces (dist/wheels/{cache,agent}/<platform>/), for the test hosts' platforms."""
     out = tmp_path_factory.mktemp("wheels")
-    for target, args in (("cache", ["-r", str(ROOT / "cache_server" / "requirements.lock"), str(ROOT / "cache_server")]),
-                         ("agent", ["-r", str(ROOT / "nxfarm" / "requirements.lock"), str(ROOT / "nxfarm")])):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                        "-w", str(out / target), *args], check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "components.wheelhouse", "--out", str(out),
+                    "--platforms", ",".join(HOST_PLATFORMS)], check=True, capture_output=True, timeout=900, cwd=ROOT)
     return out

@@ -11,3 +11,23 @@ def host_key(seed: int = 0) -> str:
 
 AGE_A = "age1" + "q" * 58
 AGE_B = "age1" + "p" * 58
+
+
+def fake_wheel_sets(directory, platforms=("cp311-x86_64",)):
+    """Stand-ins for `make wheels` output, for tests that never install them: per platform, a wheel
+    named for our package and for every pin of each role's lock (contents are placeholders)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    roles = {"cache": ("nxfarm_cache_server", root / "cache_server" / "requirements.lock"),
+             "agent": ("nxfarm", root / "nxfarm" / "requirements.lock")}
+    for role, (distribution, lock) in roles.items():
+        pins = [line.split("#")[0].strip() for line in lock.read_text().splitlines()]
+        for platform in platforms:
+            target = directory / role / platform
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f"{distribution}-0.1.0-py3-none-any.whl").write_bytes(b"wheel v1")
+            for pin in filter(None, pins):
+                name, version = pin.split("==")
+                (target / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(pin.encode())
+    return directory

@@ -4,6 +4,8 @@ import copy
 
 import pytest
 
+from tests.helpers import fake_wheel_sets
+
 from .pulumi_harness import is_secret, mock_token, plain_strings, run_program, unwrap
 
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -11,13 +13,8 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH
 
 @pytest.fixture(autouse=True)
 def wheels(tmp_path, monkeypatch):
-    """Stand-ins for `make wheels` output: dist/wheels/cache and dist/wheels/agent."""
-    directory = tmp_path / "wheels"
-    (directory / "cache").mkdir(parents=True)
-    (directory / "agent").mkdir()
-    (directory / "cache" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v1")
-    (directory / "cache" / "httptools-0.9.0-cp311-cp311-manylinux.whl").write_bytes(b"dependency")
-    (directory / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v1")
+    """Stand-ins for `make wheels` output: dist/wheels/{cache,agent}/<platform>/."""
+    directory = fake_wheel_sets(tmp_path / "wheels")
     monkeypatch.setenv("NXFARM_WHEELS_DIR", str(directory))
     return directory
 
@@ -100,16 +97,17 @@ def test_invalid_config_registers_nothing(raw_config):
 
 
 def test_missing_wheels_stop_before_any_resource(raw_config, wheels):
-    for wheel in (wheels / "cache").iterdir():
+    for wheel in (wheels / "cache" / "cp311-x86_64").iterdir():
         wheel.unlink()
     result = run(raw_config)
-    assert "run `make wheels` before `pulumi up`" in str(result.error)
+    assert "nx-farm:cacheHost: no wheel of nxfarm-cache-server fits Python 3.11 on x86_64" in str(result.error)
+    assert "run `make wheels`" in str(result.error)
     assert result.resources == []
 
 
 def test_new_runtime_wheels_update_every_agent_and_nothing_else(raw_config, wheels):
     before = run(raw_config)
-    (wheels / "agent" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v2")
+    (wheels / "agent" / "cp311-x86_64" / "nxfarm-0.1.0-py3-none-any.whl").write_bytes(b"runtime v2")
     added, removed, changed = changed_between(before, run(raw_config))
     # The scheduler runs the same runtime (client and workers must match its dask version).
     assert added == removed == set() and changed == {"agent-1-runtime", "agent-2-runtime", "cache-scheduler-service"}
@@ -137,7 +135,7 @@ def test_purge_flag_decides_whether_destroy_deletes_the_cached_data(raw_config):
 
 def test_new_wheels_update_the_service_command(raw_config, wheels):
     before = run(raw_config)
-    (wheels / "cache" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel bytes v2")
+    (wheels / "cache" / "cp311-x86_64" / "nxfarm_cache_server-0.1.0-py3-none-any.whl").write_bytes(b"wheel v2")
     after = run(raw_config)
     create_before = unwrap(before.by_name()["cache-service"].inputs)["create"]
     create_after = unwrap(after.by_name()["cache-service"].inputs)["create"]

@@ -15,6 +15,8 @@ from tests.standin.engine import Engine, StepFailed
 from tests.standin.providers import providers
 from tests.standin.tailnet import Device, Tailnet, enrolled, validate_policy
 
+from tests.helpers import fake_wheel_sets
+
 from .pulumi_harness import ROOT, run_program, unwrap
 from .test_program import SSH_KEY, wheels  # noqa: F401 - the wheels fixture
 
@@ -197,10 +199,47 @@ def test_a_dns_named_host_must_say_whether_it_is_a_device(raw_config):
     assert result.error is None and "agent-2-tags" not in result.by_name()
 
 
-def test_preflight_checks_what_the_deploy_needs_before_anything_is_installed(raw_config):
+def test_preflight_checks_what_the_deploy_needs_before_anything_is_installed(raw_config, wheels):
+    fake_wheel_sets(wheels, ["cp313-aarch64"])
     result = run({**raw_config, "agents": [{**raw_config["agents"][0], "python": "3.13", "arch": "aarch64"}]})
     check = unwrap(result.by_name()["agent-1-preflight"].inputs)["create"]
     for needed in ("python3-venv", "sftp", "'3.13'", "aarch64", "nx-farm:agents[0]"):
         assert needed in check, needed
     assert "agent-1-preflight" in closure(result, "agent-1-wheels")
     assert "cache-preflight" in closure(result, "cache-scheduler-wheels")
+
+
+def test_each_host_gets_the_wheel_set_of_its_python_and_cpu(raw_config, wheels):
+    fake_wheel_sets(wheels, ["cp313-aarch64", "cp312-x86_64"])
+    raw = copy.deepcopy(raw_config)
+    raw["cacheHost"].update(python="3.12")
+    raw["agents"][1].update(python="3.13", arch="aarch64")
+    names = run(raw).by_name()
+    source = lambda name: unwrap(names[name].inputs)["source"][1]  # noqa: E731
+    assert source("agent-1-wheels") == f"{wheels}/agent/cp311-x86_64/"
+    assert source("agent-2-wheels") == f"{wheels}/agent/cp313-aarch64/"
+    assert source("cache-wheels") == f"{wheels}/cache/cp312-x86_64/"
+    assert source("cache-scheduler-wheels") == f"{wheels}/agent/cp312-x86_64/"
+
+
+def test_a_host_no_wheel_set_fits_stops_the_program_naming_host_and_wheel(raw_config, wheels):
+    fake_wheel_sets(wheels, ["cp313-aarch64"])
+    next((wheels / "agent" / "cp313-aarch64").glob("cryptography-*.whl")).unlink()
+    raw = copy.deepcopy(raw_config)
+    raw["agents"][1].update(python="3.13", arch="aarch64")
+    raw["agents"][0].update(python="3.12")
+    result = run(raw)
+    assert result.resources == []
+    lines = str(result.error).splitlines()
+    assert "nx-farm:agents[0]: no wheel of nxfarm fits Python 3.12 on x86_64" in lines[1]
+    assert "nx-farm:agents[1]: no wheel of cryptography==50.0.2 fits Python 3.13 on aarch64" in lines[2]
+
+
+def test_a_compiled_wheel_for_another_platform_does_not_count(raw_config, wheels):
+    """A cp311 x86_64 wheel in the aarch64 set (a copy mistake) is no wheel for that host."""
+    fake_wheel_sets(wheels, ["cp313-aarch64"])
+    target = wheels / "agent" / "cp313-aarch64"
+    next(target.glob("psutil-*.whl")).rename(target / "psutil-7.2.2-cp311-cp311-manylinux_2_17_x86_64.whl")
+    raw = copy.deepcopy(raw_config)
+    raw["agents"][1].update(python="3.13", arch="aarch64")
+    assert "no wheel of psutil==7.2.2 fits Python 3.13 on aarch64" in str(run(raw).error)

@@ -18,8 +18,9 @@ def testhost_base():
 def start_host(testhost_base):
     started = []
 
-    def start(name, ip):
-        host = testhosts.start(name, ip)
+    def start(name, ip, suite="bookworm"):
+        testhosts.ensure_base(suite)  # other releases than the session's base are built on first use
+        host = testhosts.start(name, ip, suite)
         started.append(host)
         return host
 

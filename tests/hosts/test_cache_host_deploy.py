@@ -1,24 +1,19 @@
 """The program's CacheHost, deployed on a throwaway systemd host by executing the commands it declares
-(see deploy_double for exactly what stands in for the Pulumi engine and provider)."""
+(see tests/hosts/deploy.py and tests/standin for what stands in for the engine and the providers)."""
 
 import json
 import time
 import urllib.error
 import urllib.request
 
-from tests.components.pulumi_harness import mock_token, run_program, unwrap
-from tests.helpers import AGE_A
+from tests.components.pulumi_harness import mock_token, unwrap
 
-from .deploy_double import DeployDouble
+from .deploy import Deployment, enroll, on_hosts
 
 
-def program(host, monkeypatch, wheels, **overrides):
-    monkeypatch.setenv("NXFARM_WHEELS_DIR", str(wheels))
-    config = {"cacheHost": {"name": "cache", "host": host.ip, "hostKey": host.host_key},
-              "sops": {"operatorRecipients": [AGE_A]}, **overrides}
-    result = run_program(config, {"sshPrivateKey": "the double connects with the test key"})
-    assert result.error is None, result.error
-    return result
+def config(host, operator, **overrides):
+    return {"cacheHost": {"name": "cache", "host": host.ip, "hostKey": host.host_key, "tailnetDevice": True},
+            "sops": {"operatorRecipients": [operator]}, **overrides}
 
 
 def http(url, token=None, data=None, method="GET"):
@@ -62,26 +57,28 @@ def check_scheduler(host, run):
             time.sleep(1)
 
 
-def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypatch):
+def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypatch, tmp_path):
+    monkeypatch.setenv("NXFARM_WHEELS_DIR", str(built_wheels))
     host = start_host("cache1", "10.231.0.11")
-    deploy = DeployDouble([host])
+    deploy = Deployment(tmp_path, [host], enroll({"cache": host}), seed=0)
     url = f"http://{host.ip}:3333"
 
-    run = program(host, monkeypatch, built_wheels)
+    first = deploy.up(config(host, deploy.operator_recipient))
+    run = deploy.run
     assert run.by_name()["cache-service"].depends_on >= {"cache-wheels", "cache-tokens"}
-    first = deploy.up(run)
-    assert sorted(first) == [("cache-scheduler-health", "create"), ("cache-scheduler-service", "create"),
-                             ("cache-scheduler-tls", "create"),
-                             ("cache-scheduler-unit-nx-farm-health-service", "create"),
-                             ("cache-scheduler-unit-nx-farm-health-timer", "create"),
-                             ("cache-scheduler-wheels", "create"), ("cache-service", "create"),
-                             ("cache-tokens", "create"), ("cache-wheels", "create")]
+    assert on_hosts(first) == [("cache-preflight", "create"), ("cache-scheduler-health", "create"),
+                               ("cache-scheduler-service", "create"), ("cache-scheduler-tls", "create"),
+                               ("cache-scheduler-unit-nx-farm-health-service", "create"),
+                               ("cache-scheduler-unit-nx-farm-health-timer", "create"),
+                               ("cache-scheduler-wheels", "create"), ("cache-service", "create"),
+                               ("cache-tokens", "create"), ("cache-wheels", "create")]
     assert host.ssh("systemctl is-active nx-farm-health.timer").stdout.strip() == "active"
     for service in ("cache-service", "cache-scheduler-service"):
         before = [name for name, _ in first[:first.index((service, "create"))]]
         assert set(run.by_name()[service].depends_on) & {n for n, _ in first} <= set(before), \
             "a service is installed after what it depends on"
-    assert deploy.outputs["cache-service"].strip().endswith("changed")
+    assert deploy.stdout("cache-service").strip().endswith("changed")
+    assert deploy.stdout("cache-preflight").startswith("ok: python 3.11, x86_64")
     status, body = http(f"{url}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
     token = mock_token("cache-token-operator", {"generation": "1"})
@@ -98,15 +95,16 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     check_scheduler(host, run)
 
     # The same config again: nothing to do, and a forced re-run of the install changes nothing.
-    assert deploy.up(program(host, monkeypatch, built_wheels)) == []
-    rerun = host.ssh(deploy.state["cache-service"][1]["update"], stdin=deploy.state["cache-service"][1]["stdin"])
+    assert deploy.up(config(host, deploy.operator_recipient)) == []
+    state = deploy.engine.state["cache-service"].inputs
+    rerun = host.ssh(state["update"], stdin=state["stdin"])
     assert rerun.stdout.strip().endswith("unchanged")
     assert host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip() == pid
 
     # Rotate: only the tokens file is rewritten; the old token is refused at once, the server keeps running.
-    rotated = deploy.up(program(host, monkeypatch, built_wheels, secretsGeneration=2))
+    rotated = deploy.up(config(host, deploy.operator_recipient, secretsGeneration=2))
     # ... and the cluster's certificates: the scheduler gets its new ones (and restarts).
-    assert sorted(rotated) == [("cache-scheduler-tls", "update"), ("cache-tokens", "update")]
+    assert on_hosts(rotated) == [("cache-scheduler-tls", "update"), ("cache-tokens", "update")]
     new_token = mock_token("cache-token-operator", {"generation": "2"})
     deadline = time.monotonic() + 5
     while http(f"{url}/v1/cache/123", token)[0] != 401 and time.monotonic() < deadline:
@@ -118,7 +116,7 @@ def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypat
     assert all(http(f"{url}/v1/cache/123", token)[0] == 401 for _ in range(12))
     assert all(http(f"{url}/v1/cache/123", new_token) == (200, b"artifact") for _ in range(12))
     assert host.ssh("systemctl show -p MainPID --value nx-farm-cache.service").stdout.strip() == pid
-    check_scheduler(host, program(host, monkeypatch, built_wheels, secretsGeneration=2))
+    check_scheduler(host, deploy.run)
 
     # Destroy without purgeOnDestroy: the service goes, the cached data stays.
     assert ("cache-service", "delete") in deploy.destroy()

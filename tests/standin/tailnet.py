@@ -32,6 +32,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.settings import is_tailnet_address
+
 # Tailscale's default policy: everyone may reach everything.
 DEFAULT_POLICY: dict[str, Any] = {"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}
 
@@ -300,18 +302,6 @@ def validate_policy(policy: dict[str, Any]) -> list[str]:
             if allowed(policy, src, target, port, proto):
                 problems.append(f"test failed: {test['src']} should not reach {dst}")
     return problems
-
-
-TAILNET_V4 = ipaddress.ip_network("100.64.0.0/10")
-TAILNET_V6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
-
-
-def is_tailnet_address(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address in (TAILNET_V4 if address.version == 4 else TAILNET_V6)
 
 
 def enrolled(config: dict[str, Any], policy: dict[str, Any] | None = None) -> Tailnet:
