@@ -18,7 +18,7 @@ CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.
 $(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	NXCACHE_PURE_PYTHON=1 $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
 		-c cache_server/requirements.lock -c nxfarm/requirements.lock
 	touch $@
 
@@ -38,13 +38,13 @@ $(NX_CLIENT)/nx23/node_modules/.package-lock.json: $(NX_CLIENT)/nx23/package.jso
 # take the package for installed and skip the wheel under test.
 $(COMPILED)/.built: $(VENV)/.installed $(CACHE_SOURCES)
 	rm -rf $(COMPILED)
-	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
+	NXCACHE_COMPILE=1 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
 	$(PY) -m zipfile -e $(COMPILED)/wheel/nxfarm_cache_server-*.whl $(COMPILED)/lib
 	rm -rf $(COMPILED)/lib/*.dist-info
 	touch $@
 
 # Every test against the compiled build, then the cache server's own tests against the pure-Python
-# modules too: a host that installs the pure wheel (NXCACHE_PURE_PYTHON=1) runs those.
+# modules too: the wheel `make wheels` ships is the pure one, and hosts run those.
 test: $(VENV)/.installed $(COMPILED)/.built $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib NXCACHE_EXPECT=compiled $(PY) -m pytest tests $(PYTEST_ARGS)
 	NXCACHE_EXPECT=pure $(PY) -m pytest tests/cache_server $(PYTEST_ARGS)

@@ -1,11 +1,14 @@
-"""Builds the request path as C extensions with mypyc, unless NXCACHE_PURE_PYTHON=1.
+"""Builds the request path as C extensions with mypyc when NXCACHE_COMPILE=1; pure Python otherwise.
 
 Why: on a small artifact the server's cost is the Python it runs per request (~1,000
 bytecodes for a GET), not storage or syscalls. The same modules compiled answer a 4 KiB
 GET or miss in 22-31% less CPU (bench/README.md, "Compiled"). The .py files ship beside the
-extensions, and every module runs unchanged as Python: NXCACHE_PURE_PYTHON=1 builds a
-wheel without a C compiler, and the editable install used for development is pure, so
-an edited module never hides behind a stale extension.
+extensions, and every module runs unchanged as Python. The default build is pure: a
+compiled wheel fits one Python and one CPU while homelab hosts mix them, and `pip install -r
+requirements.txt` (`pulumi install`) must not need a C compiler. `make test` and `make bench`
+build the compiled one (NXCACHE_COMPILE=1, without build isolation: mypy comes from
+requirements-dev.txt), and the editable install used for development is pure, so an edited
+module never hides behind a stale extension.
 
 Compiled code must keep to what mypyc translates faithfully (tests/cache_server/test_build.py
 checks the first two):
@@ -42,9 +45,13 @@ COMPILED = [
 
 
 def extensions() -> list:
-    if os.environ.get("NXCACHE_PURE_PYTHON") == "1":
+    if os.environ.get("NXCACHE_COMPILE") != "1":
         return []
-    from mypyc.build import mypycify
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        raise SystemExit("NXCACHE_COMPILE=1 needs mypy (mypyc) installed: pip install -r requirements-dev.txt, "
+                         "then build with --no-build-isolation") from None
 
     here = os.path.dirname(os.path.abspath(__file__))
     paths = [os.path.join("src", "cache_server", name) for name in COMPILED]

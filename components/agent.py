@@ -71,7 +71,8 @@ class NxAgent(pulumi.ComponentResource):
         # sits behind a subnet router.
         tags = sorted({args.agent_tag, *agent.tags})
         reachable = tag_device(name, target=agent, where=args.where, tags=tags, acl=args.acl, parent=self)
-        self.preflight = preflight(f"{name}-preflight", args.connection, agent, args.where,
+        # Named by the agent's name, not its index: removing another agent must not change this step.
+        self.preflight = preflight(f"{name}-preflight", args.connection, agent, f"nx-farm:agents (name: {name})",
                                    pulumi.ResourceOptions(parent=self, depends_on=reachable))
         after_preflight = pulumi.ResourceOptions(parent=self, depends_on=[self.preflight])
 

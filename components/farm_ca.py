@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
+from .settings import is_ip
+
 VALIDITY_HOURS = 24 * 825
 RENEW_HOURS = 24 * 30  # a `pulumi up` within the last month replaces the certificate
 MEMBER_USES = ["digital_signature", "key_encipherment", "server_auth", "client_auth"]
@@ -71,8 +73,8 @@ class FarmCA(pulumi.ComponentResource):
             key = _key(f"{name}-{member}-key", self, args.generation)
             request = tls.CertRequest(f"{name}-{member}-csr", private_key_pem=pulumi.Output.secret(key.private_key_pem),
                                       subject=tls.CertRequestSubjectArgs(common_name=member, organization="nx-farm"),
-                                      ip_addresses=[a for a in addresses if _is_ip(a)],
-                                      dns_names=[member, *(a for a in addresses if not _is_ip(a))], opts=child)
+                                      ip_addresses=[a for a in addresses if is_ip(a)],
+                                      dns_names=[member, *(a for a in addresses if not is_ip(a))], opts=child)
             cert = tls.LocallySignedCert(f"{name}-{member}-cert", cert_request_pem=request.cert_request_pem,
                                          ca_private_key_pem=pulumi.Output.secret(ca_key.private_key_pem),
                                          ca_cert_pem=self.ca.cert_pem,
@@ -82,12 +84,3 @@ class FarmCA(pulumi.ComponentResource):
                                              pulumi.Output.secret(key.private_key_pem))
         self.register_outputs({"caCertPem": self.ca.cert_pem})
 
-
-def _is_ip(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False

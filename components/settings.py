@@ -126,7 +126,7 @@ class SshTarget(_Model):
 
     @model_validator(mode="after")
     def _device_address(self) -> "SshTarget":
-        if self.tailnet_device and not _is_ip(self.host):
+        if self.tailnet_device and not is_ip(self.host):
             raise ValueError(f"tailnetDevice: true needs host to be the device's tailnet IP address (the farm "
                              f"finds the device by it), not {self.host!r}")
         return self
@@ -136,7 +136,7 @@ class SshTarget(_Model):
         return self.tailnet_device if self.tailnet_device is not None else is_tailnet_address(self.host)
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
         return True

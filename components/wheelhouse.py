@@ -43,9 +43,9 @@ def build(out: Path, platforms: list[str]) -> None:
         for role, (source, distribution, lock) in ROLES.items():
             # From a copy: pip builds in the source tree, and two builds at once would share its build/.
             tree = shutil.copytree(source, own / "src" / role, ignore=_build_leftovers(source))
-            # The pure build of the cache server: a compiled one would fit one Python and one CPU.
+            # The pure build of the cache server (its default): a compiled one fits one Python and CPU.
             pip("wheel", "--quiet", "--no-deps", "-w", str(own / role), str(tree),
-                env={**os.environ, "NXCACHE_PURE_PYTHON": "1"})
+                env={k: v for k, v in os.environ.items() if k != "NXCACHE_COMPILE"})
             for platform in platforms:
                 python, arch = _parse(platform)
                 target = out / role / platform

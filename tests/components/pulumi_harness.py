@@ -210,8 +210,6 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
             "ignore_changes": list(request.ignoreChanges),
             "delete_before_replace": request.deleteBeforeReplace,
             "replace_on_changes": [key.removesuffix("[*]") for key in request.replaceOnChanges],
-            "aliases": [alias.spec.name for alias in request.aliasSpecs if alias.HasField("spec") and alias.spec.name]
-            if request.aliasSpecs else [],
         }
         if request.HasField("replacement_trigger"):
             self.mocks.triggers[request.name] = str(request.replacement_trigger)

@@ -203,9 +203,12 @@ def test_preflight_checks_what_the_deploy_needs_before_anything_is_installed(raw
     fake_wheel_sets(wheels, ["cp313-aarch64"])
     result = run({**raw_config, "agents": [{**raw_config["agents"][0], "python": "3.13", "arch": "aarch64"}]})
     check = unwrap(result.by_name()["agent-1-preflight"].inputs)["create"]
-    for needed in ("python3-venv", "sftp", "'3.13'", "aarch64", "nx-farm:agents[0]"):
+    for needed in ("python3-venv", "sftp", "'3.13'", "aarch64", "nx-farm:agents (name: agent-1)"):
         assert needed in check, needed
     assert "agent-1-preflight" in closure(result, "agent-1-wheels")
+    fewer = run({**raw_config, "agents": raw_config["agents"][1:]}).by_name()
+    assert unwrap(fewer["agent-2-preflight"].inputs) == unwrap(run(raw_config).by_name()["agent-2-preflight"].inputs), \
+        "removing another agent changes nothing of this one's"
     assert "cache-preflight" in closure(result, "cache-scheduler-wheels")
 
 

@@ -37,7 +37,8 @@ def test_a_farm_across_debian_12_and_13(start_host, built_wheels, monkeypatch, t
     with pytest.raises(StepFailed) as wrong:
         farm.deploy.up(config("3.11"))
     assert list(wrong.value.failures) == ["agent-2-preflight"]
-    assert "nx-farm:agents[1]: python3 here is 3.13 but the stack says python: '3.11': set python: '3.13'" \
+    assert "nx-farm:agents (name: agent-2): python3 here is 3.13 but the stack says python: '3.11': " \
+           "set python: '3.13'" \
         in str(wrong.value)
     assert hosts["agent-2"].ssh("test -e /opt/nx-farm", check=False).returncode != 0
 

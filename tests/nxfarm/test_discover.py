@@ -39,6 +39,8 @@ def test_new_candidates_and_the_exact_config_commands():
     assert commands[1] == "pulumi config set --stack homelab --path 'nx-farm:agents[3].host' 100.101.0.20"
     assert "ssh-keyscan -t ed25519 100.101.0.20" in commands[2]
     assert commands[4].endswith("'nx-farm:agents[4].name' old-nuc")
+    # Both are untagged: each is told to join tagged, since operators reach tagged machines only.
+    assert result.stdout.count("untagged: on it, `sudo tailscale up --advertise-tags=tag:nx-agent`") == 2
     for command in commands:
         shlex.split(command)  # each line is one valid shell command
 

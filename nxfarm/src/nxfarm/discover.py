@@ -153,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
     print("\nto add them (make the age key on each agent first: age-keygen -o /etc/nx-farm/agent-age.key):")
     for offset, device in enumerate(candidates):
         print(f"# {device.name}" + ("" if device.online else " (offline now)"))
+        if not device.tags:
+            # The farm's policy grants operators SSH to tagged machines only (docs/how-to/add-an-agent.md).
+            print("#   untagged: on it, `sudo tailscale up --advertise-tags=tag:nx-agent` before `pulumi up`,"
+                  " or the deploy cannot reach it over SSH")
         for command in config_commands(device, count + offset, stack_name):
             print(command)
     return 0
