@@ -62,6 +62,16 @@ def test_failed_reload_keeps_previous_tokens(tmp_path):
     assert store.authenticate("Bearer two").name == "b"
 
 
+def test_a_reload_to_a_file_with_no_tokens_is_refused_as_start_up_refuses_it(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(token_line("a", Scope.READWRITE, "one"))
+    store = TokenStore(str(path))
+    path.write_text("# every line commented out\n")
+    with pytest.raises(TokenFileError, match="has no tokens: refused, the previous table stays"):
+        store.reload()
+    assert len(store) == 1 and store.authenticate("Bearer one").name == "a"
+
+
 def test_a_connection_remembers_only_the_header_it_proved_against_the_current_table(tmp_path, monkeypatch):
     path = tmp_path / "tokens"
     path.write_text(token_line("a", Scope.READWRITE, "one") + token_line("b", Scope.READ, "two"))

@@ -329,7 +329,9 @@ def test_pipelined_requests_are_answered_in_order(server):
     (b"NOT HTTP AT ALL\r\n\r\n", 400),
     (b"GET /v1/cache/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     (b"GET /v1/cache/1 HTTP/1.1\r\nX-Big: " + b"a" * (70 << 10) + b"\r\n\r\n", 431),
-])
+    # many tiny headers: their names and values are small, the head is 156 KiB
+    (b"GET /v1/cache/1 HTTP/1.1\r\n" + b"a:\r\n" * 40_000 + b"\r\n", 431),
+], ids=["not-http", "two-lengths", "one-huge-header", "40000-tiny-headers"])
 def test_malformed_or_oversized_requests_are_refused_and_closed(server, request_bytes, status):
     sock = server.raw_socket()
     sock.sendall(request_bytes)
@@ -603,6 +605,19 @@ def test_sighup_reloads_tokens_at_once(server):
     assert server.request("GET", "1", token="rotated-token")[0] == 404
     assert server.request("GET", "1", token=WRITE_TOKEN)[0] == 401
     assert "tokens reloaded (SIGHUP)" in server.stderr_path.read_text()
+
+
+def test_a_reload_to_an_empty_tokens_file_keeps_the_tokens_in_force(server):
+    """Start-up refuses a file with no tokens; a reload does too, rather than refuse every client."""
+    server.tokens.write_text("# nothing here yet\n")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "has no tokens: refused" not in server.stderr_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "tokens not reloaded (SIGHUP)" in server.stderr_path.read_text()
+    assert server.request("GET", "1", token=WRITE_TOKEN)[0] == 404
+    status, _, body = server.request("GET", "/health", token=None)
+    assert status == 200 and json.loads(body)["status"] == "ok" and json.loads(body)["tokens"] >= 1
 
 
 def test_a_revoked_token_fails_on_a_connection_that_proved_it_before(server):

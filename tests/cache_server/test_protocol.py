@@ -193,3 +193,16 @@ def test_held_answers_go_to_the_transport_before_they_outgrow_the_hold_cap(make_
         assert transport.writes == 2 and len(_answers(transport.sent)) == 5
 
     run_on("uvloop", scenario)
+
+
+def test_health_is_degraded_when_no_token_is_in_force(make_handler, tmp_path):
+    """Start-up and reloads refuse a file with no tokens; should a table ever be empty anyway,
+    /health says so rather than `ok` while every client gets 401."""
+    import json
+
+    handler = make_handler()
+    assert json.loads(handler._health([]))["status"] == "ok"
+    (tmp_path / "tokens").write_text("# none\n")
+    handler.tokens = TokenStore(str(tmp_path / "tokens"))  # a first load may be empty (token add uses it)
+    health = json.loads(handler._health([]))
+    assert health["status"] == "degraded" and "no tokens: every request is refused" in health["problems"]

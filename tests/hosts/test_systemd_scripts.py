@@ -63,3 +63,29 @@ def test_an_update_restarts_the_unit_only_when_its_file_changed(start_host):
     host.ssh(update_unit_file(unit, restart=True), stdin=text.replace("600", "602"))
     assert main_pid() != first and "sleep 602" in host.ssh(f"ps -o args= -p {main_pid()}").stdout
     assert not host.ssh("find /tmp -maxdepth 1 -name 'tmp.*'").stdout  # the staged copies are gone
+
+
+def test_preflight_names_what_a_host_lacks_before_anything_is_installed(start_host):
+    """components/render/host.py's check, run by real sshd and Debian packages."""
+    import shlex
+
+    from components.render.host import preflight_script
+    from components.settings import AgentSettings
+    from tests.helpers import AGE_A, host_key
+
+    host = start_host("sysd3", "10.231.0.33")
+    agent = AgentSettings(name="a", host=host.ip, host_key=host_key(), age_recipient=AGE_A)
+    check = lambda: host.ssh(f"sh -c {shlex.quote(preflight_script(agent, 'nx-farm:agents (name: a)'))}",  # noqa: E731
+                             check=False)
+    assert check().stdout.strip() == "ok: python 3.11, x86_64"
+
+    # sshd without the sftp subsystem (pulumi-command copies over SFTP)
+    host.ssh("sed -i 's/^Subsystem/#Subsystem/' /etc/ssh/sshd_config")
+    failed = check()
+    assert failed.returncode == 1 and "nx-farm:agents (name: a): sshd has no sftp subsystem" in failed.stderr
+    host.ssh("sed -i 's/^#Subsystem/Subsystem/' /etc/ssh/sshd_config")
+
+    # python3 without python3-venv (Debian splits ensurepip out of python3)
+    host.ssh("dpkg --remove --force-depends python3.11-venv >/dev/null 2>&1")
+    failed = check()
+    assert failed.returncode == 1 and "python3-venv is missing: apt install python3-venv" in failed.stderr

@@ -132,7 +132,11 @@ class TokenStore:
             raise TokenFileError(f"tokens file {self.path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise TokenFileError(f"tokens file {self.path}: not UTF-8 text") from None
-        self._table = tuple(parse_tokens(text, self.path).items())
+        table = tuple(parse_tokens(text, self.path).items())
+        if not table and self._signature is not None:
+            # As at start: a table with no token would refuse every client while the server looks fine.
+            raise TokenFileError(f"tokens file {self.path} has no tokens: refused, the previous table stays")
+        self._table = table
         self._signature = signature
 
     def changed_on_disk(self) -> bool:

@@ -368,6 +368,8 @@ class CacheHandler:
             problems.append(f"storage error {int(time.time() - last.at)}s ago")
         if 0 <= stats.free_disk_bytes < stats.min_free_disk_bytes:
             problems.append("free disk below --min-free-disk")
+        if not len(self.tokens):
+            problems.append("no tokens: every request is refused")
         body = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
