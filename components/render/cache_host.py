@@ -49,6 +49,9 @@ ExecReload=/bin/kill -HUP $MAINPID
 TimeoutStopSec=45
 Restart=on-failure
 RestartSec=2
+# One descriptor per connection and per upload or download in flight: the default 1024 would let
+# about a thousand idle sockets stop the server (it also caps connections, --max-connections auto)
+LimitNOFILE=65536
 Environment=PYTHONUNBUFFERED=1
 NoNewPrivileges=yes
 ProtectSystem=strict

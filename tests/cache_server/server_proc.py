@@ -19,7 +19,9 @@ READ_TOKEN = "reader-token-41aa"
 
 
 class CacheServer:
-    def __init__(self, workdir: Path, *args: str, storage: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, storage: Path | None = None, env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """`prefix`: a command the server runs under, e.g. `prlimit --nofile=256:256 --`."""
         self.workdir = workdir
         self.storage = storage or workdir / "storage"
         self.tokens = workdir / "tokens"
@@ -27,6 +29,7 @@ class CacheServer:
             self.tokens.write_text(token_line("writer", Scope.READWRITE, WRITE_TOKEN) + token_line("reader", Scope.READ, READ_TOKEN))
         self.args = args
         self.env = env
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._starts = 0
@@ -45,7 +48,7 @@ class CacheServer:
 
     def start(self) -> CacheServer:
         self._starts += 1
-        cmd = [sys.executable, "-m", "cache_server", "--bind", "127.0.0.1:0", "--storage", str(self.storage),
+        cmd = [*self.prefix, sys.executable, "-m", "cache_server", "--bind", "127.0.0.1:0", "--storage", str(self.storage),
                "--tokens", str(self.tokens), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:

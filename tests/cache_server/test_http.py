@@ -203,6 +203,69 @@ def test_idle_connection_is_closed(make_server):
     assert time.monotonic() - started < 5
 
 
+def _closed_by_server(sock: socket.socket, wait: float = 2.0) -> bool:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(100) == b""
+    except (TimeoutError, ConnectionResetError):
+        return False
+
+
+def _spoke(server) -> socket.socket:
+    """A keep-alive connection that made one request and now sits idle."""
+    sock = server.raw_socket()
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_status(sock)[0] == 200
+    return sock
+
+
+def test_idle_sockets_cannot_use_up_the_servers_descriptors(make_server):
+    """About as many idle sockets as the descriptor limit allowed took the server down: accept
+    failed, and every later client (an Nx build) got a network error. At the connection cap (by
+    default what the limit allows) the longest-idle connection is closed for the new one."""
+    server = make_server("--no-fsync", prefix=("prlimit", "--nofile=256:256", "--"))
+    idle = [server.raw_socket() for _ in range(300)]
+    assert server.request("GET", "/health", token=None)[0] == 200
+    assert sum(_closed_by_server(sock, 0.2) for sock in idle[:100]) == 100, "the longest idle went first"
+    for sock in idle:
+        sock.close()
+
+
+def test_one_address_gets_its_share_and_its_own_idle_connections_make_room(make_server):
+    server = make_server("--no-fsync", "--max-connections-per-address", "4")
+    first = [_spoke(server) for _ in range(6)]  # each new one past 4 closes the longest-idle one
+    assert [_closed_by_server(sock, 0.5) for sock in first] == [True, True, False, False, False, False]
+    for sock in first[2:]:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_status(sock)[0] == 200
+        sock.close()
+
+
+def test_a_new_connection_gets_503_when_every_one_is_busy(make_server):
+    server = make_server("--no-fsync", "--max-connections", "2")
+    busy = [server.raw_socket() for _ in range(2)]
+    for sock in busy:  # uploads whose bodies have not arrived: requests in flight, not idle
+        sock.sendall(put_headers(f"busy{sock.fileno()}", 1000))
+    time.sleep(0.3)
+    refused = server.raw_socket()
+    status, data = read_status(refused)
+    assert status == 503 and b"Retry-After: 1" in data and b"Connection: close" in data
+    for sock in busy:
+        sock.sendall(b"x" * 1000)
+        assert read_status(sock)[0] == 200
+        sock.close()
+
+
+def test_a_connection_that_never_speaks_gets_the_short_timeout(make_server):
+    server = make_server("--no-fsync", "--first-byte-timeout", "0.5", "--idle-timeout", "30")
+    silent, used = server.raw_socket(), _spoke(server)
+    started = time.monotonic()
+    assert _closed_by_server(silent, 5) and time.monotonic() - started < 3
+    assert not _closed_by_server(used, 1), "a connection that made a request keeps the idle timeout"
+    silent.close()
+    used.close()
+
+
 def test_rejected_upload_is_drained_and_connection_kept(server):
     server.request("PUT", "34", b"first")
     sock = server.raw_socket()

@@ -81,3 +81,8 @@ def test_bad_worker_count_names_the_field(raw_config, value):
     raw_config["cacheHost"]["workers"] = value
     with pytest.raises(ConfigInvalid, match="cacheHost.workers"):
         validate(raw_config)
+
+
+def test_unit_lets_the_server_hold_many_connections(cache):
+    """With systemd's default 1024 descriptors, about a thousand idle sockets stopped the server."""
+    assert "\nLimitNOFILE=65536\n" in cache_unit(cache)

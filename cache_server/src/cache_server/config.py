@@ -76,6 +76,25 @@ def parse_workers(text: str) -> int:
     return int(text)
 
 
+def auto_max_connections() -> int:
+    """What this process's file descriptors allow: a connection may hold three at once (its socket,
+    an upload's file, a download's file), with room for the rest of the server."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, min(10_000, (soft - 64) // 3))
+
+
+def parse_max_connections(text: str) -> int:
+    if text == "auto":
+        return auto_max_connections()
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(f"--max-connections must be a number of connections or 'auto', not {text!r}")
+
+
 def parse_event_loop(text: str) -> str:
     if text not in EVENT_LOOPS:
         raise ConfigError(f"--event-loop: {text!r} must be one of: {', '.join(EVENT_LOOPS)}")
@@ -118,6 +137,9 @@ class Settings:
     access_log: str
     workers: int = 1
     event_loop: str = "uvloop"
+    max_connections: int = 10_000
+    max_connections_per_address: int = 512
+    first_byte_timeout: float = 10.0
 
     @staticmethod
     def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +170,15 @@ class Settings:
             help="abort an upload when no body bytes arrive for this long (default %(default)s)")
         add("--idle-timeout", type=float, default=75.0, metavar="SECONDS",
             help="close a keep-alive connection idle this long (default %(default)s)")
+        add("--first-byte-timeout", type=float, default=10.0, metavar="SECONDS",
+            help="close a new connection that sends nothing for this long (default %(default)s)")
+        add("--max-connections", default=env("NXFARM_CACHE_MAX_CONNECTIONS", "auto"), metavar="N",
+            help="open connections per server process; at the cap the longest-idle one is closed for a "
+                 "new one, or the new one gets 503 when none is idle. 'auto' = what the file descriptor "
+                 f"limit allows, at most 10000 ({auto_max_connections()} here) (default %(default)s)")
+        add("--max-connections-per-address", type=int, default=512, metavar="N",
+            help="open connections per client address and server process, enforced the same way "
+                 "(default %(default)s)")
         add("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
             help="on SIGTERM, wait this long for requests in flight (default %(default)s)")
         add("--scrub-interval", type=float, default=86400.0, metavar="SECONDS",
@@ -173,12 +204,14 @@ class Settings:
         if max_artifact > max_size:
             raise ConfigError(f"--max-artifact-size ({args.max_artifact_size}) is larger than --max-size ({args.max_size})")
         # float() takes "nan" and "inf"; a NaN timeout never fires, so both are refused here.
-        for flag in ("body_timeout", "idle_timeout", "drain_timeout"):
+        for flag in ("body_timeout", "idle_timeout", "drain_timeout", "first_byte_timeout"):
             seconds = getattr(args, flag)
             if not (math.isfinite(seconds) and seconds > 0):
                 raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
         if not (math.isfinite(args.scrub_interval) and args.scrub_interval >= 0):
             raise ConfigError("--scrub-interval must be 0 (off) or a positive number of seconds")
+        if args.max_connections_per_address < 1:
+            raise ConfigError("--max-connections-per-address must be at least 1")
         prefix = args.url_prefix.strip("/")
         if prefix and not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", prefix):
             raise ConfigError(f"--url-prefix: {args.url_prefix!r} may contain letters, digits, . _ ~ - and /")
@@ -201,4 +234,7 @@ class Settings:
             access_log=args.access_log,
             workers=parse_workers(args.workers),
             event_loop=parse_event_loop(args.event_loop),
+            max_connections=parse_max_connections(args.max_connections),
+            max_connections_per_address=args.max_connections_per_address,
+            first_byte_timeout=args.first_byte_timeout,
         )

@@ -114,19 +114,26 @@ class Exchange:
 class HttpServer:
     """State shared by the connections of one listening server."""
 
-    def __init__(self, handler: CacheHandler, *, idle_timeout: float, body_timeout: float) -> None:
+    def __init__(self, handler: CacheHandler, *, idle_timeout: float, body_timeout: float,
+                 first_byte_timeout: float = 10.0, max_connections: int = 10_000, max_per_address: int = 512) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.connections: set[Connection] = set()
+        self.per_address: dict[str | None, int] = {}
+        self.accepted = 0
         self.draining = False
         self.held: list[Connection] = []  # connections with answers to write at the end of this pass
         # How often an idle or receiving connection looks at its clock.
-        self.tick = max(0.05, min(idle_timeout, body_timeout))
+        self.tick = max(0.05, min(idle_timeout, body_timeout, first_byte_timeout))
         self.recv_buffer = memoryview(bytearray(_RECV_BUFFER_BYTES))
 
     def __call__(self) -> Connection:
-        return Connection(self)
+        self.accepted += 1
+        return Connection(self, self.accepted)
 
     def write_held(self) -> None:
         """Write the answers `Connection.write` held (connections listed in `held`), once this loop
@@ -141,6 +148,38 @@ class HttpServer:
         held, self.held = self.held, []
         for conn in held:
             conn.flush()
+
+    def admit(self, conn: Connection) -> bool:
+        """Make room for a new connection within the caps (in all, and per client address): the
+        longest-idle connection in the way is closed; with none idle, the new one is refused.
+        Idle sockets held open by one client must not use up the file descriptors every client
+        needs (Nx fails a build on a network error)."""
+        count = self.per_address.get(conn.remote, 0) + 1
+        self.per_address[conn.remote] = count
+        self.connections.add(conn)
+        if count > self.max_per_address and not self._close_longest_idle(conn, conn.remote):
+            return False
+        if len(self.connections) > self.max_connections and not self._close_longest_idle(conn, None):
+            return False
+        return True
+
+    def _close_longest_idle(self, new: Connection, remote: str | None) -> bool:
+        idle = [c for c in self.connections if c is not new and not c.busy and not c.closing
+                and (remote is None or c.remote == remote)]
+        if not idle:
+            return False
+        # uvloop's clock moves once per loop pass (milliseconds): ties go to the older connection.
+        min(idle, key=lambda c: (c.last_io, c.number)).close()
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self.per_address.get(conn.remote, 1) - 1
+            if left:
+                self.per_address[conn.remote] = left
+            else:
+                self.per_address.pop(conn.remote, None)
 
     def busy_connections(self) -> int:
         return sum(1 for conn in self.connections if conn.busy)
@@ -162,8 +201,9 @@ class HttpServer:
 
 
 class Connection(asyncio.BufferedProtocol):
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, number: int = 0) -> None:
         self.server = server
+        self.number = number  # order of acceptance
         self.handler = server.handler
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -177,6 +217,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_io = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
+        self.spoke = False  # it has sent a byte
         self.waiting = False  # `current` waits on a sendfile or a thread
         self.write_paused = False
         self.must_close = False
@@ -195,8 +236,11 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else None
-        self.server.connections.add(self)
         if self.server.draining:
+            self.close()
+            return
+        if not self.server.admit(self):
+            self.write(status_head(503) + b"Content-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
             self.close()
             return
         self.last_io = self.loop.time()
@@ -204,7 +248,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -231,6 +275,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.closing:
             return
         self.last_io = self.loop.time()
+        self.spoke = True
         parsing = self.parsing
         try:
             self.parser.feed_data(data)
@@ -536,7 +581,13 @@ class Connection(asyncio.BufferedProtocol):
             self._hang_up_with_408()
             return
         idle = not self.busy
-        timeout = self.server.idle_timeout if idle else self.server.body_timeout
+        if idle:
+            # A connection that never sent a byte gets the short timeout: idle sockets opened and
+            # left would otherwise each hold a descriptor for the whole idle timeout.
+            timeout = self.server.idle_timeout if self.spoke else min(self.server.idle_timeout,
+                                                                      self.server.first_byte_timeout)
+        else:
+            timeout = self.server.body_timeout
         due = self.last_io + timeout
         if self.waiting or now < due:  # waiting: sendfile and commit have limits of their own
             self.timer = self.loop.call_at(now + self.server.tick if self.waiting else min(due, now + self.server.tick),

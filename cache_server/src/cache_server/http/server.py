@@ -85,7 +85,9 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
         syncer=syncer,
         peers=peers,
     )
-    http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout)
+    http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
+                      first_byte_timeout=settings.first_byte_timeout, max_connections=settings.max_connections,
+                      max_per_address=settings.max_connections_per_address)
     stop = asyncio.Event()
     scrub_stop = threading.Event()
     background: list[asyncio.Task[None]] = []
