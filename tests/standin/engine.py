@@ -198,14 +198,10 @@ class Engine:
 
     def _delete_all(self, doomed: list[Live], done: list[tuple[str, str]], failures: dict[str, BaseException]) -> None:
         """Each after everything among `doomed` that depended on it."""
-        keys = {id(live): f"{live.name}#{i}" for i, live in enumerate(doomed)}
-        by_key = {keys[id(live)]: live for live in doomed}
-        names = {live.name for live in doomed}
-        dependents: dict[str, set[str]] = {key: set() for key in by_key}
-        for key, live in by_key.items():
-            for other_key, other in by_key.items():
-                if other is not live and live.name in other.depends_on and live.name in names:
-                    dependents[key].add(other_key)
+        by_key = {f"{live.name}#{i}": live for i, live in enumerate(doomed)}  # a replaced name is doomed twice
+        dependents = {key: {other_key for other_key, other in by_key.items()
+                            if other is not live and live.name in other.depends_on}
+                      for key, live in by_key.items()}
 
         def step(key: str) -> None:
             live = by_key[key]
