@@ -266,6 +266,50 @@ def test_a_connection_that_never_speaks_gets_the_short_timeout(make_server):
     used.close()
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("path, auth", [("/v1/cache/big64", True), ("/metrics", False)], ids=["cache-get", "metrics"])
+def test_a_client_that_pipelines_and_never_reads_holds_no_memory(make_server, path, auth):
+    """256 KiB of pipelined GETs for a 64 KiB entry, never read, took the server from 31 to
+    109 MiB (and kept it past the idle timeout). Answers now wait for room in the socket and
+    reading stops; a client that reads nothing for --body-timeout is cut off."""
+    server = make_server("--no-fsync", "--body-timeout", "2")
+    assert server.request("PUT", "big64", os.urandom(64 << 10))[0] == 200
+    before = _rss_kib(server.proc.pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    token = f"Authorization: Bearer {WRITE_TOKEN}\r\n" if auth else ""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{token}\r\n".encode()
+    pipelined = request * ((256 << 10) // len(request))
+    sock.settimeout(3)
+    sent = 0
+    try:
+        while sent < len(pipelined):
+            sent += sock.send(pipelined[sent:sent + 65536])
+    except TimeoutError:
+        pass  # the server stopped reading: what the test wanted
+    time.sleep(1)
+    grown = _rss_kib(server.proc.pid) - before
+    assert grown < 16 << 10, f"the server grew {grown} KiB for one connection that reads nothing"
+    # Cut off after --body-timeout of not reading: what is left in the socket ends in a reset or EOF.
+    time.sleep(3)
+    sock.settimeout(10)
+    ended = False
+    try:
+        while sock.recv(1 << 20):
+            pass
+        ended = True
+    except ConnectionResetError:
+        ended = True
+    assert ended
+    sock.close()
+    assert server.request("GET", "/health", token=None)[0] == 200
+
+
 def test_rejected_upload_is_drained_and_connection_kept(server):
     server.request("PUT", "34", b"first")
     sock = server.raw_socket()

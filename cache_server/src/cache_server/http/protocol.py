@@ -39,6 +39,8 @@ _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 # Answers are held until the end of the loop pass (see `HttpServer.write_held`), but no more than
 # this much per connection: beyond it the transport's own flow control must see the bytes.
 _HOLD_MAX_BYTES = 64 << 10
+# Requests read ahead of their answers, at most: past it the connection stops reading.
+PIPELINE_MAX = 64
 _RECV_BUFFER_BYTES = 256 << 10
 
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
@@ -220,6 +222,7 @@ class Connection(asyncio.BufferedProtocol):
         self.spoke = False  # it has sent a byte
         self.waiting = False  # `current` waits on a sendfile or a thread
         self.write_paused = False
+        self.write_paused_at = 0.0  # the loop time the transport's buffer went over its high-water mark
         self.must_close = False
         self.task: asyncio.Task[None] | None = None
         self.held: bytes | bytearray | None = None  # answers not yet given to the transport (HttpServer.write_held)
@@ -307,18 +310,24 @@ class Connection(asyncio.BufferedProtocol):
             return True  # keep the transport open for writing
         return False
 
+    # A client that sends requests and never reads the answers must not make the server hold them:
+    # while the transport's buffer is over its high-water mark no new request is answered (they
+    # queue, at most PIPELINE_MAX, and reading stops), and after --body-timeout of it the
+    # connection is aborted, its buffer dropped.
+
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.loop.time()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._update_reading()
+        self._advance()
 
     def _update_reading(self) -> None:
         if self.closing or self.transport is None:
             return
-        if self.write_paused or self.waiting:
+        if self.write_paused or self.waiting or len(self.queue) >= PIPELINE_MAX:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
@@ -419,7 +428,7 @@ class Connection(asyncio.BufferedProtocol):
         method = self.parser.get_method()
         ex.method = _METHODS.get(method) or method.decode("ascii", "replace")
         ex.keep_alive = self.parser.should_keep_alive()
-        if self.current is None and not self.closing:
+        if self.current is None and not self.closing and not self.write_paused and not self.queue:
             # `_start`, for a request with no body read yet and no pending bytes: every request's path
             self.current = ex
             try:
@@ -429,6 +438,8 @@ class Connection(asyncio.BufferedProtocol):
         else:
             ex.pending = []
             self.queue.append(ex)
+            if len(self.queue) >= PIPELINE_MAX:
+                self._update_reading()
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -471,7 +482,7 @@ class Connection(asyncio.BufferedProtocol):
             self.handler.internal_error(self, ex)
 
     def _advance(self) -> None:
-        while self.current is None and self.queue and not self.closing:
+        while self.current is None and self.queue and not self.closing and not self.write_paused:
             self._start(self.queue.popleft())
         if self.refusal is not None and self.current is None and not self.closing:
             status, message = self.refusal
@@ -575,6 +586,15 @@ class Connection(asyncio.BufferedProtocol):
         if self.closing:
             return
         now = self.loop.time()
+        if self.write_paused and not self.waiting:
+            # Its client reads none of what it is sent (a close would wait for that forever); until
+            # then nothing else times out: nothing is read, and answers wait for room.
+            due = self.write_paused_at + self.server.body_timeout
+            if now >= due:
+                self.abort()
+            else:
+                self.timer = self.loop.call_at(min(due, now + self.server.tick), self._on_timer)
+            return
         parsing = self.parsing
         if parsing is not None and not parsing.method and time.perf_counter() - parsing.started >= self.server.body_timeout:
             # A head trickled in a byte at a time (slowloris) gets no longer than a stalled body.
