@@ -12,7 +12,6 @@ from pulumi_command import remote
 from ._device import tag_device
 from ._remote import host_command, preflight, ship_wheels
 from ._wheels import wheels_digest
-from .render.host import claim, if_owned
 from .render.agent import (
     AGENT_UNIT,
     INSTALL_ROOT,
@@ -24,6 +23,7 @@ from .render.agent import (
     health_timer,
     install_script,
 )
+from .render.host import claim, if_owned
 from .render.systemd import remove_unit, stop_for_good, update_unit_file
 from .settings import AgentSettings
 
