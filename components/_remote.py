@@ -39,4 +39,3 @@ def preflight(name: str, connection: remote.ConnectionArgs, target: SshTarget, w
     """Checks the host before anything is installed (and again when the connection changes)."""
     return host_command(name, connection, run=f"sh -c {shlex.quote(preflight_script(target, where))}", delete=None,
                         opts=opts)
-

@@ -12,7 +12,6 @@ from pulumi_command import remote
 from ._device import tag_device
 from ._remote import host_command, preflight, ship_wheels
 from ._wheels import wheels_digest
-from .render.host import claim, if_owned
 from .render.cache_host import (
     SERVICE_USER,
     TOKENS_PATH,
@@ -23,6 +22,7 @@ from .render.cache_host import (
     tokens_file,
     tokens_install_command,
 )
+from .render.host import claim, if_owned
 from .render.venv import ensure_system_user
 from .settings import CacheHostSettings
 

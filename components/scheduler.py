@@ -11,14 +11,14 @@ from pulumi_command import remote
 
 from ._remote import host_command, ship_wheels
 from ._wheels import wheels_digest
-from .render.host import claim, if_owned
-from .settings import SshTarget
+from .cache_host import OWNER_MARK
 from .render.agent import HEALTH_TIMER, HEALTH_UNIT, health_service, health_timer
+from .render.host import claim, if_owned
 from .render.scheduler import INSTALL_ROOT, install_script, remove_script, scheduler_unit, tls_install_command
 from .render.systemd import remove_unit, stop_for_good
+from .settings import SshTarget
 
 REMOTE_WHEELS_DIR = "/opt/nx-farm/wheels/agent"
-OWNER_MARK = "cache-host.owner"
 
 
 @dataclass(frozen=True, kw_only=True)

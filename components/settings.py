@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -27,8 +27,10 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9]
 _HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 # Tailscale gives every device an address in these ranges (CGNAT and its ULA prefix).
 TAILNET_NETWORKS = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
-PYTHONS = ("3.11", "3.12", "3.13")
-ARCHES = ("x86_64", "aarch64")
+PythonVersion = Literal["3.11", "3.12", "3.13"]
+Arch = Literal["x86_64", "aarch64"]
+PYTHONS: tuple[str, ...] = get_args(PythonVersion)
+ARCHES: tuple[str, ...] = get_args(Arch)
 _SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B?)?", re.IGNORECASE)
 _ABS_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 
@@ -118,8 +120,8 @@ class SshTarget(_Model):
     # exactly when `host` is a tailnet address (100.64.0.0/10, fd7a:115c:a1e0::/48); a host
     # reached through a subnet router is not a device.
     tailnet_device: bool | None = None
-    python: Literal["3.11", "3.12", "3.13"] = "3.11"  # the host's python3 (checked before anything is installed)
-    arch: Literal["x86_64", "aarch64"] = "x86_64"
+    python: PythonVersion = "3.11"  # the host's python3 (checked before anything is installed)
+    arch: Arch = "x86_64"
 
     _host = field_validator("host")(lambda cls, v: check_host(v))
     _key = field_validator("host_key")(lambda cls, v: check_host_key(v))

@@ -86,7 +86,6 @@ class Tailnet:
         self.policy = copy.deepcopy(policy) if policy is not None else None  # None: the default policy
         self.operator = operator or Operator()
         self.lock = threading.RLock()
-        self.log: list[str] = []
 
     # -- data sources --------------------------------------------------------------------------
     def get_device(self, hostname: str | None = None, name: str | None = None) -> dict[str, Any]:
@@ -126,7 +125,6 @@ class Tailnet:
             if bad:
                 raise TailnetError(f"requested tags {bad} are invalid or not permitted (400)")
             device.tags = sorted(tags)
-            self.log.append(f"tags {device.hostname} {device.tags}")
 
     def set_key(self, node_id: str, key_expiry_disabled: bool) -> None:
         with self.lock:
@@ -141,7 +139,6 @@ class Tailnet:
             if problems:
                 raise TailnetError("Failed to set ACL: " + "; ".join(problems))
             self.policy = copy.deepcopy(policy)
-            self.log.append("policy set")
 
     # -- connectivity --------------------------------------------------------------------------
     def _policy(self) -> dict[str, Any]:
