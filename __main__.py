@@ -14,7 +14,7 @@ from pulumi_command import remote
 from components.agent import NxAgent, NxAgentArgs
 from components._wheels import WheelsMissing, wheel_set
 from components.cache_host import CacheHost, CacheHostArgs
-from components.farm_ca import FarmCA, FarmCAArgs
+from components.farm_ca import CaMember, FarmCA, FarmCAArgs
 from components.render.agent import env_lines, tls_values
 from components.scheduler import FarmScheduler, FarmSchedulerArgs
 from components.render.agent import env_file
@@ -111,9 +111,9 @@ url = cache_url(settings.cache_host)
 # The Dask cluster's own CA: one certificate for the scheduler, each agent and each orchestrator.
 SCHEDULER_MEMBER = "scheduler"
 ca = FarmCA("farm-ca", FarmCAArgs(
-    members={SCHEDULER_MEMBER: [settings.cache_host.listen_address],
-             **{agent.name: [agent.host] for agent in settings.agents},
-             **{f"orchestrator-{name}": [] for name in settings.orchestrators}},
+    members={SCHEDULER_MEMBER: CaMember("scheduler", [settings.cache_host.listen_address]),
+             **{agent.name: CaMember("agent", [agent.host]) for agent in settings.agents},
+             **{f"orchestrator-{name}": CaMember("orchestrator", []) for name in settings.orchestrators}},
     generation=settings.secrets_generation,
 ))
 scheduler_tls = ca.members[SCHEDULER_MEMBER]

@@ -1,9 +1,11 @@
 """FarmCA: the private CA of the farm's Dask cluster and one certificate per member.
 
 Dask authenticates peers by mutual TLS against one CA and never checks host names
-(research/dte.md 3.1), so the CA is the farm's alone: every certificate it signs can submit
-work. Members are the scheduler, each agent and each orchestrator; removing one from the
-stack destroys its key (rotating the whole CA is a `secretsGeneration` bump).
+(research/dte.md 3.1), so the CA is the farm's alone. Members are the scheduler, each agent and
+each orchestrator; each certificate names its member in the subject's CN and its role in the
+OU (`scheduler`, `agent`, `orchestrator`), which the farm's servers enforce
+(nxfarm/farm/roles.py). Removing a member from the stack destroys its key (rotating the whole
+CA is a `secretsGeneration` bump).
 """
 
 from __future__ import annotations
@@ -37,13 +39,26 @@ class MemberTls:
             lambda values: lines(*values)))
 
 
+ROLES = ("scheduler", "agent", "orchestrator")
+
+
+@dataclass(frozen=True)
+class CaMember:
+    role: str              # one of ROLES: the certificate's OU
+    addresses: list[str]   # where it is reached (IP SANs; informational for Dask)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"farm CA member role {self.role!r}: must be one of {', '.join(ROLES)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FarmCAArgs:
-    """+ members: member name -> the addresses it is reached at (IP SANs; informational for Dask)
+    """+ members: member name -> its role and addresses
     + generation: the stack's secretsGeneration; a new one replaces the CA and every member key
     """
 
-    members: dict[str, list[str]]
+    members: dict[str, CaMember]
     generation: int
 
 
@@ -69,10 +84,13 @@ class FarmCA(pulumi.ComponentResource):
                                      early_renewal_hours=RENEW_HOURS, allowed_uses=["cert_signing", "crl_signing"],
                                      opts=child)
         self.members = {}
-        for member, addresses in sorted(args.members.items()):
+        for member, spec in sorted(args.members.items()):
+            addresses = spec.addresses
             key = _key(f"{name}-{member}-key", self, args.generation)
+            subject = tls.CertRequestSubjectArgs(common_name=member, organization="nx-farm",
+                                                 organizational_unit=spec.role)
             request = tls.CertRequest(f"{name}-{member}-csr", private_key_pem=pulumi.Output.secret(key.private_key_pem),
-                                      subject=tls.CertRequestSubjectArgs(common_name=member, organization="nx-farm"),
+                                      subject=subject,
                                       ip_addresses=[a for a in addresses if is_ip(a)],
                                       dns_names=[member, *(a for a in addresses if not is_ip(a))], opts=child)
             cert = tls.LocallySignedCert(f"{name}-{member}-cert", cert_request_pem=request.cert_request_pem,

@@ -116,8 +116,13 @@ def _compute_tls(typ: str, inputs: dict[str, Any], name: str, trigger: str) -> d
     epoch = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     if typ == "tls:index/privateKey:PrivateKey":
         return {"privateKeyPem": mock_private_key(name, trigger)}
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])]) \
-        if "subject" in inputs else None
+    # The subject as terraform-provider-tls builds it (internal/provider/common_cert.go,
+    # createSubjectDistinguishedNames, as vendored in pulumi-terraform-bridge): a Go pkix.Name,
+    # which encodes O, then OU, then CN.
+    fields = ((NameOID.ORGANIZATION_NAME, "organization"), (NameOID.ORGANIZATIONAL_UNIT_NAME, "organizationalUnit"),
+              (NameOID.COMMON_NAME, "commonName"))
+    subject = x509.Name([x509.NameAttribute(oid, inputs["subject"][key]) for oid, key in fields
+                         if inputs["subject"].get(key)]) if "subject" in inputs else None
     if typ == "tls:index/selfSignedCert:SelfSignedCert":
         key = load_key(inputs["privateKeyPem"])
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())

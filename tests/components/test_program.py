@@ -230,3 +230,16 @@ def test_orchestrators_get_their_cluster_certificate_as_a_secret_output(raw_conf
     cert.verify_directly_issued_by(ca)
     assert "PRIVATE KEY" in bundle["key"]
     assert cert.subject.rfc4514_string().startswith("CN=orchestrator-operator")
+
+
+def test_every_farm_certificate_names_its_member_and_role(raw_config):
+    result = run(raw_config)
+    assert result.error is None, result.error
+    subjects = {r.name: unwrap(r.inputs)["subject"] for r in result.of_type("tls:index/certRequest:CertRequest")}
+    assert subjects == {
+        "farm-ca-scheduler-csr": {"commonName": "scheduler", "organization": "nx-farm", "organizationalUnit": "scheduler"},
+        "farm-ca-agent-1-csr": {"commonName": "agent-1", "organization": "nx-farm", "organizationalUnit": "agent"},
+        "farm-ca-agent-2-csr": {"commonName": "agent-2", "organization": "nx-farm", "organizationalUnit": "agent"},
+        "farm-ca-orchestrator-operator-csr": {"commonName": "orchestrator-operator", "organization": "nx-farm",
+                                              "organizationalUnit": "orchestrator"},
+    }

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nxfarm.build.report import parse_final_table
-from nxfarm.demo.farm import NXFARM, LocalFarm as _LocalFarm, clean_env
+from nxfarm.demo.farm import NXFARM, LocalFarm as _LocalFarm, Process, clean_env
 
-__all__ = ["NXFARM", "LocalFarm", "clean_env", "final_pass_rows"]
+__all__ = ["NXFARM", "LocalFarm", "Process", "clean_env", "final_pass_rows"]
 
 
 class LocalFarm(_LocalFarm):

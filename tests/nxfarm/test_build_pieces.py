@@ -96,7 +96,7 @@ def test_install_follows_the_lockfile(tmp_path):
 
 
 def test_tls_material_from_paths_or_base64_pem(tmp_path):
-    files = write_cluster(tmp_path, {"agent-1": ("127.0.0.1",)})["agent-1"]
+    files = write_cluster(tmp_path, {"agent-1": ("agent", ("127.0.0.1",))})["agent-1"]
     assert (Path(files.key).stat().st_mode & 0o777) == 0o600
     assert not list(tmp_path.glob("ca.key")), "the CA key is not kept"
     pem = Path(files.key).read_text()
@@ -119,7 +119,7 @@ def test_certificates_chain_to_their_ca_only():
     from cryptography import x509
 
     ca, other = new_ca(), new_ca()
-    member = x509.load_pem_x509_certificate(issue(ca, "agent-1", ("100.64.0.11",)).cert_pem.encode())
+    member = x509.load_pem_x509_certificate(issue(ca, "agent-1", "agent", ("100.64.0.11",)).cert_pem.encode())
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
     other_cert = x509.load_pem_x509_certificate(other.cert_pem.encode())
     member.verify_directly_issued_by(ca_cert)
@@ -146,3 +146,47 @@ def test_closing_a_client_whose_scheduler_died_never_stops_the_build(capsys):
 
     close_client(ClientOfADeadScheduler())
     assert "closing the farm connection: ValueError" in capsys.readouterr().out
+
+
+def test_task_messages_travel_as_json_and_refuse_what_the_farm_never_sends():
+    from nxfarm.farm.protocol import ProtocolError, TaskRequest, TaskResult
+
+    request = TaskRequest("app:build", "https://git.example/r.git", "a" * 40, "apps", ("--configuration=ci",))
+    assert TaskRequest.from_json(request.to_json()) == request
+    result = TaskResult("app:build", "agent-1", 0, 1.5, "remote cache", "ok")
+    assert TaskResult.from_json(result.to_json()) == result
+    bad = {
+        '{"task_id": "a", "repo_url": "u", "commit": "--upload-pack=x", "workspace_dir": ""}': "not a full hex commit",
+        '{"task_id": "a", "repo_url": "u", "commit": "' + "a" * 40 + '", "workspace_dir": "", "x": 1}': "unknown field",
+        '{"task_id": 1, "repo_url": "u", "commit": "' + "a" * 40 + '", "workspace_dir": ""}': "task_id",
+        "[1]": "not a JSON object",
+        "\x80": "not JSON",
+    }
+    for text, message in bad.items():
+        with pytest.raises(ProtocolError, match=message):
+            TaskRequest.from_json(text)
+    with pytest.raises(ProtocolError, match="exit_code"):
+        TaskResult.from_json('{"task_id": "a", "agent": "b", "exit_code": "0", "seconds": 1, "cache": null, '
+                             '"log_tail": ""}')
+
+
+def test_the_farm_unpickles_only_what_it_sends(tmp_path):
+    import os
+    import pickle
+
+    from nxfarm.agent.task import run_task
+    from nxfarm.farm.unpickle import RefusedPickle, restricted_loads
+
+    marker = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, (f"touch {marker}",))
+
+    assert restricted_loads(pickle.dumps(run_task)) is run_task
+    assert restricted_loads(pickle.dumps({"a": [1, 2.5, (b"x", None)]})) == {"a": [1, 2.5, (b"x", None)]}
+    assert isinstance(restricted_loads(pickle.dumps(ValueError("plain"))), ValueError)
+    for payload in (pickle.dumps(Boom()), pickle.dumps(eval), pickle.dumps(getattr)):
+        with pytest.raises(RefusedPickle, match="nx-farm refuses to unpickle"):
+            restricted_loads(payload)
+    assert not marker.exists()

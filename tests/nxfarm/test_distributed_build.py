@@ -216,7 +216,7 @@ def test_cluster_listeners_are_on_the_given_address_only_and_need_the_farm_ca(fa
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
 
     from nxfarm.farm.tls import write_cluster
-    rogue = write_cluster(tmp_path / "rogue", {"orchestrator": ()})["orchestrator"]
+    rogue = write_cluster(tmp_path / "rogue", {"orchestrator": ("orchestrator", ())})["orchestrator"]
     workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4))
     env = {**farm.orchestrator_env(), "NXFARM_TLS_CA": rogue.ca, "NXFARM_TLS_CERT": rogue.cert,
            "NXFARM_TLS_KEY": rogue.key}

@@ -13,6 +13,8 @@ import signal
 import sys
 
 from .farm import security as tls
+from .farm import unpickle
+from .farm.roles import SCHEDULER_POLICY, guard
 
 
 EPILOG = """example (what nx-farm-scheduler.service runs, TLS material from its env file):
@@ -33,6 +35,7 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
 
     scheduler = Scheduler(host=args.bind, port=args.port, protocol="tls", security=tls.security(files, "scheduler"),
                           dashboard_address=f"{args.bind}:{args.dashboard_port}", worker_ttl=args.worker_ttl)
+    guard(scheduler, SCHEDULER_POLICY)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(scheduler.close()))
@@ -50,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
     files = tls.from_args(args, "scheduler run")
     if files is None:
         return 2
+    unpickle.install()
     asyncio.run(_serve(args, files))
     return 0

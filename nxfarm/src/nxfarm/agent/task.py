@@ -1,8 +1,9 @@
 """What runs on an agent for one Nx task: pick a free slot, check out the commit, install
 dependencies if the lockfile changed, run `nx run <task>` against the remote cache.
 
-The agent process sets the context once at start (`configure`); tasks arrive pickled by
-reference and find it here. Dependencies of the task are part of the `nx run`, never
+The agent process sets the context once at start (`configure`); the task function arrives
+pickled by reference (the only function farm/unpickle.py lets in), its request and result
+travel as JSON text. Dependencies of the task are part of the `nx run`, never
 excluded, so they come back as remote-cache hits instead of being built blind (dte.md 2.2).
 """
 
@@ -13,8 +14,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..farm.protocol import TaskRequest, TaskResult
-from .checkout import CheckoutError, Checkouts
+from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
+from .checkout import Checkouts
 
 LOG_TAIL_LINES = 40
 TASK_TIMEOUT_S = 6 * 3600
@@ -62,10 +63,20 @@ def restored_from(task_id: str, output: str) -> str | None:
     return None
 
 
-def run_task(request: TaskRequest) -> TaskResult:
+def run_task(request_json: str) -> str:
+    """Run one TaskRequest (JSON) and answer its TaskResult (JSON). Never raises: a Dask error
+    would travel back pickled."""
     if _context is None:
-        raise RuntimeError("nxfarm agent context not configured: tasks run only on `nxfarm agent run` workers")
-    context = _context
+        return TaskResult("?", "?", 1, 0.0, None, "nxfarm agent context not configured: tasks run only on "
+                          "`nxfarm agent run` workers", "checkout").to_json()
+    try:
+        request = TaskRequest.from_json(request_json)
+    except ProtocolError as exc:
+        return TaskResult("?", _context.name, 1, 0.0, None, f"refused: {exc}", "checkout").to_json()
+    return _run(_context, request).to_json()
+
+
+def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
     started = time.monotonic()
     slot = context.checkouts.acquire()
     phase = "checkout"
@@ -83,7 +94,7 @@ def run_task(request: TaskRequest) -> TaskResult:
                                 text=True, timeout=TASK_TIMEOUT_S)
         return TaskResult(request.task_id, context.name, result.returncode, time.monotonic() - started,
                           restored_from(request.task_id, result.stdout), _tail(result.stdout), phase)
-    except (CheckoutError, subprocess.TimeoutExpired, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - CheckoutError, TimeoutExpired, OSError, and anything else
         return TaskResult(request.task_id, context.name, 1, time.monotonic() - started, None,
                           f"{phase} failed on {context.name}: {exc}", phase)
     finally:

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from ..farm import security as tls
+from ..farm import unpickle
+from ..farm.roles import WORKER_POLICY, guard
 from .checkout import Checkouts
 from .task import AgentContext, configure
 
@@ -61,6 +63,7 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
         memory_limit=0,  # the work happens in Nx subprocesses; Dask's memory manager would only pause us
         resources={"slots": args.slots},
     )
+    guard(worker, WORKER_POLICY)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.close(reason="signal")))
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if files is None:
         return 2
     args.workspace.mkdir(parents=True, exist_ok=True)
+    unpickle.install()
     configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ)))
     asyncio.run(_serve(args, files))
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..actions.fallback import Mode, choose_mode
 from ..farm import security as tls
+from ..farm import unpickle
 from ..farm.protocol import TaskRequest
 from ..probe.cache import CacheProbe, probe_cache
 from ..probe.git import read_git_state
@@ -78,6 +79,7 @@ def _connect(args: argparse.Namespace):  # noqa: ANN202 - (Client | None, agents
         return None, {}, str(exc)
     from distributed import Client
 
+    unpickle.install()  # the scheduler and agents send nothing the farm needs to unpickle
     try:
         client = Client(args.scheduler, security=tls.security(files, "client"), timeout=args.probe_timeout * 2,
                         set_as_default=False)

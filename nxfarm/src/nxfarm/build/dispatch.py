@@ -9,6 +9,7 @@ left to the final local pass (the build does not fail because the farm did).
 
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..agent.task import run_task
-from ..farm.protocol import TaskRequest, TaskResult
+from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
 from ..probe.task_graph import TaskGraph
 
 FAILURE_TAIL_LINES = 20  # of a failed task's log, shown as it fails (the final pass reruns it here)
@@ -70,7 +71,8 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
 
     def submit_ready() -> None:
         for task in sorted(t for t, deps in waiting.items() if not deps and outcomes[t].status == "queued"):
-            future = client.submit(run_task, request_for(task), key=f"nxfarm-{build_id}-{task}", pure=False)
+            future = client.submit(run_task, request_for(task).to_json(), key=f"nxfarm-{build_id}-{task}",
+                                   pure=False)
             futures[future] = task
             outcomes[task].status = "running"
 
@@ -103,8 +105,12 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                 task = futures.pop(future)
                 outcome = outcomes[task]
                 if future.status == "finished":
-                    outcome.result = future.result()
-                    outcome.status = "ok" if outcome.result.ok else "failed"
+                    try:
+                        outcome.result = TaskResult.from_json(future.result())
+                    except (ProtocolError, pickle.UnpicklingError) as exc:  # a result the farm never sends
+                        outcome.status, outcome.note = "lost", f"refused its result: {exc}"
+                    else:
+                        outcome.status = "ok" if outcome.result.ok else "failed"
                 elif future.status == "cancelled":  # the client lost the scheduler: it cancels every future
                     futures[future] = task
                     return leave_rest("lost the scheduler mid-build")

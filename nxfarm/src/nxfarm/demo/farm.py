@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..farm.tls import TlsFiles, write_cluster
+from ..farm.tls import CertPair, TlsFiles, write_cluster
 
 NXFARM = str(Path(sys.executable).with_name("nxfarm"))
 
@@ -88,14 +88,14 @@ class Process:
 
 
 class LocalFarm:
-    def __init__(self, state: Path, agents: int = 4) -> None:
+    def __init__(self, state: Path, agents: int = 4, ca: CertPair | None = None) -> None:
         from cache_server.auth import Scope, token_line  # the cache server package (not an nxfarm dependency)
 
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
-        members = {"scheduler": ("127.0.0.1",), "orchestrator": ()}
-        members.update({f"agent-{n}": ("127.0.0.1",) for n in range(1, agents + 1)})
-        self.certs: dict[str, TlsFiles] = write_cluster(state / "tls", members)
+        members = {"scheduler": ("scheduler", ("127.0.0.1",)), "orchestrator": ("orchestrator", ())}
+        members.update({f"agent-{n}": ("agent", ("127.0.0.1",)) for n in range(1, agents + 1)})
+        self.certs: dict[str, TlsFiles] = write_cluster(state / "tls", members, ca)
         self.token = secrets.token_urlsafe(32)
         self.storage = state / "cache"
         self.tokens_file = state / "cache-tokens"

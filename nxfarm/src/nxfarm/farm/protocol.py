@@ -1,18 +1,61 @@
-"""What the orchestrator sends an agent and what comes back. Both sides import these by name,
-so they must stay plain data (no secrets: each agent uses its own cache token)."""
+"""What the orchestrator sends an agent and what comes back, as JSON text.
+
+Both travel through Dask as plain strings, so neither side unpickles the other's objects
+(farm/unpickle.py); a malformed message is a ProtocolError naming the field. No secrets: each
+agent uses its own cache token.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_HEX_COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+
+
+class ProtocolError(ValueError):
+    """A message that is not what the other side sends."""
+
+
+def _decode(cls: type, text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{cls.__name__}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{cls.__name__}: not a JSON object")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ProtocolError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    return data
 
 
 @dataclass(frozen=True)
 class TaskRequest:
     task_id: str            # "project:target[:configuration]"
     repo_url: str           # where the agent fetches `commit` from
-    commit: str
+    commit: str             # full hex object id
     workspace_dir: str      # the Nx workspace, relative to the repository root ("" = the root)
     nx_args: tuple[str, ...] = ()  # overrides given to the whole build (e.g. --configuration=production)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskRequest:
+        data = _decode(cls, text)
+        for name in ("task_id", "repo_url", "commit", "workspace_dir"):
+            if not isinstance(data.get(name), str):
+                raise ProtocolError(f"TaskRequest.{name}: expected a string")
+        args = data.get("nx_args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ProtocolError("TaskRequest.nx_args: expected a list of strings")
+        if not _HEX_COMMIT.fullmatch(data["commit"]):
+            raise ProtocolError(f"TaskRequest.commit: {data['commit'][:80]!r} is not a full hex commit id")
+        return cls(data["task_id"], data["repo_url"], data["commit"], data["workspace_dir"], tuple(args))
 
 
 @dataclass(frozen=True)
@@ -28,3 +71,21 @@ class TaskResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskResult:
+        data = _decode(cls, text)
+        expected: dict[str, type | tuple[type, ...]] = {"task_id": str, "agent": str, "exit_code": int,
+                                                        "seconds": (int, float), "log_tail": str, "phase": str}
+        for name, kind in expected.items():
+            if name in data and not isinstance(data[name], kind):
+                raise ProtocolError(f"TaskResult.{name}: wrong type")
+        if data.get("cache") is not None and not isinstance(data["cache"], str):
+            raise ProtocolError("TaskResult.cache: wrong type")
+        missing = sorted({"task_id", "agent", "exit_code", "seconds", "cache", "log_tail"} - set(data))
+        if missing:
+            raise ProtocolError(f"TaskResult: missing {', '.join(missing)}")
+        return cls(**data)
