@@ -18,7 +18,7 @@ from components.farm_ca import CaMember, FarmCA, FarmCAArgs
 from components.render.agent import env_lines, tls_values
 from components.scheduler import FarmScheduler, FarmSchedulerArgs
 from components.render.agent import env_file
-from components.render.cache_host import cache_url
+from components.render.cache_host import AGENT_BRANCH_GRANT, cache_url, orchestrator_cache_url, orchestrator_grant
 from components.render.sops_config import agent_file
 from components.sops_recipients import SopsRecipients, SopsRecipientsArgs
 from components.render.tailnet_policy import PolicyError, build_policy, parse_hujson
@@ -87,8 +87,13 @@ def cache_token(name: str) -> pulumi.Output[str]:
     ).result
 
 
+# Each agent has a trusted token (commits on protected branches) and a branch token (any other
+# commit: every namespace but the trusted one); each orchestrator one token of its tier.
 tokens = {agent.name: cache_token(agent.name) for agent in settings.agents}
-tokens.update({name: cache_token(name) for name in settings.orchestrators})
+tokens.update({f"{agent.name}-branch": cache_token(f"{agent.name}-branch") for agent in settings.agents})
+tokens.update({o.name: cache_token(o.name) for o in settings.orchestrators})
+grants = {f"{agent.name}-branch": AGENT_BRANCH_GRANT for agent in settings.agents}
+grants.update({o.name: orchestrator_grant(o.name, o.tier) for o in settings.orchestrators})
 
 tailnet = TailnetPolicy("tailnet", TailnetPolicyArgs(policy=policy,
                                                     overwrite_existing=settings.tailnet.overwrite_existing_policy))
@@ -99,6 +104,7 @@ cache = CacheHost(
         settings=settings.cache_host,
         connection=connection(settings.cache_host),
         tokens=tokens,
+        grants=grants,
         wheels_dir=wheels[("cache", settings.cache_host.name)],
         cache_tag=settings.tailnet.cache_tag,
         acl=tailnet.acl,
@@ -113,7 +119,7 @@ SCHEDULER_MEMBER = "scheduler"
 ca = FarmCA("farm-ca", FarmCAArgs(
     members={SCHEDULER_MEMBER: CaMember("scheduler", [settings.cache_host.listen_address]),
              **{agent.name: CaMember("agent", [agent.host]) for agent in settings.agents},
-             **{f"orchestrator-{name}": CaMember("orchestrator", []) for name in settings.orchestrators}},
+             **{f"orchestrator-{o.name}": CaMember("orchestrator", []) for o in settings.orchestrators}},
     generation=settings.secrets_generation,
 ))
 scheduler_tls = ca.members[SCHEDULER_MEMBER]
@@ -137,9 +143,10 @@ scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.sched
 
 def agent_env(agent):  # noqa: ANN001, ANN201 - AgentSettings -> Output[str]
     member = ca.members[agent.name]
-    return pulumi.Output.all(tokens[agent.name], member.ca_pem, member.cert_pem, member.key_pem).apply(
-        lambda values: env_file(cache_url=url, token=values[0], scheduler_address=scheduler, agent=agent,
-                                tls=(values[1], values[2], values[3]))
+    return pulumi.Output.all(tokens[agent.name], tokens[f"{agent.name}-branch"], member.ca_pem, member.cert_pem,
+                             member.key_pem).apply(
+        lambda values: env_file(cache_url=url, token=values[0], branch_token=values[1], scheduler_address=scheduler,
+                                agent=agent, trust=settings.trust, tls=(values[2], values[3], values[4]))
     )
 
 
@@ -172,9 +179,12 @@ pulumi.export("cacheUrl", cache.url)
 pulumi.export("schedulerAddress", farm_scheduler.address)
 # What each orchestrator puts in NXFARM_TLS_CA / _CERT / _KEY (files or base64: values).
 pulumi.export("orchestratorTls", pulumi.Output.secret({
-    name: pulumi.Output.all(ca.members[f"orchestrator-{name}"].ca_pem, ca.members[f"orchestrator-{name}"].cert_pem,
-                            ca.members[f"orchestrator-{name}"].key_pem).apply(
+    o.name: pulumi.Output.all(ca.members[f"orchestrator-{o.name}"].ca_pem, ca.members[f"orchestrator-{o.name}"].cert_pem,
+                              ca.members[f"orchestrator-{o.name}"].key_pem).apply(
         lambda pems: {"ca": pems[0], "cert": pems[1], "key": pems[2]})
-    for name in settings.orchestrators
+    for o in settings.orchestrators
 }))
-pulumi.export("orchestratorTokens", pulumi.Output.secret({name: tokens[name] for name in settings.orchestrators}))
+pulumi.export("orchestratorTokens", pulumi.Output.secret({o.name: tokens[o.name] for o in settings.orchestrators}))
+# What each orchestrator puts in NX_SELF_HOSTED_REMOTE_CACHE_SERVER: a branch-tier one its namespace.
+pulumi.export("orchestratorCacheUrls", {o.name: cache.url.apply(lambda base, o=o: orchestrator_cache_url(base, o))
+                                        for o in settings.orchestrators})

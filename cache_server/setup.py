@@ -32,6 +32,7 @@ COMPILED = [
     "auth.py",
     "chunks.py",
     "metrics.py",
+    "namespaces.py",
     "http/handler.py",
     "http/protocol.py",
     "storage/base.py",

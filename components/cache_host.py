@@ -14,6 +14,7 @@ from ._remote import host_command, preflight, ship_wheels
 from ._wheels import wheels_digest
 from .render.cache_host import (
     SERVICE_USER,
+    TokenGrant,
     TOKENS_PATH,
     cache_unit,
     cache_url,
@@ -36,7 +37,7 @@ class CacheHostArgs:
     """+ settings: the `cacheHost` stack config
     + connection: SSH to the host, host key pinned
     + tokens: token name -> secret token (one per agent and orchestrator)
-    + read_only: names whose token may only read
+    + grants: token name -> its scope and namespaces (default: read-write, trusted)
     + wheels_dir: local directory with the server's wheel and its dependency wheels
     + cache_tag: the tailnet tag of the cache host's device
     + acl: the tailnet policy that defines the tags (tags are applied after it)
@@ -50,7 +51,7 @@ class CacheHostArgs:
     cache_tag: str
     acl: pulumi.Resource
     where: str = "nx-farm:cacheHost"
-    read_only: frozenset[str] = field(default_factory=frozenset)
+    grants: dict[str, TokenGrant] = field(default_factory=dict)
 
 
 class CacheHost(pulumi.ComponentResource):
@@ -73,7 +74,7 @@ class CacheHost(pulumi.ComponentResource):
         self.wheels = ship_wheels(f"{name}-wheels", args.connection, settings, args.wheels_dir, REMOTE_WHEELS_DIR,
                                   after_preflight)
 
-        token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.read_only))
+        token_text = pulumi.Output.all(**args.tokens).apply(lambda tokens: tokens_file(tokens, args.grants))
         install_tokens = f"{ensure_system_user(SERVICE_USER)} && {tokens_install_command()}"
         self.tokens_file = host_command(
             f"{name}-tokens", args.connection, run=install_tokens, delete=owned(f"rm -f {TOKENS_PATH}"),

@@ -247,14 +247,50 @@ class SopsSettings(_Model):
     _age = field_validator("operator_recipients")(lambda cls, v: [check_age_recipient(r) for r in v])
 
 
+Tier = Literal["read", "branch", "trusted"]
+
+
+class OrchestratorSettings(_Model):
+    """A developer box or CI job that runs `nxfarm build`. Its tier decides its cache token:
+    `read` restores only; `branch` writes its own namespace (`/ns/<name>`) and reads trusted
+    entries through it; `trusted` writes the trusted namespace (a CI job on protected branches)."""
+
+    name: Name
+    tier: Tier = "branch"
+
+
+class TrustSettings(_Model):
+    """Which repositories agents fetch from (fnmatch patterns of URLs, as orchestrators' remotes
+    name them), and which branches hold trusted commits (patterns; default: each repository's
+    default branch)."""
+
+    repositories: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    protected_branches: list[Annotated[str, Field(pattern=r"^[^\s]+$")]] = []
+
+    @field_validator("repositories")
+    @classmethod
+    def _no_spaces(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if any(ch.isspace() for ch in url) or url.startswith("-"):
+                raise ValueError(f"a repository URL has no spaces and does not start with '-': {url!r}")
+        return value
+
+
 class FarmSettings(_Model):
     deploy_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "nxfarm"
     secrets_generation: Annotated[int, Field(ge=1)] = 1
-    orchestrators: list[Name] = Field(default_factory=lambda: ["operator"])
+    # A bare name is an orchestrator of the `branch` tier.
+    orchestrators: list[OrchestratorSettings] = Field(default_factory=lambda: [OrchestratorSettings(name="operator")])
+    trust: TrustSettings
     cache_host: CacheHostSettings
     agents: list[AgentSettings] = []
     tailnet: TailnetSettings = TailnetSettings()
     sops: SopsSettings
+
+    @field_validator("orchestrators", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
 
 
 def _cross_checks(settings: FarmSettings) -> list[str]:
@@ -270,14 +306,20 @@ def _cross_checks(settings: FarmSettings) -> list[str]:
         if agent.host in seen_hosts:
             problems.append(f"{PROJECT}:{where}.host: two agents on one address {agent.host!r} (also {seen_hosts[agent.host]})")
         seen_hosts.setdefault(agent.host, where)
-    for i, name in enumerate(settings.orchestrators):
+    branch_tokens = {f"{agent.name}-branch": agent.name for agent in settings.agents}
+    for i, orchestrator in enumerate(settings.orchestrators):
+        name = orchestrator.name
+        if name in branch_tokens:
+            problems.append(f"{PROJECT}:orchestrators[{i}]: {name!r} is the name of agent {branch_tokens[name]!r}'s "
+                            "branch-tier cache token; pick another name")
         if name in seen_names:
             problems.append(f"{PROJECT}:orchestrators[{i}]: {name!r} is also {seen_names[name]}'s name; each gets its own token")
         seen_names.setdefault(name, f"orchestrators[{i}]")
     return problems
 
 
-TOP_LEVEL_KEYS = ("deployUser", "secretsGeneration", "orchestrators", "cacheHost", "agents", "tailnet", "sops")
+TOP_LEVEL_KEYS = ("deployUser", "secretsGeneration", "orchestrators", "trust", "cacheHost", "agents", "tailnet",
+                  "sops")
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -32,6 +32,7 @@ def raw_config():
             {"name": "agent-2", "host": "100.64.0.12", "hostKey": host_key(3), "ageRecipient": AGE_B},
         ],
         "sops": {"operatorRecipients": [AGE_A]},
+        "trust": {"repositories": ["https://git.example/team/*"]},
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import shlex
 
-from ..settings import AgentSettings
+from ..settings import AgentSettings, TrustSettings
 from .tailnet_policy import WORKER_PORT
 from .venv import venv_from_wheels
 
@@ -37,13 +37,17 @@ def env_lines(values: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
-def env_file(*, cache_url: str, token: str, scheduler_address: str, agent: AgentSettings,
-             tls: tuple[str, str, str]) -> str:
-    """Plaintext dotenv (encrypt it before it goes anywhere): the cache, this agent's own token,
-    the scheduler and this agent's cluster certificate and key. Values are single-line."""
+def env_file(*, cache_url: str, token: str, branch_token: str, scheduler_address: str, agent: AgentSettings,
+             trust: TrustSettings, tls: tuple[str, str, str]) -> str:
+    """Plaintext dotenv (encrypt it before it goes anywhere): the cache, this agent's two tokens
+    (trusted namespace; any other namespace), the repositories it builds and the branches it
+    trusts, the scheduler and this agent's cluster certificate and key. Values are single-line."""
     values = {
         "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": cache_url,
         "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": token,
+        "NXFARM_CACHE_BRANCH_TOKEN": branch_token,
+        "NXFARM_ALLOWED_REPOS": " ".join(trust.repositories),
+        "NXFARM_PROTECTED_BRANCHES": " ".join(trust.protected_branches),
         "NXFARM_SCHEDULER": scheduler_address,
         "NXFARM_AGENT_NAME": agent.name,
         **tls_values(*tls),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from cache_server.auth import Scope, token_line
 
-from ..settings import CacheHostSettings
+from ..settings import CacheHostSettings, OrchestratorSettings
 from .systemd import remove_unit
 from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 
@@ -69,12 +70,39 @@ WantedBy=multi-user.target
 """
 
 
-def tokens_file(tokens: dict[str, str], read_only: frozenset[str] = frozenset()) -> str:
-    """One `<name> <scope> sha256:<hex>` line per token, sorted by name; only hashes leave this function."""
+@dataclass(frozen=True)
+class TokenGrant:
+    """What one cache token may do: its scope and the namespaces it writes (cache_server/auth.py)."""
+
+    scope: Scope = Scope.READWRITE
+    namespaces: tuple[str, ...] = ("trusted",)
+
+
+def orchestrator_grant(name: str, tier: str) -> TokenGrant:
+    """`read` restores only; `branch` writes `/ns/<name>`; `trusted` writes the trusted namespace."""
+    if tier == "read":
+        return TokenGrant(Scope.READ, ())
+    return TokenGrant(Scope.READWRITE, ("trusted",) if tier == "trusted" else (name,))
+
+
+def orchestrator_cache_url(base: str, orchestrator: OrchestratorSettings) -> str:
+    """NX_SELF_HOSTED_REMOTE_CACHE_SERVER for one orchestrator: its namespace when it is of the
+    branch tier (Nx keeps the path: research/nx-cache.md)."""
+    return f"{base.rstrip('/')}/ns/{orchestrator.name}" if orchestrator.tier == "branch" else base
+
+
+AGENT_BRANCH_GRANT = TokenGrant(Scope.READWRITE, ("*",))  # an agent's untrusted builds: any namespace but trusted
+
+
+def tokens_file(tokens: dict[str, str], grants: dict[str, TokenGrant] | None = None) -> str:
+    """One `<name> <scope> sha256:<hex> ns=...` line per token, sorted by name; only hashes leave
+    this function. A token without a grant writes the trusted namespace."""
     header = "# nx-farm cache tokens, written by Pulumi (components/cache_host.py). Hashes only.\n"
+    grants = grants or {}
     return header + "".join(
-        token_line(name, Scope.READ if name in read_only else Scope.READWRITE, token)
+        token_line(name, grant.scope, token, grant.namespaces)
         for name, token in sorted(tokens.items())
+        for grant in [grants.get(name, TokenGrant())]
     )
 
 

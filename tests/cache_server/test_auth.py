@@ -32,7 +32,7 @@ def test_authenticate_by_bearer_token(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("a read", "expected '<name> <scope> sha256:<hex>'"),
+        ("a read", "expected '<name> <scope> sha256:<hex> [ns=<namespace>,...]'"),
         ("a write sha256:" + "0" * 64, "scope must be 'read' or 'readwrite'"),
         ("a read md5:abc", "sha256:<64 lowercase hex digits>"),
         ("a read sha256:" + "0" * 63, "sha256:<64 lowercase hex digits>"),

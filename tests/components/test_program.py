@@ -32,7 +32,8 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
     assert result.error is None, result.error
     names = result.by_name()
     assert {r.name for r in result.of_type("random:index/randomPassword:RandomPassword")} == {
-        "cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
+        "cache-token-agent-1", "cache-token-agent-1-branch", "cache-token-agent-2", "cache-token-agent-2-branch",
+        "cache-token-operator"}
     assert names["cache"].typ == "nxfarm:index:CacheHost"
     for child in ("cache-wheels", "cache-tokens", "cache-service", "sops-config", "sops-infra-nx-farm",
                   "sops-infra-agents-agent-1", "agent-1-env", "agent-1-enable", "agent-1-tags", "agent-1-key"):
@@ -60,7 +61,7 @@ def test_program_declares_the_cache_host_with_one_token_per_agent_and_orchestrat
         assert "nxfarm.sops sync" in sync.inputs["create"]
     tokens = names["cache-tokens"]
     assert is_secret(tokens.inputs["stdin"])
-    assert unwrap(tokens.inputs["stdin"]).count("readwrite sha256:") == 3
+    assert unwrap(tokens.inputs["stdin"]).count("readwrite sha256:") == 5  # two per agent, one per orchestrator
 
 
 def test_no_secret_appears_outside_secret_inputs(raw_config):
@@ -158,7 +159,7 @@ def test_adding_an_agent_adds_only_its_resources_and_touches_tokens_policy_and_s
     after = run(raw)
     added, removed, changed = changed_between(before, after)
     assert removed == set()
-    assert added == {"cache-token-agent-3", "agent-3", "agent-3-preflight", "agent-3-wheels", "agent-3-runtime",
+    assert added == {"cache-token-agent-3", "cache-token-agent-3-branch", "agent-3", "agent-3-preflight", "agent-3-wheels", "agent-3-runtime",
                      "agent-3-env",
                      "agent-3-unit-nx-farm-agent-service",
                      "agent-3-unit-nx-farm-health-service", "agent-3-unit-nx-farm-health-timer", "agent-3-enable", "agent-3-tags", "agent-3-key",
@@ -190,7 +191,8 @@ def test_bumping_the_generation_changes_every_token_and_encrypted_file(raw_confi
     added, removed, changed = changed_between(before, after)
     assert added == removed == set()
     encrypted = {"sops-infra-nx-farm", "sops-infra-agents-agent-1", "sops-infra-agents-agent-2"}
-    tokens = {"cache-token-agent-1", "cache-token-agent-2", "cache-token-operator"}
+    tokens = {"cache-token-agent-1", "cache-token-agent-2", "cache-token-operator", "cache-token-agent-1-branch",
+              "cache-token-agent-2-branch"}
     members = ("scheduler", "agent-1", "agent-2", "orchestrator-operator")
     new_certs = {"farm-ca-ca", *(f"farm-ca-{m}-{kind}" for m in members for kind in ("csr", "cert"))}
     assert changed == tokens | encrypted | new_certs | {"cache-tokens", "agent-1-env", "agent-2-env",
@@ -243,3 +245,23 @@ def test_every_farm_certificate_names_its_member_and_role(raw_config):
         "farm-ca-orchestrator-operator-csr": {"commonName": "orchestrator-operator", "organization": "nx-farm",
                                               "organizationalUnit": "orchestrator"},
     }
+
+
+def test_each_token_gets_its_tier_and_each_agent_the_repositories_it_builds(raw_config):
+    raw_config["orchestrators"] = ["laptop", {"name": "main-ci", "tier": "trusted"}, {"name": "pr-ci", "tier": "read"}]
+    raw_config["trust"]["protectedBranches"] = ["main", "release/*"]
+    result = run(raw_config)
+    assert result.error is None, result.error
+    lines = {line.split()[0]: line.split()[1:2] + line.split()[3:]
+             for line in unwrap(result.by_name()["cache-tokens"].inputs["stdin"]).splitlines()
+             if not line.startswith("#")}
+    assert lines == {"agent-1": ["readwrite", "ns=trusted"], "agent-1-branch": ["readwrite", "ns=*"],
+                     "agent-2": ["readwrite", "ns=trusted"], "agent-2-branch": ["readwrite", "ns=*"],
+                     "laptop": ["readwrite", "ns=laptop"], "main-ci": ["readwrite", "ns=trusted"], "pr-ci": ["read"]}
+    urls = unwrap(result.outputs["orchestratorCacheUrls"])
+    assert urls == {"laptop": "http://100.64.0.10:3333/ns/laptop", "main-ci": "http://100.64.0.10:3333",
+                    "pr-ci": "http://100.64.0.10:3333"}
+    env = unwrap(result.by_name()["sops-infra-agents-agent-1"].inputs["stdin"])
+    assert "NXFARM_ALLOWED_REPOS=https://git.example/team/*\n" in env
+    assert "NXFARM_PROTECTED_BRANCHES=main release/*\n" in env
+    assert f"NXFARM_CACHE_BRANCH_TOKEN={mock_token('cache-token-agent-1-branch', {'generation': '1'})}" in env

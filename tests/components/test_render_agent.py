@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from components.render.agent import HEALTH_UNIT, agent_unit, env_file, health_service, health_timer, install_script
-from components.settings import validate
+from components.settings import TrustSettings, validate
 
 
 @pytest.fixture
@@ -43,14 +43,18 @@ def test_env_file_is_dotenv_and_refuses_multiline_values(agent):
     pems = ("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
             "-----BEGIN CERTIFICATE-----\nME\n-----END CERTIFICATE-----\n",
             "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n")
-    text = env_file(cache_url="http://100.64.0.10:3333", token="t0k", scheduler_address="tls://100.64.0.10:8786",
-                    agent=agent, tls=pems)
-    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 7
+    trust = TrustSettings(repositories=["https://git.example/a.git", "https://git.example/b/*"])
+    text = env_file(cache_url="http://100.64.0.10:3333", token="t0k", branch_token="b0k",
+                    scheduler_address="tls://100.64.0.10:8786", agent=agent, trust=trust, tls=pems)
+    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=t0k\n" in text and text.count("\n") == 10
+    assert "NXFARM_CACHE_BRANCH_TOKEN=b0k\n" in text and "NXFARM_PROTECTED_BRANCHES=\n" in text
+    assert "NXFARM_ALLOWED_REPOS=https://git.example/a.git https://git.example/b/*\n" in text
     values = dict(line.split("=", 1) for line in text.splitlines())
     from nxfarm.farm.security import _material
     assert _material("key", values["NXFARM_TLS_KEY"]) == pems[2], "what the agent decodes is the key we encoded"
     with pytest.raises(ValueError, match="NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN must be a single line"):
-        env_file(cache_url="http://x", token="a\nB=c", scheduler_address="tls://x:1", agent=agent, tls=pems)
+        env_file(cache_url="http://x", token="a\nB=c", branch_token="b", scheduler_address="tls://x:1", agent=agent,
+                 trust=trust, tls=pems)
 
 
 def test_install_script_is_valid_shell_and_checks_its_prerequisites(agent):

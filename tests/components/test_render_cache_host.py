@@ -6,10 +6,12 @@ import pytest
 
 from cache_server.auth import TokenStore
 from components.render.cache_host import (
+    AGENT_BRANCH_GRANT,
     TOKENS_PATH,
     cache_unit,
     cache_url,
     install_script,
+    orchestrator_grant,
     remove_script,
     tokens_file,
     tokens_install_command,
@@ -51,13 +53,20 @@ def test_ipv6_listen_address(raw_config):
 
 
 def test_tokens_file_has_hashes_only_and_the_server_reads_it(tmp_path):
-    text = tokens_file({"agent-1": "secret-one", "ci": "secret-two"}, read_only=frozenset({"ci"}))
-    assert "secret-one" not in text and "secret-two" not in text
+    grants = {"ci": orchestrator_grant("ci", "read"), "laptop": orchestrator_grant("laptop", "branch"),
+              "agent-1-branch": AGENT_BRANCH_GRANT}
+    tokens = {"agent-1": "secret-one", "ci": "secret-two", "laptop": "secret-three", "agent-1-branch": "secret-four"}
+    text = tokens_file(tokens, grants)
+    assert not [token for token in tokens.values() if token in text]
     path = tmp_path / "tokens"
     path.write_text(text)
     store = TokenStore(str(path))
-    assert store.authenticate("Bearer secret-one").may_write
-    assert not store.authenticate("Bearer secret-two").may_write
+    agent, ci = store.authenticate("Bearer secret-one"), store.authenticate("Bearer secret-two")
+    laptop, branch = store.authenticate("Bearer secret-three"), store.authenticate("Bearer secret-four")
+    assert agent.may_write and agent.may_use("trusted") and not agent.may_use("laptop")
+    assert not ci.may_write
+    assert laptop.may_use("laptop") and not laptop.may_use("trusted") and not laptop.may_use("other")
+    assert branch.may_use("pr-7") and not branch.may_use("trusted")
 
 
 def test_scripts_are_valid_shell_and_keep_data_unless_purged(cache):

@@ -90,3 +90,19 @@ def test_checked_in_example_stack_is_valid():
     raw = {key.split(":", 1)[1]: value for key, value in stack.items() if key.startswith("nx-farm:")}
     settings = validate(raw)
     assert len(settings.agents) == 3 and settings.sops.operator_recipients
+
+
+def test_trust_and_tiers_are_checked_by_name(raw_config):
+    raw = copy.deepcopy(raw_config)
+    raw["orchestrators"] = ["agent-1-branch", {"name": "ci", "tier": "admin"}]
+    raw["trust"] = {"repositories": ["-uhttps://x"], "protectedBranches": ["main"]}
+    assert problems(raw) == [
+        "nx-farm:orchestrators[1].tier: input should be 'read', 'branch' or 'trusted'",
+        "nx-farm:trust.repositories: a repository URL has no spaces and does not start with '-': '-uhttps://x'",
+    ]
+    raw["orchestrators"], raw["trust"] = ["agent-1-branch"], {"repositories": ["https://git.example/*"]}
+    assert problems(raw) == [
+        "nx-farm:orchestrators[0]: 'agent-1-branch' is the name of agent 'agent-1''s branch-tier cache token; "
+        "pick another name"]
+    del raw["trust"]
+    assert problems(raw) == ["nx-farm:trust: field required"]

@@ -82,3 +82,18 @@ def on_hosts(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
     local = ("cache-token-", "farm-ca-", "sops-", "tailnet-")
     return sorted((name, op) for name, op in steps if not name.startswith(local)
                   and not name.endswith(("-tags", "-key")))
+
+
+def orchestrator_security(run: ProgramRun, orchestrator: str = "operator"):  # noqa: ANN201 - distributed Security
+    """A Dask client's TLS for one orchestrator of the stack, from the `orchestratorTls` export
+    (the scheduler takes clients only from orchestrator certificates)."""
+    import base64
+
+    from nxfarm.farm import security
+
+    from tests.components.pulumi_harness import unwrap
+
+    pems = unwrap(run.outputs["orchestratorTls"])[orchestrator]
+    env = {f"NXFARM_TLS_{field.upper()}": "base64:" + base64.b64encode(pem.encode()).decode()
+           for field, pem in pems.items()}
+    return security.security(security.resolve(environ=env), "client")

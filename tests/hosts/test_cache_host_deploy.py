@@ -6,14 +6,15 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.components.pulumi_harness import mock_token, unwrap
+from tests.components.pulumi_harness import mock_token
 
-from .deploy import Deployment, enroll, on_hosts
+from .deploy import Deployment, enroll, on_hosts, orchestrator_security
 
 
 def config(host, operator, **overrides):
     return {"cacheHost": {"name": "cache", "host": host.ip, "hostKey": host.host_key, "tailnetDevice": True},
-            "sops": {"operatorRecipients": [operator]}, **overrides}
+            "sops": {"operatorRecipients": [operator]}, "trust": {"repositories": ["https://git.example/*"]},
+            "orchestrators": [{"name": "operator", "tier": "trusted"}], **overrides}
 
 
 def http(url, token=None, data=None, method="GET"):
@@ -38,16 +39,12 @@ def check_scheduler(host, run):
         time.sleep(0.5)
     assert {f"{host.ip}:8786", f"{host.ip}:8787"} <= local, local
     assert not [a for a in local if a.startswith(("0.0.0.0:", "*:", "[::]:")) and a.endswith((":8786", ":8787"))]
-    env = dict(line.split("=", 1) for line in
-               unwrap(run.by_name()["cache-scheduler-tls"].inputs["stdin"]).splitlines())
     from distributed import Client
-    from nxfarm.farm import security
 
-    files = security.resolve(environ={k: v for k, v in env.items() if k.startswith("NXFARM_TLS_")})
     deadline = time.monotonic() + 30
     while True:
         try:
-            with Client(f"tls://{host.ip}:8786", security=security.security(files, "client"), timeout=5,
+            with Client(f"tls://{host.ip}:8786", security=orchestrator_security(run), timeout=5,
                         set_as_default=False) as client:
                 assert client.scheduler_info()["workers"] == {}
                 break

@@ -13,10 +13,10 @@ import components.agent
 import components.render.cache_host
 import components.render.scheduler
 import components.scheduler
-from tests.components.pulumi_harness import mock_token, unwrap
+from tests.components.pulumi_harness import mock_token
 from tests.nx_client.workspace import NX_BIN, Workspace
 
-from .deploy import SOPS_BIN, Deployment, enroll, on_hosts, prepare_agent
+from .deploy import SOPS_BIN, Deployment, enroll, on_hosts, orchestrator_security, prepare_agent
 from .test_cache_host_deploy import http
 
 AGENT_IPS = {"agent-1": "10.231.0.22", "agent-2": "10.231.0.23", "agent-3": "10.231.0.24"}
@@ -43,6 +43,8 @@ class Farm:
                         "hostKey": self.hosts[names.get(name, name)].host_key, "tailnetDevice": True,
                         "ageRecipient": self.recipients[names.get(name, name)], "taskSlots": 2} for name in agents],
             "sops": {"operatorRecipients": [self.operator]},
+            "trust": {"repositories": ["https://git.example/*"]},
+            "orchestrators": [{"name": "operator", "tier": "trusted"}],
             **extra,
         }
 
@@ -52,15 +54,11 @@ class Farm:
         return on_hosts(steps)
 
     def workers(self) -> set[str]:
-        """Agent names the deployed scheduler knows (over mutual TLS with the scheduler's own cert)."""
+        """Agent names the deployed scheduler knows (over mutual TLS with the operator's
+        orchestrator certificate, as `nxfarm build` connects)."""
         from distributed import Client
 
-        from nxfarm.farm import security
-
-        env = dict(line.split("=", 1) for line in
-                   unwrap(self.run.by_name()["cache-scheduler-tls"].inputs["stdin"]).splitlines())
-        files = security.resolve(environ=env)
-        with Client(f"tls://{self.addresses['cache']}:8786", security=security.security(files, "client"), timeout=10,
+        with Client(f"tls://{self.addresses['cache']}:8786", security=orchestrator_security(self.run), timeout=10,
                     set_as_default=False) as client:
             return {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
 

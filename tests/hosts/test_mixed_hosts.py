@@ -72,17 +72,8 @@ def test_a_farm_across_debian_12_and_13(start_host, built_wheels, monkeypatch, t
 
 
 def run_on(farm, worker):
-    """The Python version a task sees on that agent (a function sent by reference, as nxfarm's are)."""
-    import platform
-
-    from distributed import Client
-
-    from nxfarm.farm import security
-
-    tls = farm.run.by_name()["cache-scheduler-tls"]  # the scheduler's own certificate stands in for an orchestrator's
-    env = dict(line.split("=", 1) for line in unwrap(tls.inputs["stdin"]).splitlines())
-    with Client(f"tls://{farm.addresses['cache']}:8786", security=security.security(security.resolve(environ=env),
-                                                                                     "client"),
-                timeout=10, set_as_default=False) as client:
-        version = client.submit(platform.python_version, workers=[worker], pure=False).result(timeout=60)
-    return ".".join(version.split(".")[:2])
+    """The Python version the agent process runs on that host (its tasks run inside it; the
+    agents unpickle no function but nxfarm's own, so none is sent to ask)."""
+    exe = farm.hosts[worker].ssh("readlink -f /proc/$(pgrep -f 'nxfarm agent run' | head -1)/exe").stdout.strip()
+    version = farm.hosts[worker].ssh(f"{exe} -c 'import sys; print(*sys.version_info[:2], sep=\".\")'").stdout
+    return version.strip()

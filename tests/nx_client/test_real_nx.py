@@ -82,3 +82,41 @@ def test_build_succeeds_when_storage_cannot_write(workspace, tmp_path, small_fs,
     finally:
         server.stop()
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
+
+
+def test_namespaces_keep_pull_request_artifacts_out_of_trusted_builds(tmp_path):
+    """Real Nx with NX_SELF_HOSTED_REMOTE_CACHE_SERVER ending in /ns/<name>: a pull-request build
+    writes into its namespace; a trusted build of the same hashes does not restore those (it
+    builds and writes its own); a later pull-request build restores the trusted artifacts; a
+    read token restores them too and uploads nothing."""
+    from cache_server.auth import Scope, token_line
+
+    (tmp_path / "tokens").write_text(token_line("agent", Scope.READWRITE, "trusted-token", ("trusted",))
+                                     + token_line("pr-ci", Scope.READWRITE, "pr-token", ("*",))
+                                     + token_line("reader", Scope.READ, "read-token"))
+    cache = CacheServer(tmp_path).start()
+    try:
+        workspace = Workspace(tmp_path / "ws")
+        pull_request = workspace.build(f"{cache.url}/ns/pr-1", "pr-token")
+        assert pull_request.returncode == 0, pull_request.output
+        assert len(workspace.executed()) == N and cache.metric("nxcache_puts_total") == N
+        assert all(path.name.endswith("_pr-1") for path in cache.entry_files())
+
+        workspace.reset_local_state()
+        trusted = workspace.build(cache.url, "trusted-token")
+        assert trusted.returncode == 0, trusted.output
+        assert trusted.remote_hits() == 0 and len(workspace.executed()) == N, "a trusted build restored PR output"
+        assert cache.metric("nxcache_puts_total") == 2 * N
+        built = workspace.outputs()
+
+        workspace.reset_local_state()
+        later = workspace.build(f"{cache.url}/ns/pr-2", "pr-token")
+        assert later.returncode == 0 and later.remote_hits() == N and workspace.executed() == [], later.output
+        assert workspace.outputs() == built
+
+        workspace.reset_local_state()
+        reader = workspace.build(cache.url, "read-token")
+        assert reader.returncode == 0 and reader.remote_hits() == N, reader.output
+        assert cache.metric("nxcache_puts_total") == 2 * N
+    finally:
+        cache.stop()

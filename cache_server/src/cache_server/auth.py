@@ -1,4 +1,8 @@
-"""Bearer tokens: a file of `<name> <scope> sha256:<hex>` lines, hashes only at rest.
+"""Bearer tokens: a file of `<name> <scope> sha256:<hex> [ns=<namespace>,...]` lines, hashes only at rest.
+
+The optional fourth field lists the namespaces (namespaces.py) the token may write: names,
+`trusted`, or `*` for every namespace but the trusted one; without it a token writes the
+trusted namespace, as before namespaces existed. Every token reads the trusted namespace.
 
 The SHA-256 of what the client presents is compared with every stored digest
 by `hmac.compare_digest`, with no early exit, so the time taken says nothing
@@ -22,6 +26,8 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 
+from .namespaces import ANY_UNTRUSTED, TRUSTED, NamespaceError, check_name
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -35,10 +41,18 @@ class Scope(str, Enum):
 class Identity:
     name: str
     scope: Scope
+    namespaces: frozenset[str] = frozenset({TRUSTED})
 
     @property
     def may_write(self) -> bool:
         return self.scope is Scope.READWRITE
+
+    def may_use(self, namespace: str) -> bool:
+        """Whether this token may read `namespace` (and write it, given the scope)."""
+        return namespace in self.namespaces or (namespace != TRUSTED and ANY_UNTRUSTED in self.namespaces)
+
+    def may_read(self, namespace: str) -> bool:
+        return namespace == TRUSTED or self.may_use(namespace)
 
 
 class TokenFileError(Exception):
@@ -53,10 +67,28 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_line(name: str, scope: Scope, token: str) -> str:
+def token_line(name: str, scope: Scope, token: str, namespaces: tuple[str, ...] = ()) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(f"token name {name!r}: use letters, digits and . _ @ - (max 64)")
-    return f"{name} {scope.value} sha256:{hash_token(token)}\n"
+    field = ""
+    if namespaces:
+        parse_namespaces("ns=" + ",".join(namespaces), f"token {name!r}")
+        field = " ns=" + ",".join(namespaces)
+    return f"{name} {scope.value} sha256:{hash_token(token)}{field}\n"
+
+
+def parse_namespaces(field: str, where: str) -> frozenset[str]:
+    if not field.startswith("ns="):
+        raise TokenFileError(f"{where}: fourth field must be ns=<namespace>[,<namespace>...], got {field[:40]!r}")
+    names = field[3:].split(",")
+    for name in names:
+        if name in (TRUSTED, ANY_UNTRUSTED):
+            continue
+        try:
+            check_name(name)
+        except NamespaceError as exc:
+            raise TokenFileError(f"{where}: {exc}") from None
+    return frozenset(names)
 
 
 def parse_tokens(text: str, source: str) -> dict[bytes, Identity]:
@@ -69,9 +101,11 @@ def parse_tokens(text: str, source: str) -> dict[bytes, Identity]:
             continue
         where = f"{source}:{number}"
         fields = line.split()
-        if len(fields) != 3:
-            raise TokenFileError(f"{where}: expected '<name> <scope> sha256:<hex>', got {len(fields)} field(s)")
-        name, scope_text, digest_text = fields
+        if len(fields) not in (3, 4):
+            raise TokenFileError(f"{where}: expected '<name> <scope> sha256:<hex> [ns=<namespace>,...]', "
+                                 f"got {len(fields)} field(s)")
+        name, scope_text, digest_text = fields[:3]
+        namespaces = parse_namespaces(fields[3], where) if len(fields) == 4 else frozenset({TRUSTED})
         if not _NAME.fullmatch(name):
             raise TokenFileError(f"{where}: bad token name {name[:64]!r} (letters, digits, . _ @ -)")
         if name in names:
@@ -87,7 +121,7 @@ def parse_tokens(text: str, source: str) -> dict[bytes, Identity]:
         if digest in table:
             raise TokenFileError(f"{where}: same token hash as {table[digest].name!r}")
         names.add(name)
-        table[digest] = Identity(name, scope)
+        table[digest] = Identity(name, scope, namespaces)
     return table
 
 

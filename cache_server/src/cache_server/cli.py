@@ -110,11 +110,14 @@ def _token(argv: list[str]) -> int:
     add = sub.add_parser("add")
     add.add_argument("name")
     add.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.READWRITE.value)
+    add.add_argument("--namespace", action="append", default=[], metavar="NS",
+                     help="a namespace this token writes (repeatable): a name, 'trusted', or '*' for every "
+                          "namespace but trusted (default: trusted)")
     add.add_argument("--tokens", default=os.environ.get("NXFARM_CACHE_TOKENS") or default_tokens(), metavar="FILE")
     args = parser.parse_args(argv)
     try:
-        line = token_line(args.name, Scope(args.scope), token := new_token())
-    except ValueError as exc:
+        line = token_line(args.name, Scope(args.scope), token := new_token(), tuple(args.namespace))
+    except (ValueError, TokenFileError) as exc:
         raise ConfigError(str(exc)) from None
     if os.path.exists(args.tokens):
         if args.name in TokenStore(args.tokens).names():  # also refuses to append to a malformed file

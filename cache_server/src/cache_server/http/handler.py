@@ -20,7 +20,7 @@ from .. import __version__
 from ..auth import Identity, TokenStore
 from ..metrics import merge_snapshots
 from ..storage.base import Blob, Storage, StorageFault
-from ..storage.disk import is_valid_key
+from ..namespaces import NAME as _NAMESPACE, TRUSTED, is_valid_hash, storage_key
 from ..storage.errors import StorageError
 from ..storage.syncer import BatchSyncer
 from .protocol import Connection, Exchange, status_head
@@ -36,10 +36,12 @@ _OCTET_HEAD = b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n
 _EMPTY = b"Content-Length: 0\r\n"
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 _CACHE_PREFIX = "v1/cache/"
+_NAMESPACE_PREFIX = "ns/"
 # A rejected PUT is read to the end so the client sees our answer, unless that is unreasonable.
 _DRAIN_CAP_UNAUTHENTICATED = 64 << 20
 _ERROR_RECENT_S = 600.0
 _BAD_KEY = "bad cache hash: letters and digits only, at most 128"
+_BAD_NAMESPACE = "bad namespace in /ns/<namespace>/v1/cache/: lowercase letters, digits and '-', at most 32"
 
 
 def _text(conn: Connection, ex: Exchange, status: int, message: str, *, close: bool = False) -> None:
@@ -92,10 +94,16 @@ class CacheHandler:
         path = ex.url.decode("latin-1").split("?", 1)[0].lstrip("/")  # Nx turns a trailing slash in the URL into '//v1/...'
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :].lstrip("/")
+        if path.startswith(_NAMESPACE_PREFIX):
+            namespace, _, path = path[len(_NAMESPACE_PREFIX) :].partition("/")
+            if not path.lstrip("/").startswith(_CACHE_PREFIX):
+                return
+            path = path.lstrip("/")
+            ex.namespace = namespace if _NAMESPACE.fullmatch(namespace) and namespace != TRUSTED else None
         if path.startswith(_CACHE_PREFIX):
             ex.kind = "cache"
             key = path[len(_CACHE_PREFIX) :]
-            ex.key = key if is_valid_key(key) else None
+            ex.key = key if is_valid_hash(key) else None
         elif path in ("health", "metrics"):
             ex.kind = path
 
@@ -236,14 +244,24 @@ class CacheHandler:
         return identity
 
     def _get(self, conn: Connection, ex: Exchange) -> None:
-        if self._authenticate(conn, ex) is None:
+        identity = self._authenticate(conn, ex)
+        if identity is None:
             _text(conn, ex, 401, "missing or unknown cache token (NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN)")
             return
-        if ex.key is None:
+        if ex.key is None or ex.namespace is None:
             self.metrics.reject("bad_key")
-            _text(conn, ex, 400, _BAD_KEY)
+            _text(conn, ex, 400, _BAD_KEY if ex.key is None else _BAD_NAMESPACE)
             return
-        blob: Blob | None = self.storage.get(ex.key)
+        namespace = ex.namespace
+        if namespace == TRUSTED:
+            blob: Blob | None = self.storage.get(ex.key)
+        else:
+            if not identity.may_read(namespace):
+                self.metrics.reject("namespace")
+                _text(conn, ex, 403, f"token {identity.name!r} may not use namespace {namespace!r}")
+                return
+            # A namespace reads through to the trusted entries it does not have itself.
+            blob = self.storage.get(storage_key(namespace, ex.key)) or self.storage.get(ex.key)
         if blob is None:
             self.metrics.misses += 1
             _empty(conn, ex, 404)
@@ -273,9 +291,13 @@ class CacheHandler:
             self.metrics.reject("read_only")
             self._reject(conn, ex, 403, f"token {identity.name!r} is read-only: not stored")
             return
-        if ex.key is None:
+        if ex.key is None or ex.namespace is None:
             self.metrics.reject("bad_key")
-            _text(conn, ex, 400, _BAD_KEY, close=True)
+            _text(conn, ex, 400, _BAD_KEY if ex.key is None else _BAD_NAMESPACE, close=True)
+            return
+        if not identity.may_use(ex.namespace):
+            self.metrics.reject("namespace")
+            self._reject(conn, ex, 403, f"token {identity.name!r} may not write namespace {ex.namespace!r}: not stored")
             return
         if length is None or ex.chunked:
             self.metrics.reject("no_length")
@@ -283,7 +305,7 @@ class CacheHandler:
             return
         try:
             # A client that waits for 100 Continue before the body is told of a conflict first.
-            ex.upload = self.storage.begin_put(ex.key, length, exact=ex.expect_continue)
+            ex.upload = self.storage.begin_put(storage_key(ex.namespace, ex.key), length, exact=ex.expect_continue)
         except StorageError as exc:
             if exc.status == 409:
                 self.metrics.conflicts += 1

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..auth import Proven
+from ..namespaces import TRUSTED
 from .sendfile import send_file
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Exchange:
 
     __slots__ = (
         "remote", "url", "method", "authorization", "content_length", "expect_continue", "chunked", "keep_alive",
-        "started", "kind", "key", "status", "token", "bytes_in", "bytes_out", "reason",
+        "started", "kind", "key", "namespace", "status", "token", "bytes_in", "bytes_out", "reason",
         "upload", "reply", "pending", "complete", "answered",
     )
 
@@ -101,6 +102,7 @@ class Exchange:
         self.started = started
         self.kind = "other"  # route: cache | health | metrics | other
         self.key: str | None = None  # the cache key, only when it is valid
+        self.namespace: str | None = TRUSTED  # the cache namespace (namespaces.py); None when not a valid name
         self.status: int | None = None
         self.token: str | None = None
         self.bytes_in = 0

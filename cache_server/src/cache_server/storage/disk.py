@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import itertools
 import os
-import re
 import secrets
 import threading
 import time
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..namespaces import is_storage_key
 from .base import Blob, Staged, StorageCounters, StorageFault, StorageStats
 from .entry_format import (
     HEADER_SIZE,
@@ -51,7 +51,6 @@ from .syncer import sync_staged
 
 log = logging.getLogger("cache_server.storage")
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,128}")
 INLINE_MAX = 64 * 1024  # bodies up to this size are read whole and digest-checked on every GET
 QUARANTINE_KEEP = 64
 ATIME_PERSIST_INTERVAL_S = 3600.0  # LRU order survives restarts at this granularity
@@ -85,13 +84,13 @@ class ScrubReport:
 
 
 def is_valid_key(key: str) -> bool:
-    # Same as KEY_PATTERN.fullmatch, at a quarter of the cost: this runs on every request.
-    return len(key) <= 128 and key.isascii() and key.isalnum()
+    """A storage key: a request hash, or `{hash}_{namespace}` (namespaces.py)."""
+    return is_storage_key(key)
 
 
 def _require_key(key: str) -> None:
     if not is_valid_key(key):
-        raise ValueError(f"invalid cache key {key[:40]!r}: letters and digits only, 1-128 characters")
+        raise ValueError(f"invalid cache key {key[:40]!r}: letters and digits (1-128), then optionally _<namespace>")
 
 
 class DiskStorage:

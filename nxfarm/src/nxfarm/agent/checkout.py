@@ -1,9 +1,16 @@
 """One checkout per task slot, so concurrent tasks never share an output directory.
 
 Layout under the agent's workspace directory:
-  repo.git/        bare mirror, fetched from the URL each task names (one fetch at a time)
+  repo.git/        bare mirror, fetched from the URL each task names (one fetch at a time);
+                   each repository's branches under refs/farm/<digest of its URL>/heads/
   slots/<n>/       a detached git worktree of repo.git per slot
   slots/<n>.lock   digest of the lockfile that slot's node_modules was installed from
+  slots/<n>.tier   the trust tier and cache namespace the slot last built for: when the next
+                   task's differ, everything the last build left (node_modules, .nx, untracked
+                   files) is wiped first, so nothing a pull request planted reaches a trusted build
+
+Repository URLs and commits reach git after `--` and only once checked (an allowed URL, a full
+hex commit id), so neither can be read as an option.
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from .trust import BRANCH, TRUSTED, TrustPolicy, default_branch, repo_refs
 
 LOCKFILES = (("pnpm-lock.yaml", "pnpm"), ("package-lock.json", "npm"))
 # Kept across tasks: installed dependencies and Nx's own cache and workspace data.
@@ -78,20 +88,21 @@ class Checkouts:
             self._free.sort()
             self._free_lock.notify()
 
-    def _ensure_commit(self, repo_url: str, commit: str) -> None:
+    def fetch(self, repo_url: str, commit: str) -> None:
+        """Fetch the repository's branches (always: the protected branches must be current to
+        decide trust), then the commit itself if no branch has it."""
         with self._mirror_lock:
             if not (self.mirror / "HEAD").exists():
                 self.root.mkdir(parents=True, exist_ok=True)
                 _run(["git", "init", "--quiet", "--bare", str(self.mirror)])
-            if self._has(commit):
-                return
+            refs = repo_refs(repo_url)
             # Branch heads first (works with every server), then the commit by id (needs the
             # server to allow it, e.g. protocol v2 or uploadpack.allowReachableSHA1InWant).
-            _run(["git", "-C", str(self.mirror), "fetch", "--quiet", "--force", repo_url,
-                  "+refs/heads/*:refs/farm/heads/*"], timeout=600)
+            _run(["git", "-C", str(self.mirror), "fetch", "--quiet", "--force", "--prune", "--", repo_url,
+                  f"+refs/heads/*:{refs}/heads/*"], timeout=600)
             if not self._has(commit):
                 try:
-                    _run(["git", "-C", str(self.mirror), "fetch", "--quiet", repo_url, commit], timeout=600)
+                    _run(["git", "-C", str(self.mirror), "fetch", "--quiet", "--", repo_url, commit], timeout=600)
                 except CheckoutError:
                     pass
             if not self._has(commit):
@@ -101,10 +112,34 @@ class Checkouts:
         return subprocess.run(["git", "-C", str(self.mirror), "cat-file", "-e", f"{commit}^{{commit}}"],
                               capture_output=True).returncode == 0
 
-    def checkout(self, slot: int, repo_url: str, commit: str) -> Path:
-        """The slot's worktree at exactly `commit`, with everything but KEEP reset to it."""
-        self._ensure_commit(repo_url, commit)
+    def tier(self, policy: TrustPolicy, repo_url: str, commit: str) -> str:
+        """TRUSTED when `commit` is reachable from a protected branch of `repo_url` as last
+        fetched (call after `checkout`), else BRANCH."""
+        refs = repo_refs(repo_url)
+        listed = _run(["git", "-C", str(self.mirror), "for-each-ref", "--format=%(refname)", f"{refs}/heads/"])
+        branches = [ref[len(f"{refs}/heads/"):] for ref in listed.split()]
+        default = None
+        if not policy.protected:
+            default = default_branch(_run(["git", "ls-remote", "--symref", "--", repo_url, "HEAD"], timeout=120))
+        for branch in branches:
+            if policy.protects(branch, default):
+                ancestor = subprocess.run(["git", "-C", str(self.mirror), "merge-base", "--is-ancestor", commit,
+                                           f"{refs}/heads/{branch}"], capture_output=True)
+                if ancestor.returncode == 0:
+                    return TRUSTED
+        return BRANCH
+
+    def checkout(self, slot: int, repo_url: str, commit: str, trust: str = "") -> Path:
+        """The slot's worktree at exactly `commit`, with everything but KEEP reset to it; when
+        `trust` (tier and namespace) differs from the slot's last, KEEP is wiped too."""
         tree = self.slots_dir / str(slot)
+        stamp = self.slots_dir / f"{slot}.tier"
+        keep = KEEP
+        if (tree / ".git").exists() and (not stamp.is_file() or stamp.read_text() != trust):
+            keep = ()
+            (self.slots_dir / f"{slot}.lock").unlink(missing_ok=True)
+            for name in KEEP:
+                shutil.rmtree(tree / name, ignore_errors=True)
         if not (tree / ".git").exists():
             self.slots_dir.mkdir(parents=True, exist_ok=True)
             with self._mirror_lock:  # worktree bookkeeping lives in the mirror
@@ -112,8 +147,11 @@ class Checkouts:
                 _run(["git", "-C", str(self.mirror), "worktree", "add", "--force", "--detach", str(tree), commit])
         else:
             _run(["git", "-C", str(tree), "checkout", "--quiet", "--force", "--detach", commit])
-        excludes = [arg for keep in KEEP for arg in ("-e", keep)]
+        excludes = [arg for name in keep for arg in ("-e", name)]
         _run(["git", "-C", str(tree), "clean", "-ffdxq", *excludes])
+        tmp = stamp.with_suffix(".tier-tmp")
+        tmp.write_text(trust)
+        os.replace(tmp, stamp)
         return tree
 
     def install(self, slot: int, workspace: Path, env: dict[str, str]) -> str:

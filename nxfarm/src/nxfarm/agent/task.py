@@ -13,20 +13,27 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
-from .checkout import Checkouts
+from .checkout import CheckoutError, Checkouts
+from .trust import BRANCH_TOKEN_ENV, TRUSTED, TrustPolicy, cache_namespace
 
 LOG_TAIL_LINES = 40
 TASK_TIMEOUT_S = 6 * 3600
 _RESTORED = re.compile(r"\[(remote cache|local cache)\]")
 
 
+CACHE_URL_ENV = "NX_SELF_HOSTED_REMOTE_CACHE_SERVER"
+CACHE_TOKEN_ENV = "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"
+
+
 @dataclass
 class AgentContext:
     name: str
     checkouts: Checkouts
-    env: dict[str, str]  # the agent's environment: cache URL and this agent's own token
+    env: dict[str, str]  # the agent's environment: cache URL, its trusted and branch tokens
+    policy: TrustPolicy = TrustPolicy(())
 
 
 _context: AgentContext | None = None
@@ -37,15 +44,27 @@ def configure(context: AgentContext) -> None:
     _context = context
 
 
-def nx_env(base: dict[str, str]) -> dict[str, str]:
+def nx_env(base: dict[str, str], tier: str = TRUSTED, namespace: str = TRUSTED, tree: Path | None = None,
+           ) -> dict[str, str]:
+    """The environment of one task's Nx: the cache URL and token of its tier only (a branch
+    task never sees the trusted token), Nx's own cache and workspace data inside the slot
+    (wiped with it when the tier changes), and none of the agent's cluster material."""
     env = dict(base)
     # No Nx Cloud, no daemon per slot, plain logs; never NX_SKIP_NX_CACHE (outputs must reach the cache).
     env.update({"NX_NO_CLOUD": "true", "NX_DAEMON": "false", "NX_TUI": "false", "CI": "true",
                 "FORCE_COLOR": "0"})
-    for key in ("NX_SKIP_NX_CACHE", "NX_SKIP_REMOTE_CACHE"):
+    for key in ("NX_SKIP_NX_CACHE", "NX_SKIP_REMOTE_CACHE", BRANCH_TOKEN_ENV):
         env.pop(key, None)
     for key in [key for key in env if key.startswith("NXFARM_TLS_")]:
         del env[key]  # the agent's cluster key is not the build's business
+    if tier != TRUSTED:
+        env[CACHE_TOKEN_ENV] = base.get(BRANCH_TOKEN_ENV, "")
+        env[CACHE_URL_ENV] = base.get(CACHE_URL_ENV, "").rstrip("/") + f"/ns/{namespace}"
+    if tree is not None:
+        # Nx 24 keeps its local cache under ~/.nx/<workspace id>/ by default, shared by every
+        # slot and tier of this user: a pull request could plant `[local cache]` hits there.
+        env["NX_CACHE_DIRECTORY"] = str(tree / ".nx" / "cache")
+        env["NX_WORKSPACE_DATA_DIRECTORY"] = str(tree / ".nx" / "workspace-data")
     return env
 
 
@@ -80,10 +99,20 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
     started = time.monotonic()
     slot = context.checkouts.acquire()
     phase = "checkout"
+    tier = ""
     try:
-        tree = context.checkouts.checkout(slot, request.repo_url, request.commit)
+        refusal = context.policy.refusal(request.repo_url)
+        if refusal:
+            raise CheckoutError(refusal)
+        context.checkouts.fetch(request.repo_url, request.commit)
+        tier = context.checkouts.tier(context.policy, request.repo_url, request.commit)
+        namespace = cache_namespace(tier, request.namespace)
+        if tier != TRUSTED and not context.env.get(BRANCH_TOKEN_ENV):
+            raise CheckoutError(f"commit {request.commit[:12]} is not on a protected branch and this agent has no "
+                                f"branch-tier cache token ({BRANCH_TOKEN_ENV}): it builds trusted commits only")
+        tree = context.checkouts.checkout(slot, request.repo_url, request.commit, f"{tier} {namespace}")
         workspace = tree / request.workspace_dir
-        env = nx_env(context.env)
+        env = nx_env(context.env, tier, namespace, tree)
         phase = "install"
         context.checkouts.install(slot, workspace, env)
         phase = "run"
@@ -93,10 +122,10 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
         result = subprocess.run(command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, timeout=TASK_TIMEOUT_S)
         return TaskResult(request.task_id, context.name, result.returncode, time.monotonic() - started,
-                          restored_from(request.task_id, result.stdout), _tail(result.stdout), phase)
+                          restored_from(request.task_id, result.stdout), _tail(result.stdout), phase, tier)
     except Exception as exc:  # noqa: BLE001 - CheckoutError, TimeoutExpired, OSError, and anything else
         return TaskResult(request.task_id, context.name, 1, time.monotonic() - started, None,
-                          f"{phase} failed on {context.name}: {exc}", phase)
+                          f"{phase} failed on {context.name}: {exc}", phase, tier)
     finally:
         context.checkouts.release(slot)
 

@@ -19,11 +19,13 @@ from ..farm import unpickle
 from ..farm.roles import WORKER_POLICY, guard
 from .checkout import Checkouts
 from .task import AgentContext, configure
+from .trust import ALLOWED_ENV, PROTECTED_ENV, TrustPolicy
 
 
 EPILOG = """examples (what nx-farm-agent.service runs, inside `sops exec-env` of its env file):
   nxfarm agent run --bind 100.101.0.11 --port 8789 --slots 8 --workspace /var/lib/nx-farm/workspace
   nxfarm agent run --bind 127.0.0.1 --slots 2 --workspace ./agent-work --scheduler tls://127.0.0.1:8786 \\
+    --allow-repo 'https://git.example/team/*' --protected-branch main \\
     --tls-ca ca.crt --tls-cert agent.crt --tls-key agent.key
 exit codes: 0 stopped by a signal, 2 bad flags or TLS material"""
 
@@ -37,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", required=True, type=Path, help="directory for the mirror and slot checkouts")
     parser.add_argument("--name", default=os.environ.get("NXFARM_AGENT_NAME") or socket.gethostname(),
                         help="agent name shown in builds (default: $NXFARM_AGENT_NAME or the host name)")
+    parser.add_argument("--allow-repo", action="append", metavar="URL",
+                        help=f"a repository URL (fnmatch pattern) tasks may fetch from; repeatable "
+                             f"(default: ${ALLOWED_ENV}, space-separated)")
+    parser.add_argument("--protected-branch", action="append", metavar="BRANCH",
+                        help=f"a branch (fnmatch pattern) whose commits are trusted; repeatable (default: "
+                             f"${PROTECTED_ENV}, else the repository's default branch)")
     tls.add_arguments(parser)
 
 
@@ -51,6 +59,9 @@ def check(args: argparse.Namespace) -> str | None:
         return f"agent run: --slots {args.slots}: must be 1..256"
     if not os.environ.get("NX_SELF_HOSTED_REMOTE_CACHE_SERVER"):
         return "agent run: NX_SELF_HOSTED_REMOTE_CACHE_SERVER is not set: tasks would not share outputs"
+    if not TrustPolicy.from_env(os.environ, args.allow_repo, args.protected_branch).repositories:
+        return (f"agent run: no repository allowed: pass --allow-repo URL or set {ALLOWED_ENV} "
+                "(the stack's trust.repositories); agents fetch from nothing else")
     return None
 
 
@@ -83,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.workspace.mkdir(parents=True, exist_ok=True)
     unpickle.install()
-    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ)))
+    policy = TrustPolicy.from_env(os.environ, args.allow_repo, args.protected_branch)
+    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ), policy))
     asyncio.run(_serve(args, files))
     return 0

@@ -16,6 +16,7 @@ import argparse
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,13 @@ def _connect(args: argparse.Namespace):  # noqa: ANN202 - (Client | None, agents
     workers = client.scheduler_info(n_workers=-1)["workers"]
     agents = {str(info.get("name", address)): int(info.get("nthreads", 1)) for address, info in workers.items()}
     return client, agents, None
+
+
+def cache_namespace_of(cache_url: str) -> str:
+    """The namespace this orchestrator's cache URL names (`.../ns/<name>`), or "" for trusted:
+    agents write an untrusted commit's outputs there, so this build's final pass finds them."""
+    path = urllib.parse.urlsplit(cache_url).path.rstrip("/").split("/")
+    return path[-1] if len(path) >= 2 and path[-2] == "ns" else ""
 
 
 def close_client(client: Any) -> None:
@@ -176,8 +184,10 @@ def _run(args: argparse.Namespace) -> int:
 
         outcomes = {}
         if plan.mode is Mode.DISTRIBUTED and eligible:
+            namespace = cache_namespace_of(env.get(CACHE_URL_ENV, ""))
+
             def request_for(task: str) -> TaskRequest:
-                return TaskRequest(task, repo_url, commit, workspace_dir, extra)
+                return TaskRequest(task, repo_url, commit, workspace_dir, extra, namespace)
 
             dispatched = dispatch(client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
             outcomes = dispatched.outcomes

@@ -159,7 +159,9 @@ def _event_line(finished: int, total: int, outcome: Outcome) -> str:
         return f"[{finished:>{width}}/{total}] lost  {outcome.task_id}: {outcome.note}"
     how = f", {result.cache}" if result.cache else ""
     mark = "done" if result.ok else f"FAIL ({result.phase}, exit {result.exit_code})"
-    return f"[{finished:>{width}}/{total}] {mark:<4} {outcome.task_id} on {result.agent} ({result.seconds:.1f}s{how})"
+    tier = f" [{result.tier}]" if result.tier else ""
+    return (f"[{finished:>{width}}/{total}] {mark:<4} {outcome.task_id} on {result.agent}{tier} "
+            f"({result.seconds:.1f}s{how})")
 
 
 def _status_line(client: Any, names: dict[str, str], outcomes: dict[str, Outcome]) -> str:

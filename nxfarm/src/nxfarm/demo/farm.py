@@ -96,10 +96,12 @@ class LocalFarm:
         members = {"scheduler": ("scheduler", ("127.0.0.1",)), "orchestrator": ("orchestrator", ())}
         members.update({f"agent-{n}": ("agent", ("127.0.0.1",)) for n in range(1, agents + 1)})
         self.certs: dict[str, TlsFiles] = write_cluster(state / "tls", members, ca)
-        self.token = secrets.token_urlsafe(32)
+        self.token = secrets.token_urlsafe(32)  # trusted: this machine's own builds, and agents on protected branches
+        self.branch_token = secrets.token_urlsafe(32)  # agents building any other commit: never the trusted namespace
         self.storage = state / "cache"
         self.tokens_file = state / "cache-tokens"
-        self.tokens_file.write_text(token_line("farm", Scope.READWRITE, self.token))
+        self.tokens_file.write_text(token_line("farm", Scope.READWRITE, self.token, ("trusted",))
+                                    + token_line("farm-branch", Scope.READWRITE, self.branch_token, ("*",)))
         self.cache: Process | None = None
         self.cache_url = ""
         self.scheduler: Process | None = None
@@ -126,12 +128,15 @@ class LocalFarm:
                                                *self.tls_args("scheduler")],
                                  clean_env(), self.state / "scheduler.log", "nxfarm scheduler at")
 
-    def start_agent(self, name: str, slots: int = 2) -> Process:
+    def start_agent(self, name: str, slots: int = 2, allow: str = "*", protected: str = "main") -> Process:
+        """An agent that fetches from any repository (`allow`: this machine's own) and trusts
+        commits on `protected` branches."""
         env = clean_env(self.state / name / "home", NX_SELF_HOSTED_REMOTE_CACHE_SERVER=self.cache_url,
-                        NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=self.token)
+                        NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=self.token, NXFARM_CACHE_BRANCH_TOKEN=self.branch_token)
         agent = Process(name, [NXFARM, "agent", "run", "--scheduler", self.scheduler_address, "--bind", "127.0.0.1",
                                "--slots", str(slots), "--workspace", str(self.state / name / "work"), "--name", name,
-                               *self.tls_args(name)], env, self.state / f"{name}.log", f"nxfarm agent {name}")
+                               "--allow-repo", allow, "--protected-branch", protected, *self.tls_args(name)],
+                        env, self.state / f"{name}.log", f"nxfarm agent {name}")
         self.agents[name] = agent
         return agent
 

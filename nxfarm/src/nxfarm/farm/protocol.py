@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 _HEX_COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # as the cache server's (cache_server/namespaces.py)
 
 
 class ProtocolError(ValueError):
@@ -40,6 +41,7 @@ class TaskRequest:
     commit: str             # full hex object id
     workspace_dir: str      # the Nx workspace, relative to the repository root ("" = the root)
     nx_args: tuple[str, ...] = ()  # overrides given to the whole build (e.g. --configuration=production)
+    namespace: str = ""     # the orchestrator's cache namespace; "" = trusted (the agent decides)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -55,7 +57,13 @@ class TaskRequest:
             raise ProtocolError("TaskRequest.nx_args: expected a list of strings")
         if not _HEX_COMMIT.fullmatch(data["commit"]):
             raise ProtocolError(f"TaskRequest.commit: {data['commit'][:80]!r} is not a full hex commit id")
-        return cls(data["task_id"], data["repo_url"], data["commit"], data["workspace_dir"], tuple(args))
+        parts = data["workspace_dir"].split("/")
+        if data["workspace_dir"].startswith("/") or ".." in parts:
+            raise ProtocolError(f"TaskRequest.workspace_dir: {data['workspace_dir'][:80]!r} leaves the checkout")
+        namespace = data.get("namespace", "")
+        if not isinstance(namespace, str) or (namespace and not _NAMESPACE.fullmatch(namespace)):
+            raise ProtocolError(f"TaskRequest.namespace: {str(namespace)[:40]!r} is not a cache namespace")
+        return cls(data["task_id"], data["repo_url"], data["commit"], data["workspace_dir"], tuple(args), namespace)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class TaskResult:
     cache: str | None       # "remote cache" / "local cache" when Nx restored it, else None
     log_tail: str
     phase: str = "run"      # which step decided exit_code: checkout, install or run
+    tier: str = ""          # trusted or branch, as the agent decided from the commit
 
     @property
     def ok(self) -> bool:
@@ -79,7 +88,8 @@ class TaskResult:
     def from_json(cls, text: str) -> TaskResult:
         data = _decode(cls, text)
         expected: dict[str, type | tuple[type, ...]] = {"task_id": str, "agent": str, "exit_code": int,
-                                                        "seconds": (int, float), "log_tail": str, "phase": str}
+                                                        "seconds": (int, float), "log_tail": str, "phase": str,
+                                                        "tier": str}
         for name, kind in expected.items():
             if name in data and not isinstance(data[name], kind):
                 raise ProtocolError(f"TaskResult.{name}: wrong type")
