@@ -200,8 +200,15 @@ class AgentSettings(SshTarget):
 
 
 class SubnetRouter(_Model):
+    """A tailnet device that routes to agents off the tailnet. With `tag` (the router's own
+    device tag), the farm lets that tag's devices have these routes approved automatically;
+    without it, approve them in the admin console."""
+
     name: Name
     routes: list[str] = Field(min_length=1)
+    tag: str | None = None
+
+    _tag = field_validator("tag")(lambda cls, v: v if v is None else check_tag(v))
 
     @field_validator("routes")
     @classmethod

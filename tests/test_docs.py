@@ -75,3 +75,21 @@ def test_nxfarm_just_and_make_commands_exist_with_their_flags():
                 assert words[1] in targets, f"{page.name}: no make target {words[1]}"
                 checked += 1
     assert checked >= 20
+
+
+def test_every_threat_in_the_security_model_names_tests_that_exist():
+    text = (ROOT / "docs" / "security.md").read_text()
+    table = text.split("## Threats", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| threat")
+            and not line.startswith("|---")]
+    assert len(rows) >= 10
+    for row in rows:
+        proof = row.rstrip(" |").rsplit(" | ", 1)[1]
+        paths = re.findall(r"tests/[\w/]+\.py", proof)
+        assert paths, f"no test named for: {row[:80]}"
+        for path in paths:
+            assert (ROOT / path).is_file(), path
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", proof):
+            assert f"def {name}(" in (ROOT / path).read_text(), f"{path}::{name}"
+        for name in re.findall(r"`(test_\w+|probe_\w+)`", proof):
+            assert any(f"def {name}(" in (ROOT / path).read_text() for path in paths), name

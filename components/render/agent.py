@@ -15,6 +15,8 @@ from ..settings import AgentSettings, TrustSettings
 from .tailnet_policy import WORKER_PORT
 from .venv import venv_from_wheels
 
+BUILD_USER_PREFIX = "nxbuild"  # as nxfarm/agent/sandbox.py: nxbuild<slot>
+
 AGENT_UNIT = "nx-farm-agent.service"
 HEALTH_UNIT = "nx-farm-health.service"
 HEALTH_TIMER = "nx-farm-health.timer"
@@ -55,10 +57,22 @@ def env_file(*, cache_url: str, token: str, branch_token: str, scheduler_address
     return env_lines(values)
 
 
+RUNTIME_DIR = "/run/nx-farm-agent"
+
+
 def agent_unit(agent: AgentSettings, deploy_user: str, install_root: str = INSTALL_ROOT) -> str:
+    """The agent as the service user, hardened like the cache server, the workspace its only
+    writable path. Its builds run inside it as the slots' build users (nxfarm/agent/sandbox.py),
+    for which it holds CAP_SETUID and CAP_SETGID (and CAP_KILL, to stop their processes) and
+    nothing else. Its env file is decrypted by root with the age key (0600 root, which the agent
+    cannot read) into a root-only file on tmpfs that systemd reads into the agent's environment
+    and that is removed once the agent runs."""
     run = shlex.join([f"{install_root}/venv/bin/nxfarm", "agent", "run", "--slots", str(agent.task_slots),
                       "--workspace", agent.workspace_path, "--bind", agent.host,
-                      "--port", str(WORKER_PORT)])
+                      "--port", str(WORKER_PORT), "--sandbox"])
+    decrypt = (f"umask 077 && SOPS_AGE_KEY_FILE={AGE_KEY_FILE} exec {shlex.quote(agent.sops_path)} --decrypt "
+               f"--input-type dotenv --output-type dotenv --output {RUNTIME_DIR}/env {ENV_FILE}")
+    caps = "CAP_SETUID CAP_SETGID CAP_KILL"
     return f"""[Unit]
 Description=nx-farm build agent {agent.name} (Dask worker running Nx tasks)
 Wants=network-online.target
@@ -67,15 +81,38 @@ After=network-online.target tailscaled.service
 [Service]
 Type=exec
 User={deploy_user}
-Environment=SOPS_AGE_KEY_FILE={AGE_KEY_FILE}
-# Decrypted into the process environment only; never written to disk in plaintext
-ExecStart={agent.sops_path} exec-env {ENV_FILE} {shlex.quote(run)}
+Group={deploy_user}
+RuntimeDirectory=nx-farm-agent
+RuntimeDirectoryMode=0700
+ExecStartPre=+/bin/sh -c {shlex.quote(decrypt)}
+EnvironmentFile=-{RUNTIME_DIR}/env
+ExecStart={run}
+ExecStartPost=+/bin/rm -f {RUNTIME_DIR}/env
 Restart=on-failure
 RestartSec=5
 WorkingDirectory={agent.workspace_path}
+AmbientCapabilities={caps}
+CapabilityBoundingSet={caps}
 NoNewPrivileges=yes
-ProtectSystem=full
+ProtectSystem=strict
+ReadWritePaths={agent.workspace_path}
+InaccessiblePaths=-{AGE_KEY_FILE}
+ProtectHome=yes
 PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
+MemoryMax=90%
+TasksMax=8192
 
 [Install]
 WantedBy=multi-user.target
@@ -114,11 +151,27 @@ def install_script(agent: AgentSettings, deploy_user: str, wheels_dir: str) -> s
     `ageRecipient` in the stack), so it never leaves the machine.
     """
     q = shlex.quote
+    slots = f"{agent.workspace_path.rstrip('/')}/slots"
     return f"""set -eu
 changed=0
 id -u {deploy_user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/nx-farm/home \\
   --shell /usr/sbin/nologin {deploy_user}
-install -d -m 0750 -o {deploy_user} -g {deploy_user} {q(agent.workspace_path)}
+for tool in setpriv git; do
+  command -v $tool >/dev/null || {{ echo "{agent.name}: $tool is missing (Debian: apt install util-linux git)" >&2; exit 1; }}
+done
+# The workspace and slots/ let build users through to their own slot; the mirror is readable.
+install -d -m 0711 -o {deploy_user} -g {deploy_user} {q(agent.workspace_path)} {q(slots)}
+if [ ! -e {q(slots + "/.layout-2")} ]; then
+  # Slots were git worktrees of the mirror owned by the service user: start them afresh.
+  find {q(slots)} -mindepth 1 -delete
+  rm -rf {q(agent.workspace_path + "/repo.git/worktrees")}
+  touch {q(slots + "/.layout-2")}
+fi
+for n in $(seq 0 {agent.task_slots - 1}); do
+  id -u {BUILD_USER_PREFIX}$n >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+    --home-dir {q(slots)}/$n/home --shell /usr/sbin/nologin {BUILD_USER_PREFIX}$n
+  install -d -m 2750 -o {BUILD_USER_PREFIX}$n -g {deploy_user} {q(slots)}/$n
+done
 install -d -m 0755 /etc/nx-farm
 if [ ! -x {q(agent.sops_path)} ]; then
   echo "{agent.name}: sops is not at {agent.sops_path}: install sops 3.9+ there, or set agents[].sopsPath" >&2; exit 1
@@ -127,7 +180,7 @@ if [ ! -s {AGE_KEY_FILE} ]; then
   echo "{agent.name}: no age identity at {AGE_KEY_FILE}: run 'age-keygen -o {AGE_KEY_FILE}' on the agent" \\
     "and put its public key in agents[].ageRecipient" >&2; exit 1
 fi
-chgrp {deploy_user} {AGE_KEY_FILE} && chmod 0640 {AGE_KEY_FILE}
+chown root:root {AGE_KEY_FILE} && chmod 0600 {AGE_KEY_FILE}  # root decrypts at start; builds never see it
 {venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm")}
 if [ "$changed" = 1 ]; then systemctl try-restart {AGENT_UNIT} || true; echo changed; else echo unchanged; fi
 """

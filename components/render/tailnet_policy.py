@@ -10,6 +10,7 @@ so Tailscale rejects a policy that drifts (tests run on every policy change).
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
 import json5
@@ -19,6 +20,7 @@ from ..settings import FarmSettings
 CACHE_PORT_DEFAULT = 3333
 WORKER_PORT = 8789  # Dask workers listen here on agents (nxfarm agent run; see the distributed-build issue)
 SSH_PORT = 22
+DASHBOARD_PORT = 8787  # the scheduler's dashboard: on the cache host's 127.0.0.1 only, never granted
 
 
 class PolicyError(ValueError):
@@ -41,8 +43,23 @@ def _tcp(*ports: int) -> list[str]:
 
 def farm_tags(settings: FarmSettings) -> list[str]:
     tailnet = settings.tailnet
-    extra = sorted({tag for agent in settings.agents for tag in agent.tags} - {tailnet.agent_tag})
+    extra = sorted({tag for agent in settings.agents for tag in agent.tags}
+                   | {router.tag for router in tailnet.subnet_routers if router.tag} - {tailnet.agent_tag})
     return [tailnet.agent_tag, tailnet.cache_tag, tailnet.orchestrator_tag, *extra]
+
+
+def routed_agents(settings: FarmSettings) -> list[str]:
+    """The addresses (as /32 or /128 prefixes) of agents reached through a subnet router's routes."""
+    routes = [ipaddress.ip_network(route) for router in settings.tailnet.subnet_routers for route in router.routes]
+    out = []
+    for agent in settings.agents:
+        try:
+            address = ipaddress.ip_address(agent.host)
+        except ValueError:
+            continue
+        if any(address.version == route.version and address in route for route in routes):
+            out.append(str(ipaddress.ip_network(address)))
+    return out
 
 
 def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
@@ -58,10 +75,11 @@ def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
         # operators deploy over SSH
         {"src": list(t.operators), "dst": [t.agent_tag, t.cache_tag], "ip": _tcp(SSH_PORT)},
     ]
-    routes = [route for router in t.subnet_routers for route in router.routes]
-    if routes:
-        # agents behind a subnet router are reached through its routes
-        grants.append({"src": [t.cache_tag, *t.operators], "dst": routes, "ip": _tcp(SSH_PORT, WORKER_PORT)})
+    routed = routed_agents(settings)
+    if routed:
+        # agents behind a subnet router, each by its own address: not the whole routed network
+        grants.append({"src": [t.cache_tag], "dst": routed, "ip": _tcp(WORKER_PORT)})
+        grants.append({"src": list(t.operators), "dst": routed, "ip": _tcp(SSH_PORT)})
     return grants
 
 
@@ -78,13 +96,17 @@ def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
     t = settings.tailnet
     cache, agent, orch = t.cache_tag, t.agent_tag, t.orchestrator_tag
     cache_port, sched = settings.cache_host.port, t.scheduler_port
+    dash = DASHBOARD_PORT
     tests: list[dict[str, Any]] = [
         {"src": agent, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
-         "deny": [f"{cache}:{SSH_PORT}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}"]},
+         "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{WORKER_PORT}", f"{agent}:{SSH_PORT}",
+                  f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}", f"{orch}:{WORKER_PORT}"]},
         {"src": orch, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
-         "deny": [f"{cache}:{SSH_PORT}", f"{agent}:{SSH_PORT}", f"{agent}:{WORKER_PORT}"]},
+         "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{SSH_PORT}", f"{agent}:{WORKER_PORT}",
+                  f"{orch}:{SSH_PORT}"]},
         {"src": cache, "proto": "tcp", "accept": [f"{agent}:{WORKER_PORT}"],
-         "deny": [f"{agent}:{SSH_PORT}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}"]},
+         "deny": [f"{agent}:{SSH_PORT}", f"{agent}:{cache_port}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}",
+                  f"{orch}:{WORKER_PORT}"]},
     ]
     for who in t.operators:
         if who.startswith("autogroup:"):
@@ -113,14 +135,15 @@ def build_policy(base: dict[str, Any], settings: FarmSettings) -> dict[str, Any]
             raise PolicyError(f"{section} must be a list")
         existing.extend(entry for entry in entries if entry not in existing)
 
-    if t.subnet_routers:
+    if any(router.tag for router in t.subnet_routers):
+        # Only the router's own tag may have its routes approved without an operator.
         approvers = policy.setdefault("autoApprovers", {})
         routes = approvers.setdefault("routes", {})
         for router in t.subnet_routers:
-            for route in router.routes:
+            for route in router.routes if router.tag else ():
                 current = routes.setdefault(route, [])
-                if t.agent_tag not in current:
-                    current.append(t.agent_tag)
+                if router.tag not in current:
+                    current.append(router.tag)
     unowned = sorted(referenced_tags(policy) - set(owners))
     if unowned:
         # Tailscale refuses the whole policy ("tag not found") when `pulumi up` sets it; say so at preview.

@@ -32,11 +32,24 @@ def test_units_pass_systemd_analyze_verify(agent, tmp_path):
 
 def test_agent_unit_decrypts_at_start_and_binds_its_own_address(agent):
     unit = agent_unit(agent, "nxfarm")
-    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
-    assert exec_start.startswith("ExecStart=/usr/local/bin/sops exec-env /etc/nx-farm/agent.sops.env ")
+    lines = unit.splitlines()
+    exec_start = next(l for l in lines if l.startswith("ExecStart="))
+    assert exec_start.startswith("ExecStart=/opt/nx-farm/agent/venv/bin/nxfarm agent run ")
     assert "--slots 4" in exec_start and "--bind 100.64.0.11" in exec_start and "0.0.0.0" not in unit
     assert "--port 8789" in exec_start, "the worker port the tailnet policy opens to the scheduler"
+    assert "--sandbox" in exec_start, "builds run as the slots' build users"
     assert "User=nxfarm" in unit
+    # Root decrypts with the age key; the agent's own process never names it.
+    pre = next(l for l in lines if l.startswith("ExecStartPre="))
+    assert pre.startswith("ExecStartPre=+/bin/sh -c ") and "SOPS_AGE_KEY_FILE=/etc/nx-farm/agent-age.key" in pre
+    assert "--output /run/nx-farm-agent/env /etc/nx-farm/agent.sops.env" in pre
+    assert "ExecStartPost=+/bin/rm -f /run/nx-farm-agent/env" in lines
+    assert not [l for l in lines if l.startswith("Environment=") and "SOPS_AGE_KEY_FILE" in l]
+    for setting in ("ProtectSystem=strict", "ReadWritePaths=/var/lib/nx-farm/workspace", "ProtectHome=yes",
+                    "PrivateDevices=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+                    "ProtectControlGroups=yes", "NoNewPrivileges=yes", "MemoryMax=90%", "TasksMax=8192",
+                    "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL"):
+        assert setting in lines, setting
 
 
 def test_env_file_is_dotenv_and_refuses_multiline_values(agent):

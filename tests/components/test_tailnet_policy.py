@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def settings(raw_config):
     raw_config["tailnet"] = {"operators": ["group:nx-operators"],
-                             "subnetRouters": [{"name": "wsl", "routes": ["192.168.20.0/24"]}]}
+                             "subnetRouters": [{"name": "wsl", "routes": ["192.168.20.0/24"],
+                                                "tag": "tag:nx-router"}]}
+    raw_config["agents"].append({"name": "agent-wsl", "host": "192.168.20.15", "hostKey": raw_config["agents"][0]["hostKey"],
+                                 "ageRecipient": raw_config["agents"][0]["ageRecipient"]})
     return validate(raw_config)
 
 
@@ -65,13 +68,17 @@ def test_agent_and_scheduler_ports(base, settings):
     grants = build_policy(base, settings)["grants"]
     assert {"src": ["tag:nx-agent"], "dst": ["tag:nx-cache"], "ip": ["tcp:3333", "tcp:8786"]} in grants
     assert {"src": ["tag:nx-cache"], "dst": ["tag:nx-agent"], "ip": [f"tcp:{WORKER_PORT}"]} in grants
-    assert {"src": ["tag:nx-cache", "group:nx-operators"], "dst": ["192.168.20.0/24"],
-            "ip": ["tcp:22", f"tcp:{WORKER_PORT}"]} in grants
+    # An agent behind a subnet router is reached at its own address, not through the whole network.
+    assert {"src": ["tag:nx-cache"], "dst": ["192.168.20.15/32"], "ip": [f"tcp:{WORKER_PORT}"]} in grants
+    assert {"src": ["group:nx-operators"], "dst": ["192.168.20.15/32"], "ip": ["tcp:22"]} in grants
+    assert not [g for g in grants if "192.168.20.0/24" in g["dst"]]
 
 
 def test_subnet_routes_are_auto_approved_and_ssh_for_the_users_deploys_log_in_as(base, settings):
     policy = build_policy(base, settings)
-    assert policy["autoApprovers"]["routes"]["192.168.20.0/24"] == ["tag:nx-agent"]
+    assert policy["autoApprovers"]["routes"] == {"192.168.20.0/24": ["tag:nx-router"]}, \
+        "only the router's own tag may get the route approved, not every agent"
+    assert policy["tagOwners"]["tag:nx-router"] == ["group:nx-operators"]
     # The deploy logs in as sshUser (root by default); the service user `nxfarm` has no login shell.
     assert {"action": "accept", "src": ["group:nx-operators"], "dst": ["tag:nx-agent", "tag:nx-cache"],
             "users": ["root"]} in policy["ssh"]
@@ -87,3 +94,16 @@ def test_bad_base_policy_names_the_file():
         parse_hujson("{ grants: [", "policy.hujson")
     with pytest.raises(PolicyError, match="must be an object"):
         parse_hujson("[]", "policy.hujson")
+
+
+def test_the_policy_denies_every_farm_port_pair_it_does_not_need(base, settings):
+    tests = {test["src"]: test for test in build_policy(base, settings)["tests"] if test["src"].startswith("tag:nx-")}
+    assert {"tag:nx-cache:8787", "tag:nx-agent:8789", "tag:nx-agent:22"} <= set(tests["tag:nx-agent"]["deny"])
+    assert {"tag:nx-cache:8787", "tag:nx-agent:8789", "tag:nx-cache:22"} <= set(tests["tag:nx-orchestrator"]["deny"])
+    assert {"tag:nx-orchestrator:8789", "tag:nx-agent:22"} <= set(tests["tag:nx-cache"]["deny"])
+
+
+def test_routes_are_approved_by_hand_without_a_router_tag(raw_config):
+    raw_config["tailnet"] = {"subnetRouters": [{"name": "wsl", "routes": ["192.168.20.0/24"]}]}
+    base = parse_hujson((ROOT / "infra" / "tailnet-policy.hujson").read_text(), "base")
+    assert "autoApprovers" not in build_policy(base, validate(raw_config))

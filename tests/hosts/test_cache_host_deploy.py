@@ -29,15 +29,16 @@ def http(url, token=None, data=None, method="GET"):
 
 def check_scheduler(host, run):
     """The deployed scheduler listens on the host's address only and speaks mutual TLS with
-    certificates of the farm's CA (connecting with the scheduler's own, which that CA signed)."""
+    certificates of the farm's CA (connecting as the stack's orchestrator), its dashboard on 127.0.0.1 only."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         listening = host.ssh("ss -Hltn").stdout.split("\n")
         local = {line.split()[3] for line in listening if line.strip()}
-        if f"{host.ip}:8786" in local and f"{host.ip}:8787" in local:
+        if f"{host.ip}:8786" in local and "127.0.0.1:8787" in local:
             break
         time.sleep(0.5)
-    assert {f"{host.ip}:8786", f"{host.ip}:8787"} <= local, local
+    assert {f"{host.ip}:8786", "127.0.0.1:8787"} <= local, local
+    assert f"{host.ip}:8787" not in local, "the dashboard has no authentication: never on the tailnet address"
     assert not [a for a in local if a.startswith(("0.0.0.0:", "*:", "[::]:")) and a.endswith((":8786", ":8787"))]
     from distributed import Client
 

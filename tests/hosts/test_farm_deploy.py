@@ -43,7 +43,7 @@ class Farm:
                         "hostKey": self.hosts[names.get(name, name)].host_key, "tailnetDevice": True,
                         "ageRecipient": self.recipients[names.get(name, name)], "taskSlots": 2} for name in agents],
             "sops": {"operatorRecipients": [self.operator]},
-            "trust": {"repositories": ["https://git.example/*"]},
+            "trust": {"repositories": ["https://git.example/*", "/srv/*"]},
             "orchestrators": [{"name": "operator", "tier": "trusted"}],
             **extra,
         }
@@ -76,6 +76,54 @@ class Farm:
                         for n, h in self.hosts.items() if n != "cache"}
                 raise AssertionError(f"workers {seen}, expected {expected}; agent logs: {logs}")
             time.sleep(1)
+
+
+# A commit whose `nx` is a script that looks for the farm's secrets from inside a build.
+PROBE = r"""#!/bin/sh
+echo "build user: $(id -un)"
+for pid in $(pgrep -f 'nxfarm agent run'); do
+  if cat /proc/$pid/environ >/dev/null 2>&1; then echo "READ the agent's environment"; else echo "no agent environment"; fi
+done
+if cat /etc/nx-farm/agent-age.key >/dev/null 2>&1; then echo "READ the age key"; else echo "no age key"; fi
+if env | grep -q '^NXFARM_TLS_\|^NXFARM_CACHE_BRANCH_TOKEN'; then echo "SECRETS in env"; else echo "no secrets in env"; fi
+if touch /etc/nx-farm/planted 2>/dev/null; then echo "WROTE /etc"; else echo "no write to /etc"; fi
+if ls /var/lib/nx-farm/workspace/slots/1/ >/dev/null 2>&1; then echo "READ another slot"; else echo "no other slot"; fi
+grep '^CapEff' /proc/self/status
+echo "cache: $NX_SELF_HOSTED_REMOTE_CACHE_SERVER token: $NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"
+"""
+
+
+def probe_with_a_malicious_commit(farm, agent_host):
+    """Submit one task of a pull-request commit (not on main) to the deployed farm, as
+    `nxfarm build` would, and read what its build could reach from its output."""
+    from distributed import Client
+
+    from nxfarm.agent.task import run_task
+    from nxfarm.farm.protocol import TaskRequest, TaskResult
+
+    agent_host.ssh("rm -rf /srv/app.git /tmp/w && git init -q --bare -b main /srv/app.git && git init -q -b main /tmp/w "
+                   "&& cd /tmp/w && git config user.name t && git config user.email t@example.invalid "
+                   "&& git commit -q --allow-empty -m base && git push -q /srv/app.git main "
+                   "&& git checkout -q -b pr-1 && mkdir -p node_modules/.bin && cat > node_modules/.bin/nx "
+                   "&& chmod +x node_modules/.bin/nx && git add -f node_modules && git commit -q -m pr "
+                   "&& git push -q /srv/app.git pr-1 && chown -R nxfarm:nxfarm /srv/app.git", stdin=PROBE)
+    commit = agent_host.ssh("git -C /tmp/w rev-parse HEAD").stdout.strip()
+    request = TaskRequest("app:build", "/srv/app.git", commit, "", (), "pr-1")
+    with Client(f"tls://{farm.addresses['cache']}:8786", security=orchestrator_security(farm.run), timeout=10,
+                set_as_default=False) as client:
+        agent = next(a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "agent-1")
+        result = TaskResult.from_json(client.submit(run_task, request.to_json(), workers=[agent], pure=False)
+                                      .result(timeout=120))
+    output = result.log_tail
+    assert result.tier == "branch" and result.exit_code == 0, output
+    assert "build user: nxbuild0" in output
+    for line in ("no agent environment", "no age key", "no secrets in env", "no write to /etc", "no other slot",
+                 "CapEff:\t0000000000000000"):
+        assert line in output, output
+    branch_token = mock_token("cache-token-agent-1-branch", {"generation": "1"})
+    assert f"/ns/pr-1 token: {branch_token}" in output, "the build gets the branch-tier token only"
+    assert mock_token("cache-token-agent-1", {"generation": "1"}) not in output
+    assert agent_host.ssh("stat -c '%U %a' /etc/nx-farm/agent-age.key").stdout.split() == ["root", "600"]
 
 
 def pid(host, unit):
@@ -111,6 +159,8 @@ def test_farm_lifecycle_on_real_hosts(farm, tmp_path):
     workspace.reset_local_state()
     second = workspace.build(cache_url, operator_token)
     assert second.returncode == 0 and second.remote_hits() == 5 and workspace.executed() == []
+
+    probe_with_a_malicious_commit(farm, farm.hosts["agent-1"])
 
     # The same config again changes nothing on the hosts.
     pids = {name: pid(farm.hosts[name], "nx-farm-agent.service") for name in ("agent-1", "agent-2")}

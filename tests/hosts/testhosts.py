@@ -25,7 +25,7 @@ KEY = ROOT_DIR / "id_ed25519"
 BRIDGE = "nxfthbr0"
 BRIDGE_IP = "10.231.0.1"
 PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,iproute2,libpam-systemd,"
-            "dbus-user-session,sudo,procps")
+            "dbus-user-session,sudo,procps,git")  # git: agents fetch and check out what they build
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 
 
@@ -63,7 +63,7 @@ def base_dir(suite: str = "bookworm") -> Path:
 def ensure_base(suite: str = "bookworm") -> None:
     """Build the shared base image of a release once; later runs reuse it (the `.complete` marker)."""
     base = base_dir(suite)
-    if (base / ".complete").exists():
+    if (base / ".complete").exists() and (base / ".complete").read_text() == f"{PACKAGES}\n":
         return
     ROOT_DIR.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(base, ignore_errors=True)
@@ -86,7 +86,7 @@ def ensure_base(suite: str = "bookworm") -> None:
     _run("chroot", str(base), "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
          check=False)
     _run("chroot", str(base), "apt-get", "clean")
-    (base / ".complete").write_text("ok\n")
+    (base / ".complete").write_text(f"{PACKAGES}\n")  # a changed package list builds the base again
 
 
 def _ensure_bridge() -> None:

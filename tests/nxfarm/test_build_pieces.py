@@ -185,8 +185,30 @@ def test_the_farm_unpickles_only_what_it_sends(tmp_path):
 
     assert restricted_loads(pickle.dumps(run_task)) is run_task
     assert restricted_loads(pickle.dumps({"a": [1, 2.5, (b"x", None)]})) == {"a": [1, 2.5, (b"x", None)]}
-    assert isinstance(restricted_loads(pickle.dumps(ValueError("plain"))), ValueError)
+    import io
+
+    plain = io.BytesIO()
+    pickler = pickle.Pickler(plain)
+    pickler.dispatch_table = {}  # not through tblib's reducer, which Dask installs process-wide once used
+    pickler.dump(ValueError("plain"))
+    assert isinstance(restricted_loads(plain.getvalue()), ValueError)
     for payload in (pickle.dumps(Boom()), pickle.dumps(eval), pickle.dumps(getattr)):
         with pytest.raises(RefusedPickle, match="nx-farm refuses to unpickle"):
             restricted_loads(payload)
     assert not marker.exists()
+
+
+def test_build_users_run_commands_without_capabilities():
+    from nxfarm.agent.sandbox import BuildUser, SandboxError, as_user, build_user_name, lookup
+
+    assert build_user_name(3) == "nxbuild3"
+    assert as_user(["nx", "run", "a:b"], None) == ["nx", "run", "a:b"]
+    wrapped = as_user(["nx", "run", "a:b"], BuildUser("nxbuild0", 990, 990))
+    assert wrapped[:1] == ["setpriv"] and wrapped[-4:] == ["--", "nx", "run", "a:b"]
+    for flag in ("--reuid=990", "--regid=990", "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all",
+                 "--no-new-privs"):
+        assert flag in wrapped
+    with pytest.raises(SandboxError, match="build user 'nxbuild-missing' does not exist"):
+        lookup(["nxbuild-missing"])
+    with pytest.raises(SandboxError, match="is root"):
+        lookup(["root"])

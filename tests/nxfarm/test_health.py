@@ -62,19 +62,37 @@ def test_backoff_doubles_and_resets_when_healthy(tmp_path, monkeypatch):
     restarts = []
     monkeypatch.setattr(heal.subprocess, "run", lambda args, **kw: restarts.append(args) or
                         type("R", (), {"returncode": 0, "stderr": ""})())
-    state = heal.HealState(tmp_path / "heal.json")
+    state = heal.HealState(tmp_path / "heal.json", "boot-1")
     unit = "nx-farm-agent.service"
     assert heal.heal([], [unit], 1000.0, state)[0].startswith("restarted nx-farm-agent.service (attempt 1)")
-    assert "next restart in 60s" in heal.heal([], [unit], 1000.0, heal.HealState(tmp_path / "heal.json"))[0]
-    assert heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json"))[0].startswith("restarted")
-    assert "next restart in 120s" in heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json"))[0]
+    assert "next restart in 60s" in heal.heal([], [unit], 1000.0, heal.HealState(tmp_path / "heal.json", "boot-1"))[0]
+    assert heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json", "boot-1"))[0].startswith("restarted")
+    assert "next restart in 120s" in heal.heal([], [unit], 1060.0, heal.HealState(tmp_path / "heal.json", "boot-1"))[0]
     assert len(restarts) == 2
-    heal.heal([unit], [], 1100.0, heal.HealState(tmp_path / "heal.json"))
-    assert heal.heal([], [unit], 1101.0, heal.HealState(tmp_path / "heal.json"))[0].startswith("restarted"), \
+    heal.heal([unit], [], 1100.0, heal.HealState(tmp_path / "heal.json", "boot-1"))
+    assert heal.heal([], [unit], 1101.0, heal.HealState(tmp_path / "heal.json", "boot-1"))[0].startswith("restarted"), \
         "seen healthy: a new failure is restarted at once"
     log = (tmp_path / "nx-agent.log").read_text().splitlines()
     assert len(log) == 5 and all(" nxfarm health: " in line for line in log)
     assert heal.wait_needed(heal.Attempts(count=30, last=0.0), 0.0) == heal.MAX_S
+
+
+def test_backoff_follows_time_since_boot_not_the_wall_clock(tmp_path, monkeypatch):
+    """The wall clock set back a day between two timer runs changes nothing; a reboot starts afresh."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setattr(heal.subprocess, "run", lambda args, **kw: type("R", (), {"returncode": 0, "stderr": ""})())
+    boot, since_boot = heal.clock()
+    assert boot and since_boot > 0
+    unit = "nx-farm-agent.service"
+    real_time = heal.time.time
+    assert heal.heal([], [unit], since_boot, heal.HealState(tmp_path / "heal.json", boot))[0].startswith("restarted")
+    monkeypatch.setattr(heal.time, "time", lambda: real_time() - 86400)
+    later = since_boot + 61
+    assert heal.heal([], [unit], later, heal.HealState(tmp_path / "heal.json", boot))[0].startswith("restarted"), \
+        "61 s after the first restart the second is due, whatever the wall clock says"
+    assert "next restart in" in heal.heal([], [unit], later, heal.HealState(tmp_path / "heal.json", boot))[0]
+    assert heal.heal([], [unit], 5.0, heal.HealState(tmp_path / "heal.json", "another-boot"))[0] \
+        .startswith("restarted (attempt 1)".replace("restarted", f"restarted {unit}"))
 
 
 def test_table_marks_failures():

@@ -9,7 +9,9 @@ excluded, so they come back as remote-cache hits instead of being built blind (d
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
 from .checkout import CheckoutError, Checkouts
+from .sandbox import as_user
 from .trust import BRANCH_TOKEN_ENV, TRUSTED, TrustPolicy, cache_namespace
 
 LOG_TAIL_LINES = 40
@@ -95,6 +98,20 @@ def run_task(request_json: str) -> str:
     return _run(_context, request).to_json()
 
 
+def _run_build(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run the build in a process group of its own; past TASK_TIMEOUT_S, the whole group is
+    killed (Nx's workers and whatever the build started), not only its first process."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=TASK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return 124, f"{output}\nnxfarm: killed after {TASK_TIMEOUT_S} s"
+    return process.returncode, output
+
+
 def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
     started = time.monotonic()
     slot = context.checkouts.acquire()
@@ -112,17 +129,16 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
                                 f"branch-tier cache token ({BRANCH_TOKEN_ENV}): it builds trusted commits only")
         tree = context.checkouts.checkout(slot, request.repo_url, request.commit, f"{tier} {namespace}")
         workspace = tree / request.workspace_dir
-        env = nx_env(context.env, tier, namespace, tree)
+        env = context.checkouts.env(slot, nx_env(context.env, tier, namespace, tree))
         phase = "install"
         context.checkouts.install(slot, workspace, env)
         phase = "run"
         nx = workspace / "node_modules" / ".bin" / "nx"
         command = [str(nx) if nx.exists() else "nx", "run", request.task_id, "--outputStyle=static",
                    *request.nx_args]
-        result = subprocess.run(command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, timeout=TASK_TIMEOUT_S)
-        return TaskResult(request.task_id, context.name, result.returncode, time.monotonic() - started,
-                          restored_from(request.task_id, result.stdout), _tail(result.stdout), phase, tier)
+        code, output = _run_build(as_user(command, context.checkouts.user(slot)), workspace, env)
+        return TaskResult(request.task_id, context.name, code, time.monotonic() - started,
+                          restored_from(request.task_id, output), _tail(output), phase, tier)
     except Exception as exc:  # noqa: BLE001 - CheckoutError, TimeoutExpired, OSError, and anything else
         return TaskResult(request.task_id, context.name, 1, time.monotonic() - started, None,
                           f"{phase} failed on {context.name}: {exc}", phase, tier)

@@ -18,6 +18,7 @@ from ..farm import security as tls
 from ..farm import unpickle
 from ..farm.roles import WORKER_POLICY, guard
 from .checkout import Checkouts
+from .sandbox import SandboxError, build_user_name, lookup
 from .task import AgentContext, configure
 from .trust import ALLOWED_ENV, PROTECTED_ENV, TrustPolicy
 
@@ -27,7 +28,8 @@ EPILOG = """examples (what nx-farm-agent.service runs, inside `sops exec-env` of
   nxfarm agent run --bind 127.0.0.1 --slots 2 --workspace ./agent-work --scheduler tls://127.0.0.1:8786 \\
     --allow-repo 'https://git.example/team/*' --protected-branch main \\
     --tls-ca ca.crt --tls-cert agent.crt --tls-key agent.key
-exit codes: 0 stopped by a signal, 2 bad flags or TLS material"""
+exit codes: 0 stopped by a signal, 1 lost the scheduler (systemd restarts it), 2 bad flags, TLS material
+  or build users"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", required=True, type=Path, help="directory for the mirror and slot checkouts")
     parser.add_argument("--name", default=os.environ.get("NXFARM_AGENT_NAME") or socket.gethostname(),
                         help="agent name shown in builds (default: $NXFARM_AGENT_NAME or the host name)")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="run each slot's commands as its build user nxbuild<slot> (what deployed agents do; "
+                             "needs CAP_SETUID and CAP_SETGID, see nx-farm-agent.service)")
     parser.add_argument("--allow-repo", action="append", metavar="URL",
                         help=f"a repository URL (fnmatch pattern) tasks may fetch from; repeatable "
                              f"(default: ${ALLOWED_ENV}, space-separated)")
@@ -65,7 +70,7 @@ def check(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
+async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> int:
     from distributed import Worker
 
     worker = Worker(
@@ -75,13 +80,30 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
         resources={"slots": args.slots},
     )
     guard(worker, WORKER_POLICY)
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.close(reason="signal")))
-    await worker
+        loop.add_signal_handler(signum, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    # A stop asked for while the worker still connects (the scheduler down) is honoured at once.
+    started = asyncio.ensure_future(worker.start())
+    await asyncio.wait({started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        started.cancel()
+        await worker.close(reason="signal")
+        return 0
+    started.result()
     print(f"nxfarm agent {args.name}: {args.slots} slot(s) at {worker.address}, scheduler {args.scheduler}",
           flush=True)
-    await worker.finished()
+    finished = asyncio.ensure_future(worker.finished())
+    await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        await worker.close(reason="signal")
+        return 0
+    # The worker closed by itself (it lost the scheduler): exit non-zero so systemd restarts it.
+    print(f"nxfarm agent {args.name}: the worker closed ({worker.status}); exiting for a restart", file=sys.stderr,
+          flush=True)
+    return 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     args.workspace.mkdir(parents=True, exist_ok=True)
     unpickle.install()
     policy = TrustPolicy.from_env(os.environ, args.allow_repo, args.protected_branch)
-    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots), dict(os.environ), policy))
-    asyncio.run(_serve(args, files))
-    return 0
+    try:
+        users = lookup([build_user_name(slot) for slot in range(args.slots)]) if args.sandbox else None
+    except SandboxError as exc:
+        print(f"agent run: {exc}", file=sys.stderr)
+        return 2
+    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots, users), dict(os.environ), policy))
+    return asyncio.run(_serve(args, files))

@@ -47,8 +47,9 @@ def run_health(args: argparse.Namespace) -> int:
     if args.heal:
         units = [c for c in found if c.name in checks.FARM_UNITS]
         failed = [c.name for c in units if c.ok is False]
-        state = heal.HealState(heal.state_dir() / "nx-farm" / "heal.json")
-        for line in heal.heal([c.name for c in units if c.ok], failed, time.time(), state):
+        boot, now = heal.clock()
+        state = heal.HealState(heal.state_dir() / "nx-farm" / "heal.json", boot)
+        for line in heal.heal([c.name for c in units if c.ok], failed, now, state):
             print(line, file=sys.stderr)
         if failed:
             time.sleep(2)  # let restarted services settle before the verdict
@@ -99,7 +100,7 @@ def run_restart(args: argparse.Namespace) -> int:
             time.sleep(0.5)
             show = checks.systemctl_show(unit)
         ok = result.returncode == 0 and show.get("ActiveState") == "active"
-        heal.log(f"restart {unit}: {'active, pid ' + show.get('MainPID', '?') if ok else 'FAILED'}", time.time())
+        heal.log(f"restart {unit}: {'active, pid ' + show.get('MainPID', '?') if ok else 'FAILED'}")
         print(f"{unit}: {'active (pid ' + show.get('MainPID', '?') + ')' if ok else 'FAILED: ' + (result.stderr.strip() or show.get('ActiveState', '?'))}")
         worst = worst or (0 if ok else 1)
     return worst
