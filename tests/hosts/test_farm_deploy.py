@@ -95,7 +95,8 @@ echo "cache: $NX_SELF_HOSTED_REMOTE_CACHE_SERVER token: $NX_SELF_HOSTED_REMOTE_C
 
 def probe_with_a_malicious_commit(farm, agent_host):
     """Submit one task of a pull-request commit (not on main) to the deployed farm, as
-    `nxfarm build` would, and read what its build could reach from its output."""
+    `nxfarm build` would, and read what its build could reach from its output (its `nx` runs,
+    as the agent runs it, after checkout and install)."""
     from distributed import Client
 
     from nxfarm.agent.task import run_task
@@ -120,9 +121,10 @@ def probe_with_a_malicious_commit(farm, agent_host):
     for line in ("no agent environment", "no age key", "no secrets in env", "no write to /etc", "no other slot",
                  "CapEff:\t0000000000000000"):
         assert line in output, output
-    branch_token = mock_token("cache-token-agent-1-branch", {"generation": "1"})
-    assert f"/ns/pr-1 token: {branch_token}" in output, "the build gets the branch-tier token only"
-    assert mock_token("cache-token-agent-1", {"generation": "1"}) not in output
+    # Its cache is the agent's proxy on 127.0.0.1 with a token for this task; neither agent token.
+    assert "cache: http://127.0.0.1:" in output
+    for name in ("cache-token-agent-1", "cache-token-agent-1-branch"):
+        assert mock_token(name, {"generation": "1"}) not in output
     assert agent_host.ssh("stat -c '%U %a' /etc/nx-farm/agent-age.key").stdout.split() == ["root", "600"]
 
 

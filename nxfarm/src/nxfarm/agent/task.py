@@ -1,9 +1,10 @@
 """What runs on an agent for one Nx task: pick a free slot, check out the commit, install
 dependencies if the lockfile changed, run `nx run <task>` against the remote cache.
 
-The agent process sets the context once at start (`configure`); the task function arrives
-pickled by reference (the only function farm/unpickle.py lets in), its request and result
-travel as JSON text. Dependencies of the task are part of the `nx run`, never
+The agent process sets the context once at start (`configure`). The build reaches the cache
+through the agent's proxy with a token valid for this task only (cache_proxy.py). The task
+function arrives pickled by reference (the only function farm/unpickle.py lets in), its
+request and result travel as JSON text. Dependencies of the task are part of the `nx run`, never
 excluded, so they come back as remote-cache hits instead of being built blind (dte.md 2.2).
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
+from .cache_proxy import CacheProxy, Grant
 from .checkout import CheckoutError, Checkouts
 from .sandbox import as_user
 from .trust import BRANCH_TOKEN_ENV, TRUSTED, TrustPolicy, cache_namespace
@@ -37,6 +39,7 @@ class AgentContext:
     checkouts: Checkouts
     env: dict[str, str]  # the agent's environment: cache URL, its trusted and branch tokens
     policy: TrustPolicy = TrustPolicy(())
+    proxy: CacheProxy | None = None  # when set, builds get a task token for it instead of a cache token
 
 
 _context: AgentContext | None = None
@@ -117,6 +120,7 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
     slot = context.checkouts.acquire()
     phase = "checkout"
     tier = ""
+    task_token: str | None = None
     try:
         refusal = context.policy.refusal(request.repo_url)
         if refusal:
@@ -130,6 +134,12 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
         tree = context.checkouts.checkout(slot, request.repo_url, request.commit, f"{tier} {namespace}")
         workspace = tree / request.workspace_dir
         env = context.checkouts.env(slot, nx_env(context.env, tier, namespace, tree))
+        if context.proxy is not None:
+            # The build sees a task token for the agent's proxy, never the agent's own token.
+            user = context.checkouts.user(slot)
+            task_token = context.proxy.grant(Grant(env[CACHE_URL_ENV], env[CACHE_TOKEN_ENV],
+                                                   user.uid if user is not None else None))
+            env.update({CACHE_URL_ENV: context.proxy.url, CACHE_TOKEN_ENV: task_token})
         phase = "install"
         context.checkouts.install(slot, workspace, env)
         phase = "run"
@@ -143,5 +153,7 @@ def _run(context: AgentContext, request: TaskRequest) -> TaskResult:
         return TaskResult(request.task_id, context.name, 1, time.monotonic() - started, None,
                           f"{phase} failed on {context.name}: {exc}", phase, tier)
     finally:
+        if task_token is not None and context.proxy is not None:
+            context.proxy.revoke(task_token)
         context.checkouts.release(slot)
 

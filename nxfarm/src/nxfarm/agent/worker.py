@@ -18,6 +18,7 @@ from ..farm import security as tls
 from ..farm import unpickle
 from ..farm.roles import WORKER_POLICY, guard
 from .checkout import Checkouts
+from .cache_proxy import CacheProxy
 from .sandbox import SandboxError, build_user_name, lookup
 from .task import AgentContext, configure
 from .trust import ALLOWED_ENV, PROTECTED_ENV, TrustPolicy
@@ -122,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
     except SandboxError as exc:
         print(f"agent run: {exc}", file=sys.stderr)
         return 2
-    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots, users), dict(os.environ), policy))
+    proxy = CacheProxy()  # 127.0.0.1: builds reach the cache through it, with task tokens
+    configure(AgentContext(args.name, Checkouts(args.workspace, args.slots, users), dict(os.environ), policy, proxy))
     return asyncio.run(_serve(args, files))
