@@ -158,10 +158,10 @@ def test_limits(tmp_path):
     storage = make(tmp_path, max_bytes=2 * MiB, max_artifact_bytes=MiB)
     with pytest.raises(ArtifactTooLarge):
         storage.begin_put("1", MiB + 1)
-    first = storage.begin_put("2", MiB)
-    second = storage.begin_put("3", MiB - 2 * HEADER_SIZE)
+    first = storage.begin_put("2", MiB, owner="a")
+    second = storage.begin_put("3", MiB - 2 * HEADER_SIZE, owner="b")
     with pytest.raises(NotStored, match="do not fit"):  # everything is reserved by uploads in flight
-        storage.begin_put("4", 1000)
+        storage.begin_put("4", 1000, owner="c")
     first.abort()
     second.abort()
     assert storage.stats().reserved_bytes == 0
@@ -525,3 +525,37 @@ def test_hits_are_told_for_lru_order(tmp_path):
     read(a, "hitk1")
     read(a, "hitk1")
     assert a.peers.lines.count(("T", "hitk1")) == 2
+
+
+def test_heads_without_bodies_evict_nothing_and_only_arriving_bytes_do(tmp_path):
+    """#26 (3): a PUT's Content-Length used to be evicted for when its head arrived, so heads
+    that never send a byte could empty the cache."""
+    unit = MiB - HEADER_SIZE
+    storage = make(tmp_path, max_bytes=32 * MiB, max_artifact_bytes=16 * MiB, max_in_flight_per_owner=64 * MiB)
+    for i in range(32):
+        put(storage, f"1{i}", b"x" * unit)
+    heads = [storage.begin_put(f"9{i}", 8 * MiB - HEADER_SIZE, owner=f"t{i}") for i in range(3)]
+    storage.flush()
+    assert storage.stats().entries == 32, "a head alone evicted entries"
+    heads[0].write(b"y" * MiB)  # one MiB arrives: about one entry makes room for it
+    storage.flush()
+    assert storage.stats().entries == 31
+    assert storage.stats().reserved_bytes == 3 * 8 * MiB
+    for head in heads:
+        head.abort()
+    assert storage.stats().reserved_bytes == 0
+
+
+def test_one_token_cannot_promise_more_than_its_share(tmp_path):
+    storage = make(tmp_path, max_bytes=64 * MiB, max_artifact_bytes=8 * MiB)
+    assert storage.max_in_flight_per_owner == 16 * MiB  # a quarter of the cache by default
+    first = storage.begin_put("1", 8 * MiB - HEADER_SIZE, owner="ci")
+    second = storage.begin_put("2", 8 * MiB - HEADER_SIZE, owner="ci")
+    with pytest.raises(NotStored, match="ci has 16777216 bytes of uploads in flight"):
+        storage.begin_put("3", 1000, owner="ci")
+    other = storage.begin_put("4", 1000, owner="agent-1")  # another token is not held back
+    first.abort()
+    third = storage.begin_put("3", 1000, owner="ci")  # room again once one ended
+    for upload in (second, other, third):
+        upload.abort()
+    assert storage.stats().reserved_bytes == 0

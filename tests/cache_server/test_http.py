@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .server_proc import READ_TOKEN, WRITE_TOKEN, put_headers, read_responses, read_status
+from .server_proc import READ_TOKEN, WRITE_TOKEN, CacheServer, put_headers, read_responses, read_status
 
 MiB = 1 << 20
 
@@ -768,3 +768,24 @@ def test_background_scrub_quarantines_a_damaged_large_entry(make_server):
     assert server.request("GET", "40")[0] == 404
     assert server.metric("nxcache_damaged_entries_total") == 1
     assert "scrub: 1 entries checked, 1 damaged" in server.stderr_path.read_text()
+
+
+def test_put_heads_that_send_no_body_evict_nothing(tmp_path):
+    """#26 (3): heads of 8 MiB with no body, from a write token, leave every stored entry in place."""
+    server = CacheServer(tmp_path, "--max-size", "24MiB", "--max-artifact-size", "16MiB", "--no-fsync").start()
+    try:
+        body = os.urandom(1024 * 1024 - 64)
+        for i in range(20):
+            assert server.request("PUT", f"5{i}", body)[0] == 200
+        heads = []
+        for i in range(8):
+            sock = server.raw_socket()
+            sock.sendall(put_headers(f"77{i}", 8 * 1024 * 1024))
+            heads.append(sock)
+        time.sleep(0.5)
+        assert [server.request("GET", f"5{i}")[0] for i in range(20)] == [200] * 20
+        assert server.metric("nxcache_reserved_bytes") <= 16 * 1024 * 1024 + 64, "one token's share only"
+        for sock in heads:
+            sock.close()
+    finally:
+        server.stop()

@@ -53,7 +53,8 @@ def test_disk_filling_up_mid_upload_is_not_stored_and_reported(fs_server, small_
     assert state["last_storage_error"]["op"] == "put" and "No space left" in state["last_storage_error"]["message"]
     assert fs_server.metric("nxcache_storage_errors_total") >= 1
     filler.unlink()
-    assert fs_server.request("PUT", "3", os.urandom(MiB))[0] == 200, "it stores again once space is back"
+    answer = fs_server.request("PUT", "3", os.urandom(MiB))
+    assert answer[0] == 200, f"it stores again once space is back: {answer[2]}"
 
 
 def test_read_only_storage_serves_hits_and_refuses_writes_quietly(fs_server, small_fs):

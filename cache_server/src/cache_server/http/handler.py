@@ -305,7 +305,8 @@ class CacheHandler:
             return
         try:
             # A client that waits for 100 Continue before the body is told of a conflict first.
-            ex.upload = self.storage.begin_put(storage_key(ex.namespace, ex.key), length, exact=ex.expect_continue)
+            ex.upload = self.storage.begin_put(storage_key(ex.namespace, ex.key), length, exact=ex.expect_continue,
+                                               owner=identity.name)
         except StorageError as exc:
             if exc.status == 409:
                 self.metrics.conflicts += 1

@@ -117,7 +117,7 @@ class Storage(Protocol):
     def contains(self, key: str) -> bool:
         """Whether the key is stored (cheap, no I/O)."""
 
-    def begin_put(self, key: str, size: int, *, exact: bool = False) -> Upload:
+    def begin_put(self, key: str, size: int, *, exact: bool = False, owner: str = "") -> Upload:
         """Reserve room for `size` body bytes. Raises `EntryExists`,
         `ArtifactTooLarge` or `NotStored` before any byte is read. A key that another
         process stored a moment ago may instead be refused at commit (`EntryExists`),

@@ -106,6 +106,7 @@ class DiskStorage:
         fsync: bool = True,
         memory_cache_bytes: int = 0,
         statvfs_max_age: float = STATVFS_MAX_AGE_S,
+        max_in_flight_per_owner: int | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.max_bytes = max_bytes
@@ -120,7 +121,13 @@ class DiskStorage:
         self._lru = SizedLRU()
         self._hot = HotBodies(memory_cache_bytes)
         self._removals = 0  # bumped whenever a key leaves the index, so a slow read cannot refill a stale body
-        self._reserved = 0
+        self._reserved = 0  # promised by uploads in flight (their Content-Length and header)
+        self._arrived = 0  # of that, what has arrived: eviction makes room for these bytes only
+        self._reserved_by: dict[str, int] = {}  # per token: one token cannot promise the whole cache
+        # A head promises bytes; only bytes that arrive evict. One token's promises are capped so
+        # that heads without bodies cannot hold the cache's room for long.
+        self.max_in_flight_per_owner = (max(max_bytes // 4, max_artifact_bytes + HEADER_SIZE)
+                                        if max_in_flight_per_owner is None else max_in_flight_per_owner)
         self._pending_delete = 0
         self._atime_saved: dict[str, float] = {}
         self._shards: set[str] = set()  # shard directories known to exist
@@ -294,7 +301,10 @@ class DiskStorage:
 
     # ------------------------------------------------------------------ write
 
-    def begin_put(self, key: str, size: int, *, exact: bool = False) -> SmallUpload | DiskUpload:
+    def begin_put(self, key: str, size: int, *, exact: bool = False, owner: str = "") -> SmallUpload | DiskUpload:
+        """Accept an upload of `size` bytes for `owner` (the token): it must fit the cache beside
+        the other uploads in flight and the owner's cap, and the disk if the cache were emptied.
+        Nothing is evicted here: only bytes that arrive evict (`_arrive`)."""
         _require_key(key)
         if size < 0:
             raise ValueError("negative size")
@@ -319,31 +329,25 @@ class DiskStorage:
         with self._lock:
             if key in self._lru:
                 raise EntryExists(f"{key} is already stored")
-            room = self.max_bytes - self._reserved - file_size  # what the index may hold besides
-            if room < 0:
+            if self.max_bytes - self._reserved - file_size < 0:
                 raise NotStored(f"not stored: {file_size} bytes do not fit the cache's {self.max_bytes}-byte cap")
-            # The common upload evicts nothing: no lists or calls for it then.
-            victims = self._lru.evict_until(room) if self._lru.total > room else []
-            try:
-                victims += self._evict_for_disk_headroom(file_size, sum(size for _, size in victims) if victims else 0)
-            except NotStored:
-                self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
-                raise
+            held = self._reserved_by.get(owner, 0)
+            if held + file_size > self.max_in_flight_per_owner:
+                raise NotStored(f"not stored: {owner or 'this token'} has {held} bytes of uploads in flight; "
+                                f"{file_size} more would pass its cap of {self.max_in_flight_per_owner}")
+            self._check_disk_headroom(file_size)
             self._reserved += file_size
-            if victims:
-                self._rename_to_trash(victims)
-        if victims:
-            self._schedule_deletes(victims)
+            self._reserved_by[owner] = held + file_size
         if size <= INLINE_MAX:
-            return SmallUpload(self, key, size)
+            return SmallUpload(self, key, size, owner)
         tmp_path = self._tmp_path(key)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            self._release(file_size)
+            self._release(owner, file_size, 0)
             self._record_error("put", f"create upload file: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
-        return DiskUpload(self, key, size, fd, tmp_path)
+        return DiskUpload(self, key, size, fd, tmp_path, owner)
 
     def _tmp_path(self, key: str) -> str:
         return f"{self._tmp_dir}/{key}.{self._pid}.{next(self._tmp_names)}"
@@ -354,44 +358,46 @@ class DiskStorage:
     # leaves a file the index adopts at start; if it was cut short, its size or checksum
     # check turns it into a miss.
 
-    def _stage(self, key: str, fd: int, tmp_path: str, file_size: int) -> Staged:
-        """Link a fully written upload under its name; the file and directory to sync."""
+    def _stage(self, key: str, fd: int, tmp_path: str, file_size: int, owner: str = "") -> Staged:
+        """Link a fully written (fully arrived) upload under its name; the file and directory to sync."""
         try:
             directory = self._shard_directory(key)
             os.link(tmp_path, f"{directory}/{key}")
         except FileExistsError:
             _close_quietly(fd)
             _unlink_quietly(tmp_path)
-            self._release(file_size)
+            self._release(owner, file_size, file_size)
             self._adopt(key)
             raise EntryExists(f"{key} was stored by a concurrent upload") from None
         except OSError as exc:
             _close_quietly(fd)
             _unlink_quietly(tmp_path)
-            self._release(file_size)
+            self._release(owner, file_size, file_size)
             self._shards.discard(key[:2])
             self._record_error("put", f"commit {key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         _unlink_quietly(tmp_path)
         return Staged(fd, directory)
 
-    def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None) -> None:
+    def _publish_staged(self, key: str, staged: Staged, file_size: int, error: OSError | None,
+                        owner: str = "") -> None:
         _close_quietly(staged.fd)
         if error is not None:
             _unlink_quietly(self._entry_path(key))
-            self._release(file_size)
+            self._release(owner, file_size, file_size)
             self._record_error("put", f"fsync {key}: {error.strerror}")
             raise NotStored(f"not stored: {error.strerror}")
         with self._lock:
-            self._reserved -= file_size
+            self._settle_locked(owner, file_size, file_size)
             # Not into memory: a body comes in when it is first read (see `get`). Most uploads of
             # an Nx cache are never read, and each one let in would push out a body that is.
             self._lru.add(key, file_size)
         if self.peers is not None:
             self.peers.added(key, file_size)
 
-    def _evict_for_disk_headroom(self, file_size: int, freed_already: int) -> list[tuple[str, int]]:
-        """Under the lock: evict LRU entries until the disk keeps its headroom, or refuse."""
+    def _statvfs_free_locked(self) -> int:
+        """Free bytes on the storage's filesystem, from statvfs at most every `statvfs_max_age`,
+        plus what evicted entries waiting for deletion give back."""
         now = time.monotonic()
         if now - self._statvfs_at >= self._statvfs_max_age:
             try:
@@ -401,22 +407,60 @@ class DiskStorage:
                 raise NotStored(f"not stored: {exc.strerror}") from None
             self._statvfs_free = st.f_bavail * st.f_frsize
             self._statvfs_at = now
-        free = self._statvfs_free + self._pending_delete + freed_already - self._reserved
-        deficit = self.min_free_bytes + file_size - free
-        if deficit <= 0:
-            return []
-        if deficit > self._lru.total:  # even an empty cache would not make room: evict nothing
+        return self._statvfs_free + self._pending_delete
+
+    def _check_disk_headroom(self, file_size: int) -> None:
+        """Under the lock: refuse an upload that would not fit the disk beside the other uploads'
+        promises even with the cache emptied."""
+        free = self._statvfs_free_locked() - (self._reserved - self._arrived)
+        if self.min_free_bytes + file_size - free > self._lru.total:
             message = (
-                f"not stored: disk has {max(free, 0)} bytes free and keeps {self.min_free_bytes} free "
-                f"(--min-free-disk); upload needs {file_size}"
+                f"not stored: disk has {max(free, 0)} bytes free and keeps {self.min_free_bytes} "
+                f"free (--min-free-disk); upload needs {file_size}"
             )
+            self._statvfs_at = -1.0  # a refusal is not cached: the next upload looks again
             self._record_error_locked("put", message)
             raise NotStored(message)
-        return self._lru.evict_until(self._lru.total - deficit)
 
-    def _release(self, file_size: int) -> None:
+    def _arrive(self, nbytes: int) -> None:
+        """`nbytes` of an upload arrived: evict least recently used entries until the index and
+        what has arrived fit the cap, and the disk keeps its headroom; or refuse the bytes."""
         with self._lock:
-            self._reserved -= file_size
+            self._arrived += nbytes
+            room = self.max_bytes - self._arrived  # what the index may hold besides
+            # The common chunk evicts nothing: no lists or calls for it then.
+            victims = self._lru.evict_until(room) if self._lru.total > room else []
+            freed = sum(size for _, size in victims) if victims else 0
+            # Counted as if none of the arrived bytes were in the last statvfs yet: never for
+            # bytes only promised, so heads without bodies cannot make it evict.
+            deficit = self.min_free_bytes - (self._statvfs_free_locked() - self._arrived + freed)
+            if deficit > 0:
+                if deficit > self._lru.total:
+                    self._lru.restore_oldest(victims)  # refusing: nothing is evicted for nothing
+                    self._arrived -= nbytes
+                    message = (f"not stored: No space left on device for this upload (the disk keeps "
+                               f"{self.min_free_bytes} bytes free, --min-free-disk; nothing left to evict)")
+                    self._statvfs_at = -1.0  # a refusal is not cached: the next upload looks again
+                    self._record_error_locked("put", message)
+                    raise NotStored(message)
+                victims += self._lru.evict_until(self._lru.total - deficit)
+            if victims:
+                self._rename_to_trash(victims)
+        if victims:
+            self._schedule_deletes(victims)
+
+    def _settle_locked(self, owner: str, file_size: int, arrived: int) -> None:
+        self._reserved -= file_size
+        self._arrived -= arrived
+        held = self._reserved_by.get(owner, 0) - file_size
+        if held > 0:
+            self._reserved_by[owner] = held
+        else:
+            self._reserved_by.pop(owner, None)
+
+    def _release(self, owner: str, file_size: int, arrived: int) -> None:
+        with self._lock:
+            self._settle_locked(owner, file_size, arrived)
 
     # --------------------------------------------------------------- eviction
 
@@ -647,6 +691,8 @@ class _Upload:
     key: str
     size: int
     written: int
+    owner: str
+    arrived: int  # bytes counted in the storage's `_arrived` (the body so far, then the header)
     _finishing: threading.Lock
 
     def _check_room(self, chunk: bytes) -> None:
@@ -686,15 +732,21 @@ class SmallUpload(_Upload):
     Nothing touches the disk before `commit`, so an interrupted upload leaves nothing.
     """
 
-    __slots__ = ("_storage", "key", "size", "_chunks", "written", "_finishing")
+    __slots__ = ("_storage", "key", "size", "_chunks", "written", "owner", "arrived", "_finishing")
 
-    def __init__(self, storage: DiskStorage, key: str, size: int) -> None:
+    def __init__(self, storage: DiskStorage, key: str, size: int, owner: str = "") -> None:
         self._storage = storage
         self.key = key
         self.size = size
         self._chunks: list[bytes] = []
         self.written = 0
+        self.owner = owner
+        self.arrived = 0
         self._finishing = threading.Lock()
+
+    def _arrive(self, nbytes: int) -> None:
+        self._storage._arrive(nbytes)
+        self.arrived += nbytes
 
     def write(self, chunk: bytes) -> None:
         self._check_room(chunk)
@@ -708,11 +760,16 @@ class SmallUpload(_Upload):
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         data = finished_header(len(body), digest_of(body)) + body
+        try:
+            self._arrive(len(data))  # held in memory until now: its bytes evict when they go to disk
+        except NotStored:
+            storage._release(self.owner, len(data), self.arrived)
+            raise
         tmp_path = storage._tmp_path(self.key)
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            storage._release(len(data))
+            storage._release(self.owner, len(data), self.arrived)
             storage._record_error("put", f"create upload file: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         try:
@@ -724,26 +781,27 @@ class SmallUpload(_Upload):
         except OSError as exc:
             _close_quietly(fd)
             _unlink_quietly(tmp_path)
-            storage._release(len(data))
+            storage._release(self.owner, len(data), self.arrived)
             storage._record_error("put", f"write {self.key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
-        return storage._stage(self.key, fd, tmp_path, len(data))
+        return storage._stage(self.key, fd, tmp_path, len(data), self.owner)
 
     def publish(self, staged: Staged, error: OSError | None) -> None:
         """After `staged` was synced: index the entry, or withdraw it."""
-        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error)
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, self.owner)
 
     def _discard(self) -> None:
         self._chunks = []
-        self._storage._release(self.size + HEADER_SIZE)
+        self._storage._release(self.owner, self.size + HEADER_SIZE, self.arrived)
 
 
 class DiskUpload(_Upload):
     """One upload streamed into `tmp/`; see `Upload` in base.py for the contract."""
 
-    __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "_finishing")
+    __slots__ = ("_storage", "key", "size", "_fd", "_tmp_path", "_hasher", "written", "owner", "arrived",
+                 "_finishing")
 
-    def __init__(self, storage: DiskStorage, key: str, size: int, fd: int, tmp_path: str) -> None:
+    def __init__(self, storage: DiskStorage, key: str, size: int, fd: int, tmp_path: str, owner: str = "") -> None:
         self._storage = storage
         self.key = key
         self.size = size
@@ -751,10 +809,21 @@ class DiskUpload(_Upload):
         self._tmp_path = tmp_path
         self._hasher = new_hasher()
         self.written = 0
+        self.owner = owner
+        self.arrived = 0
         self._finishing = threading.Lock()
+
+    def _arrive(self, nbytes: int) -> None:
+        self._storage._arrive(nbytes)
+        self.arrived += nbytes
 
     def write(self, chunk: bytes) -> None:
         self._check_room(chunk)
+        try:
+            self._arrive(len(chunk))
+        except NotStored:
+            self.abort()
+            raise
         try:
             # The body goes straight to its final offset; the header is written at commit.
             view = memoryview(chunk)
@@ -774,16 +843,21 @@ class DiskUpload(_Upload):
         """First half of a commit, never blocking on a sync: header and link."""
         self._begin_finish()
         try:
+            self._arrive(HEADER_SIZE)
+        except NotStored:
+            self._discard()
+            raise
+        try:
             os.pwrite(self._fd, finished_header(self.size, self._hasher.digest()), 0)
         except OSError as exc:
             self._discard()
             self._storage._record_error("put", f"commit {self.key}: {exc.strerror}")
             raise NotStored(f"not stored: {exc.strerror}") from None
         fd, self._fd = self._fd, -1  # from here on `_stage` and `publish` own it
-        return self._storage._stage(self.key, fd, self._tmp_path, self.size + HEADER_SIZE)
+        return self._storage._stage(self.key, fd, self._tmp_path, self.size + HEADER_SIZE, self.owner)
 
     def publish(self, staged: Staged, error: OSError | None) -> None:
-        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error)
+        self._storage._publish_staged(self.key, staged, self.size + HEADER_SIZE, error, self.owner)
 
     def _discard(self) -> None:
         """Called exactly once, by whoever took `_finishing`."""
@@ -791,7 +865,7 @@ class DiskUpload(_Upload):
             _close_quietly(self._fd)
             self._fd = -1
         _unlink_quietly(self._tmp_path)
-        self._storage._release(self.size + HEADER_SIZE)
+        self._storage._release(self.owner, self.size + HEADER_SIZE, self.arrived)
 
 
 def _close_quietly(fd: int) -> None:
