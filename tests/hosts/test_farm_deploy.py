@@ -102,13 +102,15 @@ def probe_with_a_malicious_commit(farm, agent_host):
     from nxfarm.agent.task import run_task
     from nxfarm.farm.protocol import TaskRequest, TaskResult
 
-    agent_host.ssh("rm -rf /srv/app.git /tmp/w && git init -q --bare -b main /srv/app.git && git init -q -b main /tmp/w "
-                   "&& cd /tmp/w && git config user.name t && git config user.email t@example.invalid "
+    # On the throwaway host: the origin under /srv (trust allows /srv/*), the work tree in a fresh tmp dir.
+    work = agent_host.ssh("mktemp -d").stdout.strip()
+    agent_host.ssh(f"rm -rf /srv/app.git && git init -q --bare -b main /srv/app.git && git init -q -b main {work} "
+                   f"&& cd {work} && git config user.name t && git config user.email t@example.invalid "
                    "&& git commit -q --allow-empty -m base && git push -q /srv/app.git main "
                    "&& git checkout -q -b pr-1 && mkdir -p node_modules/.bin && cat > node_modules/.bin/nx "
                    "&& chmod +x node_modules/.bin/nx && git add -f node_modules && git commit -q -m pr "
                    "&& git push -q /srv/app.git pr-1 && chown -R nxfarm:nxfarm /srv/app.git", stdin=PROBE)
-    commit = agent_host.ssh("git -C /tmp/w rev-parse HEAD").stdout.strip()
+    commit = agent_host.ssh(f"git -C {work} rev-parse HEAD").stdout.strip()
     request = TaskRequest("app:build", "/srv/app.git", commit, "", (), "pr-1")
     with Client(f"tls://{farm.addresses['cache']}:8786", security=orchestrator_security(farm.run), timeout=10,
                 set_as_default=False) as client:

@@ -141,7 +141,7 @@ class Checkouts:
 
     def tier(self, policy: TrustPolicy, repo_url: str, commit: str) -> str:
         """TRUSTED when `commit` is reachable from a protected branch of `repo_url` as last
-        fetched (call after `checkout`), else BRANCH."""
+        fetched (call after `fetch`), else BRANCH."""
         refs = repo_refs(repo_url)
         listed = _run(["git", "-C", str(self.mirror), "for-each-ref", "--format=%(refname)", f"{refs}/heads/"])
         branches = [ref[len(f"{refs}/heads/"):] for ref in listed.split()]
@@ -157,7 +157,7 @@ class Checkouts:
         return BRANCH
 
     def checkout(self, slot: int, repo_url: str, commit: str, trust: str = "") -> Path:
-        """The slot's tree at exactly `commit` (fetched first), with everything but KEEP reset to
+        """The slot's tree at exactly `commit` (call `fetch` first), with everything but KEEP reset to
         it; when `trust` (tier and namespace) differs from the slot's last, the whole slot is
         emptied first."""
         area, user = self.area(slot), self.user(slot)
