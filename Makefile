@@ -6,15 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NX_CLIENT := tests/nx_client
-# The cache server compiled (its request path built by mypyc, setup.py; `make wheels` ships the pure build),
-# unpacked so that PYTHONPATH puts it ahead of the editable, pure-Python install.
-COMPILED := build/compiled
-CACHE_SOURCES := $(shell find cache_server/src -name '*.py') cache_server/setup.py cache_server/mypyc.ini cache_server/pyproject.toml Makefile
 
 .PHONY: run cache test bench wheels clean
 
-# The editable cache server is pure Python, so an edited module is what runs; the build that
-# ships (and that the tests and the bench run) is compiled into $(COMPILED).
+# The cache server is installed editable, so an edited module is what runs.
 $(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,23 +29,11 @@ cache: $(VENV)/.installed
 $(NX_CLIENT)/nx23/node_modules/.package-lock.json: $(NX_CLIENT)/nx23/package.json $(NX_CLIENT)/nx23/package-lock.json
 	cd $(NX_CLIENT)/nx23 && npm ci --no-audit --no-fund --loglevel=error
 
-# Only the modules are unpacked: with its dist-info on PYTHONPATH, pip in a test's venv would
-# take the package for installed and skip the wheel under test.
-$(COMPILED)/.built: $(VENV)/.installed $(CACHE_SOURCES)
-	rm -rf $(COMPILED)
-	NXCACHE_COMPILE=1 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w $(COMPILED)/wheel ./cache_server
-	$(PY) -m zipfile -e $(COMPILED)/wheel/nxfarm_cache_server-*.whl $(COMPILED)/lib
-	rm -rf $(COMPILED)/lib/*.dist-info
-	touch $@
+test: $(VENV)/.installed $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# Every test against the compiled build, then the cache server's own tests against the pure-Python
-# modules too: the wheel `make wheels` ships is the pure one, and hosts run those.
-test: $(VENV)/.installed $(COMPILED)/.built $(NX_CLIENT)/node_modules/.package-lock.json $(NX_CLIENT)/nx23/node_modules/.package-lock.json
-	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib NXCACHE_EXPECT=compiled $(PY) -m pytest tests $(PYTEST_ARGS)
-	NXCACHE_EXPECT=pure $(PY) -m pytest tests/cache_server $(PYTEST_ARGS)
-
-bench: $(VENV)/.installed $(COMPILED)/.built
-	PYTHONPATH=$(CURDIR)/$(COMPILED)/lib $(PY) bench/cachebench.py $(ARGS)
+bench: $(VENV)/.installed
+	$(PY) bench/cachebench.py $(ARGS)
 
 # What `pulumi up` ships to hosts without internet: per role and per supported Python and CPU
 # (dist/wheels/agent/cp313-aarch64/...), our pure-Python wheel plus every locked dependency's wheel

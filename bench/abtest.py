@@ -5,7 +5,8 @@
         [--flags "--workers 1 --no-fsync"] [--storage-in DIR]
 
 A and B are git revisions (HEAD, a commit, a tag), WORKTREE for the files as they are on
-disk, or a directory holding a built `cache_server` package (a compiled build's lib directory). Each is exported into a temporary directory and run as `python -m cache_server` with
+disk, or a directory holding a `cache_server` package. Each is exported into a temporary directory
+and run as `python -m cache_server` with
 that directory first on PYTHONPATH; dependencies come from the environment running this
 script. Every run gets a fresh server on fresh storage (a tmpfs when /dev/shm exists, or a new
 directory in --storage-in: the filesystem a cache host would use tells more about PUT), then

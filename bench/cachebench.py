@@ -15,8 +15,7 @@ on a tmpfs fsync does nothing, so only a disk shows what the deployed fsync cost
 Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-exists),
 `nxcache` (our server as deployed: fsync on, access log on, one worker process per core, uvloop)
 and `nxcache-nofsync`; `nxcache-1proc` and `nxcache-1proc-nofsync` run a single process,
-`nxcache-asyncio` runs as deployed on the standard library's event loop, `nxcache-pure` as
-deployed from the pure-Python modules (`make bench` runs the others compiled), and `py-floor`
+`nxcache-asyncio` runs as deployed on the standard library's event loop, and `py-floor`
 (bench/floor.py, 4 KiB cells only) is the bare Python stack underneath: parse, token, file
 and answer, nothing else; `py-floor-2proc` is that in two processes on one port, as `nxcache`
 runs one worker per core (--servers).
@@ -78,10 +77,7 @@ NXCACHE_FLAGS = {
     "nxcache-1proc": ["--workers", "1"],
     "nxcache-1proc-nofsync": ["--workers", "1", "--no-fsync"],
     "nxcache-asyncio": ["--workers", "auto", "--event-loop", "asyncio"],
-    "nxcache-pure": ["--workers", "auto"],
 }
-# Run from the pure-Python modules, whatever build is on PYTHONPATH (`make bench`: the compiled one).
-PURE_SOURCES = {"nxcache-pure": ROOT / "cache_server" / "src"}
 
 NGINX_CONF = """
 worker_processes 1;
@@ -256,19 +252,6 @@ def wait_workers(server: Server, expected: int) -> None:
     if expected > 1:  # a lone server is listed as its own worker
         wait_until(lambda: len(server.worker_pids()) >= expected, server.proc,
                    f"{server.name}: {expected} workers did not start")
-
-
-def build_of(module_file: str) -> str:
-    """Which build a cache_server module was imported from, by its file."""
-    return "pure Python" if module_file.endswith(".py") else "compiled (mypyc)"
-
-
-def server_build() -> str:
-    """Which build `python -m cache_server` imports here: the compiled one (`make bench` puts it
-    on PYTHONPATH) or the pure-Python modules."""
-    origin = subprocess.run([sys.executable, "-c", "import cache_server.http.protocol as p; print(p.__file__)"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    return f"{build_of(origin)}, {origin}"
 
 
 FLOOR_PROCESSES = {"py-floor": 1, "py-floor-2proc": 2}
@@ -448,7 +431,6 @@ def main() -> int:
         base.chmod(0o755)  # mkdtemp's 0700 would keep nginx's worker (nobody) out; a tmpfs root is 1777
     where = "tmpfs" if on_tmpfs else "disk, --storage-in" if args.storage_in else "disk (could not mount a tmpfs)"
     print(f"storage: {where} at {base}; {args.reps} reps x {args.seconds:g}s per cell")
-    print(f"nxcache build: {server_build()}")
     script = base / "bench.lua"
     script.write_text(WRK_SCRIPT)
     cells: list[Cell] = []
@@ -471,7 +453,7 @@ def main() -> int:
                             if size_name == "4k":  # it reads whole bodies into memory
                                 servers.append(start_floor(run_dir, name))
                         else:
-                            servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name], PURE_SOURCES.get(name)))
+                            servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name]))
                     for server in servers:
                         preload(server, size_name, body, "g")
                     for op in ("GET", "PUT", "MISS") if size_name == "4k" else ("GET", "PUT"):

@@ -31,16 +31,14 @@ from pathlib import Path
 from types import FrameType
 
 HERE = Path(__file__).resolve().parent
-# Appended, so that a build on PYTHONPATH (`make bench` puts the compiled one there) comes first.
+# Appended, so that a package on PYTHONPATH (another revision, as abtest.py runs) comes first.
 sys.path.append(str(HERE.parent / "cache_server" / "src"))
 sys.path.insert(0, str(HERE))
 
 import floor  # noqa: E402
-from cachebench import build_of  # noqa: E402
 from cache_server.accesslog import AccessLog  # noqa: E402
 from cache_server.auth import Scope, TokenStore, token_line  # noqa: E402
 from cache_server.http.handler import CacheHandler  # noqa: E402
-from cache_server.http import protocol as protocol_module  # noqa: E402
 from cache_server.http.protocol import HttpServer  # noqa: E402
 from cache_server.metrics import Metrics  # noqa: E402
 from cache_server.storage.disk import DiskStorage  # noqa: E402
@@ -182,12 +180,6 @@ async def main() -> int:
     parser.add_argument("--tokens", type=int, default=1, help="tokens in the server's file (one is used)")
     parser.add_argument("--opcodes", action="store_true", help="count Python opcodes per request instead of timing")
     args = parser.parse_args()
-    build = build_of(protocol_module.__file__ or "")
-    if args.opcodes and build != "pure Python":
-        print("inprocess: --opcodes counts bytecode, and the compiled build runs none: run it without "
-              "the compiled build on PYTHONPATH", file=sys.stderr)
-        return 2
-    print(f"nxcache build: {build}")
     base = Path(tempfile.mkdtemp(prefix="nxcache-inprocess-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
         feeders = {"nxcache": nxcache_feeder(base, args.tokens), "py-floor": floor_feeder(base)}

@@ -11,7 +11,6 @@ platform fails here, naming it, rather than on the host.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -30,9 +29,9 @@ ROLES = {
 ALL_PLATFORMS = [platform_name(python, arch) for python in PYTHONS for arch in ARCHES]
 
 
-def pip(*args: str, env: dict[str, str] | None = None) -> None:
+def pip(*args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                            capture_output=True, text=True, env=env)
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"wheelhouse: pip {args[0]} failed:\n{result.stderr.strip()[-2000:]}")
 
@@ -43,9 +42,7 @@ def build(out: Path, platforms: list[str]) -> None:
         for role, (source, distribution, lock) in ROLES.items():
             # From a copy: pip builds in the source tree, and two builds at once would share its build/.
             tree = shutil.copytree(source, own / "src" / role, ignore=_build_leftovers(source))
-            # The pure build of the cache server (its default): a compiled one fits one Python and CPU.
-            pip("wheel", "--quiet", "--no-deps", "-w", str(own / role), str(tree),
-                env={k: v for k, v in os.environ.items() if k != "NXCACHE_COMPILE"})
+            pip("wheel", "--quiet", "--no-deps", "-w", str(own / role), str(tree))
             for platform in platforms:
                 python, arch = _parse(platform)
                 target = out / role / platform

@@ -98,17 +98,12 @@ def test_inprocess_bench_measures_every_operation_for_both():
     rows = re.findall(r"^\| (GET|MISS|PUT) \| ([\d.]+) \| [\d.]+ / [\d.]+ \| ([\d.]+) \|", result.stdout, re.M)
     assert [op for op, _, _ in rows] == ["GET", "MISS", "PUT"]
     assert all(float(ours) > 0 and float(bare) > 0 for _, ours, bare in rows)
-    expected = {"compiled": "compiled (mypyc)", "pure": "pure Python"}.get(os.environ.get("NXCACHE_EXPECT", ""))
-    if expected:
-        assert f"nxcache build: {expected}" in result.stdout
 
 
 def test_inprocess_opcode_count_is_steady_from_run_to_run():
-    pure = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the compiled build runs no bytecode
-
     def counts() -> list[tuple[str, str, str]]:
         result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--opcodes", "--requests", "50"],
-                                capture_output=True, text=True, timeout=120, env=pure)
+                                capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         return re.findall(r"^\| (GET|MISS|PUT) \| (\d+) \| (\d+) \|", result.stdout, re.M)
 
@@ -120,15 +115,6 @@ def test_inprocess_opcode_count_is_steady_from_run_to_run():
     for (op, ours, bare), (_, ours_again, bare_again) in zip(first, counts()):
         assert abs(int(ours_again) - int(ours)) <= int(ours) * 0.02, op
         assert abs(int(bare_again) - int(bare)) <= int(bare) * 0.02, op
-
-
-def test_inprocess_opcode_count_refuses_the_compiled_build():
-    """Counting bytecode of compiled modules would report only the few lines left in Python."""
-    if os.environ.get("NXCACHE_EXPECT") != "compiled":
-        pytest.skip("the compiled build is not on PYTHONPATH (make test puts it there)")
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "inprocess.py"), "--opcodes", "--requests", "50"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "compiled build runs none" in result.stderr
 
 
 def test_pagecost_writes_both_files_and_leaves_nothing(tmp_path):

@@ -100,7 +100,7 @@ class AccessLog:
     def _write_whole(self, data: bytes) -> None:
         try:
             while data:
-                written = os.write(self._fd, data)  # not inside the slice: see setup.py on mypyc
+                written = os.write(self._fd, data)
                 data = data[written:]
         except OSError:
             pass  # a full log disk or a closed stdout must not stop the cache

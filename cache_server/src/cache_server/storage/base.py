@@ -16,9 +16,6 @@ class Blob:
     `fd` is an open descriptor whose bytes `[offset, offset+size)` are the body.
     The caller closes it. The body stays readable even if the entry is evicted
     meanwhile: POSIX keeps an unlinked file alive while a descriptor is open.
-
-    A plain class, not a dataclass: compiled, a dataclass keeps the `__init__` it generates
-    as interpreted Python (160 against 28 ns), and one Blob is made per hit.
     """
 
     __slots__ = ("size", "inline", "fd", "offset")

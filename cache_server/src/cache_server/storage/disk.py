@@ -775,7 +775,6 @@ class SmallUpload(_Upload):
         try:
             view = memoryview(data)
             while view:
-                # Not inside the slice: compiled, a memoryview's slice bounds run twice (setup.py).
                 written = os.write(fd, view)
                 view = view[written:]
         except OSError as exc:

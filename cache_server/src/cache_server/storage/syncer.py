@@ -57,7 +57,7 @@ class BatchSyncer:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  sync: Callable[[list[Staged]], list[OSError | None]] = sync_staged) -> None:
         self._loop = loop
-        self._sync = sync  # a parameter, not a module lookup: compiled code calls functions directly
+        self._sync = sync  # a parameter, so tests can stand in for fsync
         self._pending: list[tuple[Staged, Done]] = []
         self._submitted: list[tuple[Staged, Done]] = []  # this loop pass's, not yet handed over
         self._cond = threading.Condition()
