@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 from .auth import TokenStore
 from .config import Settings
@@ -105,8 +106,9 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     sys.stderr.flush()
     children: dict[int, int] = {}
     supervisor = _Supervisor(children)
-    # Held back while forking: a child must not run the supervisor's handlers, and a stop
-    # that arrives meanwhile must reach every worker, so it is handled once all exist.
+    # Blocked in this thread while forking, so that a child starts with none pending. The mask is
+    # per thread: the storage's deleter thread may still take a signal for the process, and its
+    # handler then runs here between two forks; the supervisor holds a stop until all exist.
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     for index in range(settings.workers):
         pid = os.fork()
@@ -114,6 +116,7 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
             _run_worker(index, parent, settings, tokens, storage, listeners, inboxes, announced)  # never returns
         children[pid] = index
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    supervisor.all_forked()
     # Connections queue on the bound sockets meanwhile, so this line means "ready".
     for sock in listeners[0]:
         log_listening(sock, settings, len(tokens), settings.workers)
@@ -130,10 +133,13 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
                 listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]],
                 announced: memoryview) -> None:
     code = 1
+    stop_asked = threading.Event()
     try:
-        # Until serve() installs the worker's own handlers: stop quietly, and reload on SIGHUP.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Until serve() installs the worker's own handlers, a stop is only noted (serve() looks
+        # once it listens for stops itself): an exception raised by a handler inside the event
+        # loop's start-up would leave the loop half made, and the worker exiting 1.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop_asked.set())
+        signal.signal(signal.SIGINT, lambda signum, frame: stop_asked.set())
         signal.signal(signal.SIGHUP, lambda signum, frame: reload_tokens(tokens, "SIGHUP"))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         _die_with(parent)
@@ -149,9 +155,8 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
         storage.after_fork()  # its memory cache was sized per worker when the storage opened
         peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index},
                          announced)
-        run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers)), settings.event_loop)
-        code = 0
-    except KeyboardInterrupt:
+        run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers, stop_asked)),
+            settings.event_loop)
         code = 0
     except BaseException:
         log.exception("worker %d failed", index)
@@ -179,6 +184,7 @@ class _Supervisor:
     def __init__(self, children: dict[int, int]) -> None:
         self.children = children  # pid -> worker index
         self.stopping = False
+        self._forking = True
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, lambda signum, frame: self._signal_all(signal.SIGHUP))
@@ -191,8 +197,17 @@ class _Supervisor:
                 pass
 
     def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            return  # the workers have heard it (systemd also signals each of them itself)
         self.stopping = True
-        self._signal_all(signal.SIGTERM)
+        if not self._forking:
+            self._signal_all(signal.SIGTERM)
+
+    def all_forked(self) -> None:
+        """Every worker exists: a stop that came while forking reaches them all now."""
+        self._forking = False
+        if self.stopping:
+            self._signal_all(signal.SIGTERM)
 
     def wait(self) -> int:
         code = 0

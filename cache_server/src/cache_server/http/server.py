@@ -39,6 +39,7 @@ class Worker:
     storage: DiskStorage
     sockets: list[socket.socket]
     peers: PeerLink
+    stop_asked: threading.Event  # set by a stop that came before serve() listened for one
 
 
 def listen_error(host: str, port: int, exc: OSError) -> ListenError:
@@ -109,6 +110,8 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: reload_tokens(tokens, "SIGHUP"))
+        if worker is not None and worker.stop_asked.is_set():
+            stop.set()
         background.append(asyncio.create_task(_watch_tokens(tokens)))
         background.append(asyncio.create_task(_flush_periodically(access_log)))
         if settings.scrub_interval > 0 and (worker is None or worker.index == 0):
