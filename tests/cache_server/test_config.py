@@ -68,6 +68,7 @@ def test_artifact_limit_above_total_is_refused():
     (["--drain-timeout", "-1"], "--drain-timeout must be a positive number of seconds"),
     (["--scrub-interval", "nan"], "--scrub-interval must be 0"),
     (["--max-size", "9" * 400 + "TiB"], "--max-size: .* is larger than 1 EiB"),
+    (["--max-entries", "-1"], "--max-entries must be 0"),
 ])
 def test_numbers_that_would_never_fire_or_overflow_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,10 +1,12 @@
 """DiskStorage on a real filesystem (tmp_path): atomicity, LRU, headroom, damage, scrub."""
 
 import os
+import subprocess
 import threading
 
 import pytest
 
+from cache_server.replication.storage import SharedDiskStorage
 from cache_server.storage.disk import DiskStorage
 from cache_server.storage.entry_format import HEADER_SIZE
 from cache_server.storage.errors import ArtifactTooLarge, EntryExists, IncompleteUpload, NotStored
@@ -13,13 +15,13 @@ from cache_server.storage.syncer import sync_staged
 MiB = 1 << 20
 
 
-def make(tmp_path, **kw):
+def make(tmp_path, kind=DiskStorage, **kw):
     kw.setdefault("max_bytes", 100 * MiB)
     kw.setdefault("max_artifact_bytes", 50 * MiB)
     kw.setdefault("min_free_bytes", 0)
     kw.setdefault("fsync", False)
     kw.setdefault("statvfs_max_age", 0)
-    return DiskStorage(str(tmp_path / "store"), **kw)
+    return kind(str(tmp_path / "store"), **kw)
 
 
 def put(storage, key, body):
@@ -54,7 +56,7 @@ def test_round_trip_inline_and_fd(tmp_path, size):
     assert (blob.inline is None) == (size > 64 * 1024)
     blob.close()
     assert read(storage, "123") == body
-    assert storage.stats().bytes == size + HEADER_SIZE
+    assert storage.stats().bytes == max(size + HEADER_SIZE, storage.room.block)  # at least a block each
 
 
 def test_entries_are_immutable(tmp_path):
@@ -281,7 +283,7 @@ def test_abort_after_commit_keeps_the_entry_and_the_accounting(tmp_path):
     upload.commit()
     upload.abort()  # what a cancelled request handler does after the commit thread finished
     assert read(storage, "60") == b"abc"
-    assert storage.stats().reserved_bytes == 0 and storage.stats().bytes == 3 + HEADER_SIZE
+    assert storage.stats().reserved_bytes == 0 and storage.stats().bytes == storage.room.block
     with pytest.raises(RuntimeError):
         upload.commit()
 
@@ -444,8 +446,8 @@ class Told:
 
 def two_workers(tmp_path, **kw):
     """Two indexes on one directory, as two worker processes have, with nothing passed between them."""
-    first = make(tmp_path, **kw)
-    second = make(tmp_path, **kw)
+    first = make(tmp_path, SharedDiskStorage, **kw)
+    second = make(tmp_path, SharedDiskStorage, **kw)
     first.peers, second.peers = Told(), Told()
     return first, second
 
@@ -455,10 +457,11 @@ def test_shared_index_finds_what_another_worker_published(tmp_path, size):
     a, b = two_workers(tmp_path)
     body = os.urandom(size)
     put(a, "sharedk1", body)
-    assert ("A", "sharedk1", size + HEADER_SIZE) in a.peers.lines
+    entry = a.room.charge(size + HEADER_SIZE)
+    assert ("A", "sharedk1", entry) in a.peers.lines
     assert read(b, "sharedk1") == body  # never told: found on disk, then indexed
     assert b.stats().entries == 1
-    assert ("A", "sharedk1", size + HEADER_SIZE) in b.peers.lines
+    assert ("A", "sharedk1", entry) in b.peers.lines
     assert read(b, "nosuchk") is None
     with pytest.raises(EntryExists):
         b.begin_put("sharedk1", size)
@@ -494,7 +497,7 @@ def test_a_key_another_worker_removed_can_be_stored_again_before_the_news_arrive
 
 
 def test_eviction_is_told_and_counted_only_by_the_worker_that_moved_the_file(tmp_path):
-    size = 1000
+    size = 5000  # over a block: an entry is charged its size
     entry = size + HEADER_SIZE
     a, b = two_workers(tmp_path, max_bytes=3 * entry, max_artifact_bytes=size)
     for key in ("ev1", "ev2", "ev3"):
@@ -559,3 +562,68 @@ def test_one_token_cannot_promise_more_than_its_share(tmp_path):
     for upload in (second, other, third):
         upload.abort()
     assert storage.stats().reserved_bytes == 0
+
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A tmpfs with room for 64 MiB but only 200 inodes (needs root)."""
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=200", "tmpfs", str(mountpoint)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_small_entries_that_use_up_the_inodes_evict_the_oldest_instead_of_refusing_forever(few_inodes):
+    """On the old code the inodes ran out with bytes to spare, and every PUT after was a 403."""
+    storage = DiskStorage(str(few_inodes / "store"), max_bytes=60 * MiB, max_artifact_bytes=MiB, min_free_bytes=0,
+                          fsync=False, statvfs_max_age=0)
+    for i in range(400):
+        put(storage, f"k{i}", b"x")  # raises NotStored if refused
+    storage.flush()
+    st = os.statvfs(few_inodes)
+    assert st.f_favail >= storage.room.min_free_files
+    assert storage.contains("k399") and not storage.contains("k0")
+    assert storage.stats().entries < 200 and storage.counters.evictions > 200
+
+
+def test_an_unexpected_enospc_evicts_so_the_next_upload_fits(few_inodes):
+    """statvfs read once and never again: the inodes run out behind the accounting's back."""
+    storage = DiskStorage(str(few_inodes / "store"), max_bytes=60 * MiB, max_artifact_bytes=MiB, min_free_bytes=0,
+                          fsync=False, statvfs_max_age=1e9, min_free_files=0)
+    refused = []
+    for i in range(400):
+        try:
+            put(storage, f"k{i}", b"x")
+        except NotStored as exc:
+            refused.append((i, str(exc)))
+    assert refused and "No space left on device" in refused[0][1]
+    # Each refusal makes room for the uploads after it: 16 entries go at once.
+    assert all(later - earlier >= 8 for (earlier, _), (later, _) in zip(refused, refused[1:])), refused
+    assert storage.contains("k399")
+    assert storage.counters.last_error is not None and storage.counters.evictions > 0
+
+
+def test_every_entry_is_charged_at_least_one_block(tmp_path):
+    storage = make(tmp_path)
+    block = storage.room.block
+    storage = make(tmp_path / "capped", max_bytes=10 * block, max_artifact_bytes=block)
+    for i in range(30):
+        put(storage, f"b{i}", b"y")
+    assert storage.stats().entries == 10 and storage.stats().bytes == 10 * block
+
+
+def test_max_entries_keeps_the_most_recently_used(tmp_path):
+    storage = make(tmp_path, max_entries=5)
+    for i in range(8):
+        put(storage, f"m{i}", os.urandom(100))
+        read(storage, "m0")  # kept in use
+    storage.flush()
+    assert storage.stats().entries == 5
+    assert [k for k in ("m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7") if storage.contains(k)] == \
+        ["m0", "m4", "m5", "m6", "m7"]
+    reopened = make(tmp_path, max_entries=3)  # a lower cap applies at start too
+    assert reopened.stats().entries == 3

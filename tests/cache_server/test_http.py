@@ -649,7 +649,8 @@ def test_health_and_metrics_expose_no_secret(server):
     status, headers, body = server.request("GET", "/health", token=None)
     health = json.loads(body)
     assert status == 200 and headers["content-type"] == "application/json"
-    assert health["status"] == "ok" and health["entries"] == 1 and health["bytes"] == 164
+    assert health["status"] == "ok" and health["entries"] == 1
+    assert health["bytes"] == os.statvfs(server.storage).f_frsize  # 164 bytes are charged a whole block
     assert health["last_storage_error"] is None and health["free_disk_bytes"] > 0
     for name in ("nxcache_hits_total", "nxcache_misses_total", "nxcache_puts_total", "nxcache_conflicts_total",
                  "nxcache_received_bytes_total", "nxcache_sent_bytes_total", "nxcache_evictions_total",
@@ -789,3 +790,16 @@ def test_put_heads_that_send_no_body_evict_nothing(tmp_path):
             sock.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_max_entries_caps_the_count_and_health_reports_inodes(make_server, workers):
+    srv = make_server("--max-entries", "3", "--workers", workers)
+    for i in range(6):
+        assert srv.request("PUT", f"cap{i}", b"e" * 10)[0] == 200
+        time.sleep(0.05)  # two workers: each hears the other's entries before its next upload
+    health = json.loads(srv.request("GET", "/health", token=None)[2])
+    assert health["max_entries"] == 3 and health["free_disk_files"] != 0
+    on_disk = [p for p in (srv.storage / "entries").rglob("*") if p.is_file()]
+    assert len(on_disk) <= 3 + int(workers) - 1, on_disk  # each worker may pass it by its own upload
+    assert srv.request("GET", "cap5")[0] == 200

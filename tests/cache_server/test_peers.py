@@ -9,15 +9,16 @@ import os
 
 import pytest
 
-from cache_server.http import peers as peers_module
-from cache_server.http.peers import PeerLink, make_announcements, make_inboxes
-from cache_server.storage.disk import INLINE_MAX, DiskStorage
+from cache_server.replication import peers as peers_module
+from cache_server.replication.peers import PeerLink, make_announcements, make_inboxes
+from cache_server.replication.storage import SharedDiskStorage
+from cache_server.storage.disk import INLINE_MAX
 from cache_server.storage.errors import EntryExists
 from cache_server.storage.entry_format import HEADER_SIZE
 
 
-def storage(tmp_path) -> DiskStorage:
-    return DiskStorage(str(tmp_path / "store"), max_bytes=1 << 30, max_artifact_bytes=1 << 20, min_free_bytes=0,
+def storage(tmp_path) -> SharedDiskStorage:
+    return SharedDiskStorage(str(tmp_path / "store"), max_bytes=1 << 30, max_artifact_bytes=1 << 20, min_free_bytes=0,
                        fsync=False, memory_cache_bytes=1 << 20)
 
 
@@ -28,16 +29,16 @@ def mesh(count: int, announced: bool = True) -> list[PeerLink]:
             for i in range(count)]
 
 
-def hand_copy(src: DiskStorage, key: str, new_key: str) -> None:
+def hand_copy(src: SharedDiskStorage, key: str, new_key: str) -> None:
     """An entry file that appears without an announcement (copied in by hand)."""
-    with open(src._entry_path(key), "rb") as fh:
+    with open(src.entry_path(key), "rb") as fh:
         data = fh.read()
-    os.makedirs(os.path.dirname(src._entry_path(new_key)), exist_ok=True)
-    with open(src._entry_path(new_key), "wb") as fh:
+    os.makedirs(os.path.dirname(src.entry_path(new_key)), exist_ok=True)
+    with open(src.entry_path(new_key), "wb") as fh:
         fh.write(data)
 
 
-def put(store: DiskStorage, key: str, body: bytes) -> None:
+def put(store: SharedDiskStorage, key: str, body: bytes) -> None:
     upload = store.begin_put(key, len(body))
     upload.write(body)
     upload.commit()
@@ -72,7 +73,7 @@ def test_changes_reach_the_other_replica_and_totals_can_be_asked(tmp_path):
         a, b = mesh(2)
         a.start(a_store, lambda: {"who": "a", "entries": a_store.stats().entries})
         b.start(b_store, lambda: {"who": "b", "entries": b_store.stats().entries})
-        body = os.urandom(3000)
+        body = os.urandom(5000)  # over a block: charged its size
         put(a_store, "meshk1", body)
         assert await until(lambda: "meshk1" in b_store._lru)
         assert b_store.stats().bytes == len(body) + HEADER_SIZE

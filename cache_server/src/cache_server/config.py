@@ -140,6 +140,7 @@ class Settings:
     max_connections: int = 10_000
     max_connections_per_address: int = 512
     first_byte_timeout: float = 10.0
+    max_entries: int = 0
 
     @staticmethod
     def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +157,10 @@ class Settings:
             help="total size cap; least recently used entries are evicted (default %(default)s)")
         add("--max-artifact-size", default=env("NXFARM_CACHE_MAX_ARTIFACT_SIZE", "2GiB"), metavar="SIZE",
             help="largest accepted upload; bigger ones get 413 (default %(default)s)")
+        add("--max-entries", type=int, default=env("NXFARM_CACHE_MAX_ENTRIES", "0"), metavar="N",
+            help="most entries kept; least recently used ones are evicted. Entries also use inodes: besides "
+                 "this cap, 1%% of the filesystem's inodes (at most 10000) are kept free. 0 = no cap "
+                 "(env NXFARM_CACHE_MAX_ENTRIES, default %(default)s)")
         add("--min-free-disk", default=env("NXFARM_CACHE_MIN_FREE_DISK"), metavar="SIZE",
             help="free space to leave on the filesystem (default: 5%% of it, at most 2GiB)")
         add("--no-fsync", action="store_true", default=env("NXFARM_CACHE_NO_FSYNC") == "1",
@@ -210,6 +215,8 @@ class Settings:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
         if not (math.isfinite(args.scrub_interval) and args.scrub_interval >= 0):
             raise ConfigError("--scrub-interval must be 0 (off) or a positive number of seconds")
+        if args.max_entries < 0:
+            raise ConfigError("--max-entries must be 0 (no cap) or a positive number")
         if args.max_connections_per_address < 1:
             raise ConfigError("--max-connections-per-address must be at least 1")
         prefix = args.url_prefix.strip("/")
@@ -237,4 +244,5 @@ class Settings:
             max_connections=parse_max_connections(args.max_connections),
             max_connections_per_address=args.max_connections_per_address,
             first_byte_timeout=args.first_byte_timeout,
+            max_entries=args.max_entries,
         )

@@ -100,6 +100,8 @@ class Metrics:
         yield GaugeMetricFamily("nxcache_memory_cache_bytes", "Small bodies held in memory", value=total["memory_bytes"])
         yield CounterMetricFamily("nxcache_memory_hits", "GET hits answered from memory", value=total["memory_hits"])
         yield GaugeMetricFamily("nxcache_free_disk_bytes", "Free bytes on the storage filesystem", value=stats.free_disk_bytes)
+        yield GaugeMetricFamily("nxcache_free_disk_files", "Free inodes on the storage filesystem (-1: no limit)",
+                                value=stats.free_disk_files)
         yield CounterMetricFamily("nxcache_evictions", "Entries evicted (LRU or disk headroom)", value=total["evictions"])
         yield CounterMetricFamily("nxcache_evicted_bytes", "Bytes evicted", value=total["evicted_bytes"])
         yield CounterMetricFamily("nxcache_damaged_entries", "Entries found damaged and quarantined", value=total["damaged"])

@@ -30,10 +30,10 @@ import threading
 
 from .auth import TokenStore
 from .config import Settings
-from .http.peers import PeerLink, make_announcements, make_inboxes
+from .replication.peers import PeerLink, make_announcements, make_inboxes
+from .replication.storage import SharedDiskStorage
 from .http.server import LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve
 from .loops import run
-from .storage.disk import DiskStorage
 
 log = logging.getLogger("cache_server")
 
@@ -97,6 +97,7 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 def run_workers(settings: Settings, tokens: TokenStore) -> int:
     """Fork the workers, supervise them until they have all exited; the exit code."""
     storage = open_storage(settings)
+    assert isinstance(storage, SharedDiskStorage)
     listeners = bind_all(settings)
     storage.flush()  # no deletion thread may hold the index lock across the fork
     inboxes = make_inboxes(settings.workers)
@@ -129,7 +130,7 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     return supervisor.wait()
 
 
-def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: DiskStorage,
+def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: SharedDiskStorage,
                 listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]],
                 announced: memoryview) -> None:
     code = 1

@@ -28,7 +28,7 @@ from .protocol import Connection, Exchange, status_head
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
     from ..metrics import Metrics
-    from .peers import PeerLink, Snapshot
+    from ..replication.peers import PeerLink, Snapshot
 
 log = logging.getLogger("cache_server.http")
 
@@ -391,6 +391,8 @@ class CacheHandler:
             problems.append(f"storage error {int(time.time() - last.at)}s ago")
         if 0 <= stats.free_disk_bytes < stats.min_free_disk_bytes:
             problems.append("free disk below --min-free-disk")
+        if 0 <= stats.free_disk_files < stats.min_free_disk_files:
+            problems.append("free inodes below the 1% the cache keeps")
         if not len(self.tokens):
             problems.append("no tokens: every request is refused")
         body = {
@@ -403,6 +405,8 @@ class CacheHandler:
             "max_bytes": stats.max_bytes,
             "free_disk_bytes": stats.free_disk_bytes,
             "min_free_disk_bytes": stats.min_free_disk_bytes,
+            "free_disk_files": stats.free_disk_files,
+            "max_entries": stats.max_entries,
             "tokens": len(self.tokens),
             "last_storage_error": None if last is None else {"at": last.at, "op": last.op, "message": last.message},
         }

@@ -14,10 +14,11 @@ from ..accesslog import AccessLog
 from ..auth import TokenFileError, TokenStore
 from ..config import Settings
 from ..metrics import Metrics
+from ..replication.peers import PeerLink
+from ..replication.storage import SharedDiskStorage
 from ..storage.disk import DiskStorage
 from ..storage.syncer import BatchSyncer
 from .handler import CacheHandler
-from .peers import PeerLink
 from .protocol import HttpServer
 
 log = logging.getLogger("cache_server")
@@ -36,7 +37,7 @@ class Worker:
     """What one of several server processes gets from the supervisor (see workers.py)."""
 
     index: int
-    storage: DiskStorage
+    storage: SharedDiskStorage
     sockets: list[socket.socket]
     peers: PeerLink
     stop_asked: threading.Event  # set by a stop that came before serve() listened for one
@@ -55,13 +56,16 @@ def log_listening(sock: socket.socket, settings: Settings, tokens: int, workers:
 
 
 def open_storage(settings: Settings) -> DiskStorage:
-    return DiskStorage(
+    """The storage of a server process, or with several (--workers), the one they share."""
+    kind = SharedDiskStorage if settings.workers > 1 else DiskStorage
+    return kind(
         settings.storage,
         max_bytes=settings.max_size,
         max_artifact_bytes=settings.max_artifact_size,
         min_free_bytes=settings.min_free_disk,
         fsync=settings.fsync,
         memory_cache_bytes=settings.memory_cache // settings.workers,
+        max_entries=settings.max_entries,
     )
 
 
@@ -74,8 +78,8 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
     loop = asyncio.get_running_loop()
     syncer = BatchSyncer(loop) if settings.fsync else None
     peers = None if worker is None else worker.peers
-    if peers is not None:
-        peers.start(storage, metrics.snapshot)
+    if worker is not None:
+        worker.peers.start(worker.storage, metrics.snapshot)
     handler = CacheHandler(
         storage=storage,
         tokens=tokens,

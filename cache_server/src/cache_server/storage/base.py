@@ -10,6 +10,18 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from ..namespaces import is_storage_key
+
+
+def is_valid_key(key: str) -> bool:
+    """A storage key: a request hash, or `{hash}_{namespace}` (namespaces.py)."""
+    return is_storage_key(key)
+
+
+def require_key(key: str) -> None:
+    if not is_valid_key(key):
+        raise ValueError(f"invalid cache key {key[:40]!r}: letters and digits (1-128), then optionally _<namespace>")
+
 
 class Blob:
     """A hit. Either `inline` holds the whole (already verified) body, or
@@ -79,6 +91,9 @@ class StorageStats:
     memory_bytes: int  # small bodies held in memory (--memory-cache)
     free_disk_bytes: int
     min_free_disk_bytes: int
+    free_disk_files: int = -1  # free inodes; -1 when the filesystem sets no limit
+    min_free_disk_files: int = 0
+    max_entries: int = 0  # --max-entries; 0: no cap
 
 
 @dataclass(slots=True)

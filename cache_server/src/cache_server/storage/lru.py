@@ -60,6 +60,15 @@ class SizedLRU:
             self.add(key, size)
             self._sizes.move_to_end(key, last=False)
 
+    def evict_oldest(self, count: int) -> list[tuple[str, int]]:
+        """Drop the `count` least recently used keys (fewer if there are not as many); in order."""
+        victims: list[tuple[str, int]] = []
+        while len(victims) < count and self._sizes:
+            key, size = self._sizes.popitem(last=False)
+            self.total -= size
+            victims.append((key, size))
+        return victims
+
     def evict_until(self, limit: int) -> list[tuple[str, int]]:
         """Drop least recently used keys until `total <= limit`; returns them in order."""
         victims: list[tuple[str, int]] = []

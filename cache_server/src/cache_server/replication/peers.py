@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..chunks import whole_chunks
-from ..storage.disk import DiskStorage
+from .storage import SharedDiskStorage
 
 log = logging.getLogger("cache_server")
 
@@ -109,11 +109,11 @@ class PeerLink:
         self._asked: dict[int, tuple[dict[int, Snapshot], Callable[[list[Snapshot]], None], asyncio.TimerHandle]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._storage: DiskStorage | None = None
+        self._storage: SharedDiskStorage | None = None
         self._snapshot: Callable[[], Snapshot] = dict
         self._touch_timer: asyncio.TimerHandle | None = None
 
-    def start(self, storage: DiskStorage, snapshot: Callable[[], Snapshot]) -> None:
+    def start(self, storage: SharedDiskStorage, snapshot: Callable[[], Snapshot]) -> None:
         """On the worker's event loop: listen to the others, and tell them of this index's changes."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
