@@ -39,7 +39,7 @@ import floor  # noqa: E402
 from cache_server.accesslog import AccessLog  # noqa: E402
 from cache_server.auth import Scope, TokenStore, token_line  # noqa: E402
 from cache_server.http.handler import CacheHandler  # noqa: E402
-from cache_server.http.protocol import HttpServer  # noqa: E402
+from cache_server.http.connections import HttpServer  # noqa: E402
 from cache_server.metrics import Metrics  # noqa: E402
 from cache_server.storage.disk import DiskStorage  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 from cache_server.accesslog import AccessLog
 from cache_server.auth import Scope, TokenStore, token_line
 from cache_server.http.handler import CacheHandler
-from cache_server.http.protocol import HttpServer
+from cache_server.http.connections import HttpServer
 from cache_server.metrics import Metrics
 from cache_server.storage.disk import INLINE_MAX, DiskStorage
 
@@ -201,8 +201,8 @@ def test_health_is_degraded_when_no_token_is_in_force(make_handler, tmp_path):
     import json
 
     handler = make_handler()
-    assert json.loads(handler._health([]))["status"] == "ok"
+    assert json.loads(handler.reports.health([]))["status"] == "ok"
     (tmp_path / "tokens").write_text("# none\n")
-    handler.tokens = TokenStore(str(tmp_path / "tokens"))  # a first load may be empty (token add uses it)
-    health = json.loads(handler._health([]))
+    handler.reports.tokens = TokenStore(str(tmp_path / "tokens"))  # a first load may be empty (token add uses it)
+    health = json.loads(handler.reports.health([]))
     assert health["status"] == "degraded" and "no tokens: every request is refused" in health["problems"]

@@ -35,11 +35,11 @@ from hypothesis import strategies as st
 from cache_server.accesslog import AccessLog
 from cache_server.auth import Scope, TokenStore, token_line
 from cache_server.http.handler import CacheHandler
-from cache_server.http.protocol import MAX_HEADER_BYTES, HttpServer
+from cache_server.http.connections import HttpServer
+from cache_server.http.protocol import MAX_HEADER_BYTES
 from cache_server.metrics import Metrics
 from cache_server.storage.base import StorageStats
 from cache_server.storage.disk import INLINE_MAX, DiskStorage
-from cache_server.storage.syncer import BatchSyncer
 
 from .in_process import RecordingTransport, run_on
 
@@ -203,15 +203,15 @@ class Outcome:
     stats: StorageStats  # once every request was answered or lost
 
 
-def _make_server(root: str, fsync: bool) -> tuple[HttpServer, DiskStorage, BatchSyncer | None, Metrics]:
+def _make_server(root: str, fsync: bool) -> tuple[HttpServer, DiskStorage, Metrics]:
     """On the running loop: the server a worker makes (server.py), over storage in `root`."""
     storage = DiskStorage(f"{root}/s", max_bytes=1 << 30, max_artifact_bytes=1 << 30, min_free_bytes=0,
                           fsync=fsync, memory_cache_bytes=1 << 20)
-    syncer = BatchSyncer(asyncio.get_running_loop()) if fsync else None
+    storage.sync_in_batches(asyncio.get_running_loop())
     metrics = Metrics(storage)
     handler = CacheHandler(storage=storage, tokens=TokenStore(f"{root}/tokens"), metrics=metrics,
-                           access_log=AccessLog("off"), syncer=syncer)
-    return HttpServer(handler, idle_timeout=60, body_timeout=30), storage, syncer, metrics
+                           access_log=AccessLog("off"))
+    return HttpServer(handler, idle_timeout=60, body_timeout=30), storage, metrics
 
 
 def _reads(stream: bytes, cuts: list[int]) -> list[bytes]:
@@ -222,7 +222,7 @@ def _reads(stream: bytes, cuts: list[int]) -> list[bytes]:
 def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
     """`stream` into one in-process connection in reads ending at `cuts`; what was written back."""
     async def scenario() -> Outcome:
-        server, storage, syncer, metrics = _make_server(root, fsync)
+        server, storage, metrics = _make_server(root, fsync)
         conn, _other = server(), server()  # two connections: answers are held, as under load
         transport = RecordingTransport()
         conn.connection_made(transport)
@@ -237,8 +237,7 @@ def feed(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Outcome:
         server.write_held()
         conn.connection_lost(None)
         _other.connection_lost(None)
-        if syncer is not None:
-            syncer.close()
+        storage.stop_syncing()
         stats = storage.stats()
         storage.close()
         return Outcome(bytes(transport.sent), metrics, stats)
@@ -251,7 +250,7 @@ def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Out
     in pieces ending at `cuts`, then half-closed; all that comes back until the server hangs up."""
     async def scenario() -> Outcome:
         loop = asyncio.get_running_loop()
-        server, storage, syncer, metrics = _make_server(root, fsync)
+        server, storage, metrics = _make_server(root, fsync)
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         await loop.connect_accepted_socket(server, theirs)
@@ -279,8 +278,7 @@ def over_a_socket(root: str, stream: bytes, cuts: list[int], fsync: bool) -> Out
             for conn in list(server.connections):
                 conn.abort()
             await asyncio.sleep(0)
-            if syncer is not None:
-                syncer.close()
+            storage.stop_syncing()
             stats = storage.stats()
             storage.close()
         return Outcome(bytes(received), metrics, stats)
@@ -410,7 +408,7 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
     next and how long it is (a connection whose reading is paused waits its turn); then the rest of
     each, in turn. What each connection got back, and the outcome."""
     async def scenario() -> tuple[list[bytes], Outcome]:
-        server, storage, syncer, metrics = _make_server(root, fsync)
+        server, storage, metrics = _make_server(root, fsync)
         conns = [(server(), RecordingTransport()) for _ in streams]
         for conn, transport in conns:
             conn.connection_made(transport)
@@ -437,8 +435,7 @@ def interleaved(root: str, streams: list[bytes], schedule: list[tuple[int, int]]
         server.write_held()
         for conn, _ in conns:
             conn.connection_lost(None)
-        if syncer is not None:
-            syncer.close()
+        storage.stop_syncing()
         stats = storage.stats()
         storage.close()
         return [bytes(t.sent) for _, t in conns], Outcome(b"", metrics, stats)  # sent: per connection, first

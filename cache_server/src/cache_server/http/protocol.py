@@ -6,9 +6,10 @@ request/response objects, tasks and stream readers cost ~60-100 us per request
 here; this layer answers a small GET without creating a task or a future.
 
 One `Connection` per socket. The parser calls back as bytes arrive; each request
-becomes an `Exchange`. The handler (handler.py) decides what to answer; this
-module owns the wire: ordering of pipelined requests, keep-alive, timeouts, flow
-control, sendfile(2) for large bodies (sendfile.py), and blocking work in a thread.
+becomes a `Request`, which the application (handler.py) answers through the `Cycle` it
+starts for it (exchange.py: the whole interface between the two). This module owns the
+wire: ordering of pipelined requests, keep-alive, timeouts, flow control, sendfile(2) for
+large bodies (sendfile.py), and waiting on outside work (an fsync).
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
 
 from ..auth import Proven
-from ..namespaces import TRUSTED
+from .exchange import Request
+from .heads import status_head
 from .sendfile import send_file
 
 if TYPE_CHECKING:
-    from ..storage.base import Blob, Upload
-    from .handler import CacheHandler
+    from ..storage.base import Blob
+    from .connections import HttpServer
 
 MAX_HEADER_BYTES = 64 << 10
 # After answering a request whose body is still coming, keep reading (and dropping) it this
@@ -42,169 +42,26 @@ _SLOWEST_DOWNLOAD_BYTES_PER_S = 1 << 20
 _HOLD_MAX_BYTES = 64 << 10
 # Requests read ahead of their answers, at most: past it the connection stops reading.
 PIPELINE_MAX = 64
-_RECV_BUFFER_BYTES = 256 << 10
 
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"HEAD": "HEAD"}
 # The request headers this server reads, by the length of their names: most headers (Host,
 # Accept, Content-Type) are passed over on their length alone, without lower-casing the name.
 _WANTED_HEADERS = {13: b"authorization", 14: b"content-length", 6: b"expect", 17: b"transfer-encoding"}
-_STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}
 
 
 class _HeadersTooLarge(Exception):
-    pass
+    """The head passed MAX_HEADER_BYTES."""
 
 
 class _Unread:
     """Stands in for the parser once a request could not be parsed: later reads are dropped."""
 
-    @staticmethod
-    def feed_data(data: bytes | memoryview) -> None:
-        pass
-
-
-# Status line plus Date for every status, made again when the second changes: an answer's
-# head then starts with one dict lookup.
-_heads_second = -1
-_date = b""
-_heads: dict[int, bytes] = {}
-
-
-def status_head(status: int) -> bytes:
-    """Status line plus Date, without the blank line that ends the head."""
-    global _heads_second, _date, _heads
-    now = int(time.time())
-    if now != _heads_second:
-        _date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        _heads = {code: line + _date for code, line in _STATUS_LINES.items()}
-        _heads_second = now
-    return _heads.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status + _date
-
-
-class Exchange:
-    """One request and what is known of its answer; the access log's record too."""
-
-    __slots__ = (
-        "remote", "url", "method", "authorization", "content_length", "expect_continue", "chunked", "keep_alive",
-        "started", "kind", "key", "namespace", "status", "token", "bytes_in", "bytes_out", "reason",
-        "upload", "reply", "pending", "complete", "answered",
-    )
-
-    def __init__(self, started: float, remote: str | None) -> None:
-        self.remote = remote
-        self.url = b""
-        self.method = ""
-        self.authorization: bytes | None = None
-        self.content_length: int | None = None
-        self.expect_continue = False
-        self.chunked = False
-        self.keep_alive = True
-        self.started = started
-        self.kind = "other"  # route: cache | health | metrics | other
-        self.key: str | None = None  # the cache key, only when it is valid
-        self.namespace: str | None = TRUSTED  # the cache namespace (namespaces.py); None when not a valid name
-        self.status: int | None = None
-        self.token: str | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.reason: str | None = None
-        self.upload: Upload | None = None  # a PUT body being stored
-        self.reply: tuple[int, str] | None = None  # a refused PUT: answered once its body is drained
-        self.pending: list[bytes] | None = None  # body bytes that arrived while an earlier request was answered
-        self.complete = False  # the whole request (body included) has been read
-        self.answered = False
-
-
-class HttpServer:
-    """State shared by the connections of one listening server."""
-
-    def __init__(self, handler: CacheHandler, *, idle_timeout: float, body_timeout: float,
-                 first_byte_timeout: float = 10.0, max_connections: int = 10_000, max_per_address: int = 512) -> None:
-        self.handler = handler
-        self.idle_timeout = idle_timeout
-        self.body_timeout = body_timeout
-        self.first_byte_timeout = first_byte_timeout
-        self.max_connections = max_connections
-        self.max_per_address = max_per_address
-        self.connections: set[Connection] = set()
-        self.per_address: dict[str | None, int] = {}
-        self.accepted = 0
-        self.draining = False
-        self.held: list[Connection] = []  # connections with answers to write at the end of this pass
-        # How often an idle or receiving connection looks at its clock.
-        self.tick = max(0.05, min(idle_timeout, body_timeout, first_byte_timeout))
-        self.recv_buffer = memoryview(bytearray(_RECV_BUFFER_BYTES))
-
-    def __call__(self) -> Connection:
-        self.accepted += 1
-        return Connection(self, self.accepted)
-
-    def write_held(self) -> None:
-        """Write the answers `Connection.write` held (connections listed in `held`), once this loop
-        pass has read every ready socket.
-
-        Why: a client waiting in epoll_wait is woken by each answer, and on a VM that wake-up (an
-        inter-processor interrupt) costs more than the rest of a small request's kernel work.
-        Answers written back to back find the client already awake; one write per pass and
-        connection, not one per answer, is the same saving for pipelined requests. A 4 KiB PUT
-        at 32 connections went from ~97 to ~70 us of server CPU (one process, no fsync).
-        """
-        held, self.held = self.held, []
-        for conn in held:
-            conn.flush()
-
-    def admit(self, conn: Connection) -> bool:
-        """Make room for a new connection within the caps (in all, and per client address): the
-        longest-idle connection in the way is closed; with none idle, the new one is refused.
-        Idle sockets held open by one client must not use up the file descriptors every client
-        needs (Nx fails a build on a network error)."""
-        count = self.per_address.get(conn.remote, 0) + 1
-        self.per_address[conn.remote] = count
-        self.connections.add(conn)
-        if count > self.max_per_address and not self._close_longest_idle(conn, conn.remote):
-            return False
-        if len(self.connections) > self.max_connections and not self._close_longest_idle(conn, None):
-            return False
-        return True
-
-    def _close_longest_idle(self, new: Connection, remote: str | None) -> bool:
-        idle = [c for c in self.connections if c is not new and not c.busy and not c.closing
-                and (remote is None or c.remote == remote)]
-        if not idle:
-            return False
-        # uvloop's clock moves once per loop pass (milliseconds): ties go to the older connection.
-        min(idle, key=lambda c: (c.last_io, c.number)).close()
-        return True
-
-    def forget(self, conn: Connection) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            left = self.per_address.get(conn.remote, 1) - 1
-            if left:
-                self.per_address[conn.remote] = left
-            else:
-                self.per_address.pop(conn.remote, None)
-
-    def busy_connections(self) -> int:
-        return sum(1 for conn in self.connections if conn.busy)
-
-    def start_draining(self) -> None:
-        """Answer what is in flight with `Connection: close`; hang up idle connections now."""
-        self.draining = True
-        for conn in list(self.connections):
-            if not conn.busy:
-                conn.close()
-
-    async def wait_idle(self) -> None:
-        while self.busy_connections():
-            await asyncio.sleep(0.05)
-
-    def abort_all(self) -> None:
-        for conn in list(self.connections):
-            conn.abort()
+    feed_data = staticmethod(lambda data: None)
 
 
 class Connection(asyncio.BufferedProtocol):
+    """One client socket: its requests in order, each answered through the application's cycle."""
+
     def __init__(self, server: HttpServer, number: int = 0) -> None:
         self.server = server
         self.number = number  # order of acceptance
@@ -213,9 +70,9 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.remote: str | None = None
-        self.parsing: Exchange | None = None  # the request whose bytes are arriving
-        self.current: Exchange | None = None  # the request being answered
-        self.queue: deque[Exchange] = deque()  # pipelined requests waiting for `current`
+        self.parsing: Request | None = None  # the request whose bytes are arriving
+        self.current: Request | None = None  # the request being answered
+        self.queue: deque[Request] = deque()  # pipelined requests waiting for `current`
         self.header_bytes = 0  # the head's URL and complete headers (the parser's callbacks)
         self.head_read_bytes = 0  # reads that began and ended inside the head (see data_received)
         self.last_io = 0.0
@@ -223,6 +80,7 @@ class Connection(asyncio.BufferedProtocol):
         self.closing = False
         self.spoke = False  # it has sent a byte
         self.waiting = False  # `current` waits on a sendfile or a thread
+        self.starting = False  # inside `wait_for`'s start: its work may finish at once
         self.write_paused = False
         self.write_paused_at = 0.0  # the loop time the transport's buffer went over its high-water mark
         self.must_close = False
@@ -235,7 +93,6 @@ class Connection(asyncio.BufferedProtocol):
     def busy(self) -> bool:
         return self.parsing is not None or self.current is not None or bool(self.queue)
 
-    # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
@@ -257,13 +114,14 @@ class Connection(asyncio.BufferedProtocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        current = self.current
         if self.task is not None:
             self.task.cancel()  # a sendfile: its own handler logs the abort
-        elif self.current is not None and not self.waiting and not self.current.answered:
-            self.handler.lost(self.current)
-        for ex in (self.parsing, *self.queue):
-            if ex is not None and ex is not self.current and ex.upload is not None:
-                ex.upload.abort()
+        elif current is not None and not self.waiting and current.cycle is not None:
+            current.cycle.lost()
+        for req in (self.parsing, *self.queue):
+            if req is not None and req is not current and req.cycle is not None:
+                req.cycle.lost()  # answered early while its body was still coming
         self.queue.clear()
 
     # Reads go straight into the server's buffer rather than into a new bytes object per read:
@@ -393,10 +251,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # --------------------------------------------------------- parser calls
 
     def on_message_begin(self) -> None:
-        self.parsing = Exchange(time.perf_counter(), self.remote)
+        self.parsing = Request(time.perf_counter(), self.remote)
         self.header_bytes = self.head_read_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -413,75 +270,69 @@ class Connection(asyncio.BufferedProtocol):
             raise _HeadersTooLarge()
         size = len(name)
         if size in _WANTED_HEADERS and name.lower() == _WANTED_HEADERS[size]:
-            ex = self.parsing
-            assert ex is not None
+            req = self.parsing
+            assert req is not None
             if size == 13:
-                ex.authorization = value
+                req.authorization = value
             elif size == 14:
-                ex.content_length = int(value)  # llhttp checked: one run of digits
+                req.content_length = int(value)  # llhttp checked: one run of digits
             elif size == 6:
-                ex.expect_continue = value.lower() == b"100-continue"
+                req.expect_continue = value.lower() == b"100-continue"
             else:
-                ex.chunked = True
+                req.chunked = True
 
     def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
+        req = self.parsing
+        assert req is not None
         method = self.parser.get_method()
-        ex.method = _METHODS.get(method) or method.decode("ascii", "replace")
-        ex.keep_alive = self.parser.should_keep_alive()
+        req.method = _METHODS.get(method) or method.decode("ascii", "replace")
+        req.keep_alive = self.parser.should_keep_alive()
         if self.current is None and not self.closing and not self.write_paused and not self.queue:
-            # `_start`, for a request with no body read yet and no pending bytes: every request's path
-            self.current = ex
-            try:
-                self.handler.begin(self, ex)
-            except Exception:
-                self.handler.internal_error(self, ex)
+            self._start(req)
         else:
-            ex.pending = []
-            self.queue.append(ex)
+            req.pending = []
+            self.queue.append(req)
             if len(self.queue) >= PIPELINE_MAX:
                 self._update_reading()
 
     def on_body(self, body: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        if ex.pending is not None:
-            ex.pending.append(body)
-        elif not ex.answered:
-            self.handler.body(self, ex, body)
+        req = self.parsing
+        assert req is not None
+        if req.pending is not None:
+            req.pending.append(body)
+        elif not req.answered:
+            req.cycle.body(body)  # type: ignore[union-attr]  # started: it is not queued
 
     def on_message_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
+        req = self.parsing
+        assert req is not None
         self.parsing = None
-        ex.complete = True
-        if ex is self.current and not ex.answered:
-            try:  # `_complete`, spelled out: this is every request's path
-                self.handler.complete(self, ex)
-            except Exception:
-                self.handler.internal_error(self, ex)
+        req.complete = True
+        if req is self.current and not req.answered:
+            self._complete(req)
 
-    # ------------------------------------------------------------- answering
 
-    def _start(self, ex: Exchange) -> None:
-        self.current = ex
-        try:
-            self.handler.begin(self, ex)
-        except Exception:
-            self.handler.internal_error(self, ex)
-        pending, ex.pending = ex.pending, None
-        if pending and not ex.answered:
+    def _start(self, req: Request) -> None:
+        """Hand a request to the application, with the body bytes that arrived while it waited."""
+        self.current = req
+        cycle = self.handler.start(self, req)
+        pending = req.pending
+        if pending is not None:
+            req.pending = None
             for chunk in pending:
-                self.handler.body(self, ex, chunk)
-        if ex.complete and not ex.answered:
-            self._complete(ex)
+                if req.answered:
+                    break
+                cycle.body(chunk)
+        if req.complete and not req.answered:
+            self._complete(req)
 
-    def _complete(self, ex: Exchange) -> None:
+    def _complete(self, req: Request) -> None:
+        cycle = req.cycle
+        assert cycle is not None
         try:
-            self.handler.complete(self, ex)
+            cycle.complete()
         except Exception:
-            self.handler.internal_error(self, ex)
+            cycle.failed()
 
     def _advance(self) -> None:
         while self.current is None and self.queue and not self.closing and not self.write_paused:
@@ -492,20 +343,20 @@ class Connection(asyncio.BufferedProtocol):
             self._refuse(status, message)
         self._update_reading()
 
-    def respond(self, ex: Exchange, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
+    def respond(self, req: Request, head: bytes, body: bytes = b"", *, close: bool = False) -> None:
         """Send a whole answer. `head` is `status_head()` plus header lines."""
-        close = close or self._closes_after(ex)
+        close = close or self._closes_after(req)
         if not self.closing and self.transport is not None:
             self.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body)
-        self._finish(ex, close)
+        self._finish(req, close, None)
 
-    def _closes_after(self, ex: Exchange) -> bool:
-        return not ex.keep_alive or self.must_close or self.server.draining
+    def _closes_after(self, req: Request) -> bool:
+        return not req.keep_alive or self.must_close or self.server.draining
 
-    def _finish(self, ex: Exchange, close: bool) -> None:
-        ex.answered = True
-        self.handler.finished(ex)
-        if ex is self.current:
+    def _finish(self, req: Request, close: bool, aborted: str | None) -> None:
+        req.answered = True
+        req.cycle.done(aborted)  # type: ignore[union-attr]  # only a started request is answered
+        if req is self.current:
             self.current = None
         if close:
             # Lingering even after a whole request: a client may have sent more behind it (a
@@ -517,70 +368,71 @@ class Connection(asyncio.BufferedProtocol):
 
     def send_continue(self) -> None:
         if self.transport is not None and not self.closing:
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.flush()  # the client waits for it before sending the body
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # flushed: the client waits for it
+            self.flush()
 
-    def send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
+    def send_file(self, req: Request, head: bytes, blob: Blob) -> None:
         """Answer with `blob`'s bytes by sendfile(2), off the parser's call stack."""
         self.waiting = True
         self._update_reading()
-        self.task = self.loop.create_task(self._send_file(ex, head, blob))
-        self.task.add_done_callback(lambda task: self._send_file_done(task, ex, blob))
+        self.task = self.loop.create_task(self._send_file(req, head, blob))
+        self.task.add_done_callback(lambda task: self._send_file_done(task, req, blob))
 
-    def _send_file_done(self, task: asyncio.Task[None], ex: Exchange, blob: Blob) -> None:
+    def _send_file_done(self, task: asyncio.Task[None], req: Request, blob: Blob) -> None:
         blob.close()
         if task.cancelled():  # cancelled before its first step: the client left in the same loop pass
             self.task = None
             self.waiting = False
-            ex.reason = "download aborted: client went away"
-            self.handler.sent(ex, False)
-            self._finish(ex, True)
+            self._finish(req, True, "download aborted: client went away")
 
-    async def _send_file(self, ex: Exchange, head: bytes, blob: Blob) -> None:
+    async def _send_file(self, req: Request, head: bytes, blob: Blob) -> None:
         transport = self.transport
         assert transport is not None
-        ok = False
-        close = self._closes_after(ex)
+        aborted = None
+        close = self._closes_after(req)
         try:
             self.flush()
             transport.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
             limit = self.server.body_timeout + blob.size / _SLOWEST_DOWNLOAD_BYTES_PER_S
             async with asyncio.timeout(limit):
                 await send_file(self.loop, transport, blob.fd, blob.offset, blob.size)
-            ok = True
         except (TimeoutError, OSError, RuntimeError, asyncio.CancelledError) as exc:
             # Headers are gone; hanging up is the only honest signal left for a short body.
-            ex.reason = f"download aborted: {type(exc).__name__}"
+            aborted = f"download aborted: {type(exc).__name__}"
             self.abort()
         finally:
             blob.close()
             self.task = None
             self.waiting = False
-        if ok:
-            ex.bytes_out = blob.size
-        self.handler.sent(ex, ok)
-        self._finish(ex, close or not ok)
+        self._finish(req, close or aborted is not None, aborted)
         self._advance()
 
-    def wait_for(self, ex: Exchange, start: Callable[[Callable[[BaseException | None], None]], None],
-                 then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
-        """Answer `ex` later: `start(done)` begins outside work (an fsync) that calls `done(error)`
-        on the loop; then `then(conn, ex, error)` answers. Never cancelled halfway: work that has
-        started finishes whole even if the client hangs up."""
+    def wait_for(self, req: Request, start: Callable[[Callable[[BaseException | None], None]], None],
+                 then: Callable[[BaseException | None], None]) -> None:
+        """Answer `req` later: `start(done)` begins outside work (an fsync) that calls `done(error)`
+        on the loop; then `then(error)` answers. Never cancelled halfway: work that has started
+        finishes whole even if the client hangs up."""
         self.waiting = True
-        self._update_reading()
-        start(lambda error: self._resume(ex, error, then))
+        self.starting = True
+        try:
+            start(lambda error: self._resume(req, error, then))
+        except BaseException:
+            self.waiting = False
+            raise
+        finally:
+            self.starting = False
+        if self.waiting:  # not done at once (an fsync): nothing more is read until it is
+            self._update_reading()
 
-    def _resume(self, ex: Exchange, error: BaseException | None,
-                then: Callable[[Connection, Exchange, BaseException | None], None]) -> None:
+    def _resume(self, req: Request, error: BaseException | None, then: Callable[[BaseException | None], None]) -> None:
         self.waiting = False
         try:
-            then(self, ex, error)
+            then(error)
         except Exception:
-            self.handler.internal_error(self, ex)
-        self._advance()
+            req.cycle.failed()  # type: ignore[union-attr]  # a started request
+        if not self.starting:  # done later: requests read meanwhile wait in the queue
+            self._advance()
 
-    # -------------------------------------------------------------- timeouts
 
     def _on_timer(self) -> None:
         # One timer per connection, re-armed only when it fires: cheaper than a timer per read.
@@ -618,7 +470,7 @@ class Connection(asyncio.BufferedProtocol):
         if idle:
             self.close()
         elif self.current is not None and not self.current.answered:
-            self.handler.timed_out(self, self.current)
+            self.current.cycle.timed_out()  # type: ignore[union-attr]  # current: started
         else:
             self._hang_up_with_408()
 
@@ -640,13 +492,9 @@ class Connection(asyncio.BufferedProtocol):
             if unfinished is not None:
                 if unfinished in self.queue:
                     self.queue.remove(unfinished)  # its head was read, its body never will be
-                if unfinished.upload is not None:
-                    unfinished.upload.abort()
-                    unfinished.upload = None
+                if unfinished.cycle is not None:
+                    unfinished.cycle.lost()
             return
-        ex = self.current or self.parsing or Exchange(time.perf_counter(), self.remote)
+        req = self.current or self.parsing or Request(time.perf_counter(), self.remote)
         self.parsing = None
-        if ex.upload is not None:
-            ex.upload.abort()
-            ex.upload = None
-        self.handler.refuse(self, ex, status, message)
+        self.handler.refuse(self, req, status, message)

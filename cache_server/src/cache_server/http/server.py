@@ -17,9 +17,8 @@ from ..metrics import Metrics
 from ..replication.peers import PeerLink
 from ..replication.storage import SharedDiskStorage
 from ..storage.disk import DiskStorage
-from ..storage.syncer import BatchSyncer
 from .handler import CacheHandler
-from .protocol import HttpServer
+from .connections import HttpServer
 
 log = logging.getLogger("cache_server")
 
@@ -76,7 +75,7 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
     metrics = Metrics(storage)
     access_log = AccessLog(settings.access_log)
     loop = asyncio.get_running_loop()
-    syncer = BatchSyncer(loop) if settings.fsync else None
+    storage.sync_in_batches(loop)
     peers = None if worker is None else worker.peers
     if worker is not None:
         worker.peers.start(worker.storage, metrics.snapshot)
@@ -87,7 +86,6 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
         access_log=access_log,
         url_prefix=settings.url_prefix,
         body_timeout=settings.body_timeout,
-        syncer=syncer,
         peers=peers,
     )
     http = HttpServer(handler, idle_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
@@ -146,8 +144,7 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
                 signal.signal(sig, signal.SIG_IGN)
         if peers is not None:
             peers.close()
-        if syncer is not None:
-            await loop.run_in_executor(None, syncer.close)
+        await loop.run_in_executor(None, storage.stop_syncing)
         await loop.run_in_executor(None, storage.close)
         access_log.close()
         if worker is None:

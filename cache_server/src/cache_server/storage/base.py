@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from ..namespaces import is_storage_key
@@ -67,16 +68,9 @@ class Upload(Protocol):
         Raises `IncompleteUpload`, `EntryExists` (lost a race) or `NotStored`.
         """
 
-    def stage(self) -> Staged:
-        """The first half of `commit`: everything but durability and the index, without blocking
-        on a sync. In fsync mode the caller then syncs the file and its directory off the loop
-        (`syncer.sync_staged`), and calls `publish` in any mode. The server uses this pair so
-        that syncs are batched.
-
-        Raises like `commit`."""
-
-    def publish(self, staged: Staged, error: OSError | None) -> None:
-        """After those syncs (`error` if one failed): index the entry, or withdraw it (`NotStored`)."""
+    def finish(self, done: Callable[[BaseException | None], None]) -> None:
+        """`commit` from the event loop, never blocking it: `done(error)` is called on the loop
+        with what `commit` would raise, or None; at once, or after the storage's batched fsync."""
 
     def abort(self) -> None:
         """Discard everything; idempotent, safe after `commit` or `stage`."""

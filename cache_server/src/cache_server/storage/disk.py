@@ -18,6 +18,7 @@ Several server processes sharing the directory use `SharedDiskStorage` (shared.p
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import logging
@@ -34,6 +35,7 @@ from .hot import HotBodies
 from .lru import SizedLRU
 from .room import STATVFS_MAX_AGE_S, NoSpace, Room
 from .scrub import Quarantine, ScrubReport, scrub
+from .syncer import BatchSyncer
 from .uploads import DiskUpload, SmallUpload, close_quietly, unlink_quietly
 
 log = logging.getLogger("cache_server.storage")
@@ -90,6 +92,9 @@ class DiskStorage:
         self._tmp_names = itertools.count()
         self._pid = os.getpid()
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
+        # With fsync, uploads a server finishes are synced in batches (sync_in_batches); without
+        # a batcher, `Upload.finish` syncs inline.
+        self.syncer: BatchSyncer | None = None
         self._prepare_dirs()
         # A head promises bytes; only bytes that arrive evict. One token's promises are capped so
         # that heads without bodies cannot hold the cache's room for long.
@@ -552,6 +557,17 @@ class DiskStorage:
         self.counters.errors += 1
         self.counters.last_error = StorageFault(time.time(), op, message)
         log.error("storage error during %s: %s", op, message)
+
+    def sync_in_batches(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the server's event loop: fsync finished uploads in batches, off the loop."""
+        if self.fsync:
+            self.syncer = BatchSyncer(loop)
+
+    def stop_syncing(self) -> None:
+        """Sync what was handed over, then stop the batcher (blocks: call off the loop)."""
+        syncer, self.syncer = self.syncer, None
+        if syncer is not None:
+            syncer.close()
 
     def flush(self) -> None:
         """Wait for background deletions (tests, shutdown)."""

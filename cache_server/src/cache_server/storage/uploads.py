@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import Staged
 from .entry_format import HEADER_SIZE, digest_of, finished_header, new_hasher
-from .errors import IncompleteUpload, NotStored
+from .errors import IncompleteUpload, NotStored, StorageError
 from .syncer import sync_staged
 
 if TYPE_CHECKING:
@@ -91,6 +92,34 @@ class _Upload:
         """Stage, sync inline when the storage asks for it, publish."""
         staged = self.stage()
         self.publish(staged, sync_staged([staged])[0] if self._storage.fsync else None)
+
+    def finish(self, done: Callable[[BaseException | None], None]) -> None:
+        """From the event loop: commit, and call `done(error)` on the loop (a StorageError, or None
+        once published). At once without fsync; with it, once the storage's batched sync is done."""
+        syncer = self._storage.syncer
+        if syncer is None:
+            try:
+                self.commit()
+            except StorageError as exc:
+                done(exc)
+                return
+            done(None)
+            return
+        try:
+            staged = self.stage()
+        except StorageError as exc:
+            done(exc)
+            return
+
+        def synced(error: OSError | None) -> None:
+            try:
+                self.publish(staged, error)
+            except StorageError as exc:
+                done(exc)
+                return
+            done(None)
+
+        syncer.submit(staged, synced)
 
     def abort(self) -> None:
         if self._finishing.acquire(blocking=False):
