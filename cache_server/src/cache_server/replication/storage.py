@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from ..storage.base import Blob
@@ -97,5 +96,5 @@ class SharedDiskStorage(DiskStorage):
     def after_fork(self) -> None:
         """In a freshly forked worker: own lock, own deleter thread, own upload names."""
         self._lock = threading.Lock()
-        self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
+        self._trash.after_fork(self._lock)
         self._pid = os.getpid()

@@ -23,10 +23,8 @@ import errno
 import itertools
 import logging
 import os
-import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .base import Blob, Staged, StorageCounters, StorageFault, StorageStats, is_valid_key, require_key
 from .entry_format import HEADER_SIZE, DamagedEntry, EntryHeader, check_digest, check_file_size
@@ -34,8 +32,11 @@ from .errors import ArtifactTooLarge, EntryExists, NotStored
 from .hot import HotBodies
 from .lru import SizedLRU
 from .room import STATVFS_MAX_AGE_S, NoSpace, Room
+from . import layout
+from .layout import StorageSetupError
 from .scrub import Quarantine, ScrubReport, scrub
 from .syncer import BatchSyncer
+from .trash import Trash
 from .uploads import DiskUpload, SmallUpload, close_quietly, unlink_quietly
 
 log = logging.getLogger("cache_server.storage")
@@ -50,10 +51,6 @@ _ENOSPC_EVICT_MIN = 16
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 __all__ = ["DiskStorage", "INLINE_MAX", "ScrubReport", "StorageSetupError", "is_valid_key"]
-
-
-class StorageSetupError(Exception):
-    """The storage directory cannot be used (message names the path and the fix)."""
 
 
 class DiskStorage:
@@ -80,8 +77,9 @@ class DiskStorage:
         self.counters = StorageCounters()
         self._entries_dir = os.path.join(self.root, "entries")
         self._tmp_dir = os.path.join(self.root, "tmp")
-        self._trash_dir = os.path.join(self.root, "trash")
         self._quarantine = Quarantine(os.path.join(self.root, "quarantine"), self.counters, self.record_error)
+        trash_dir = os.path.join(self.root, "trash")
+        layout.prepare(self.root, [self._entries_dir, self._tmp_dir, trash_dir, self._quarantine.directory], self._tmp_dir)
         self._lock = threading.Lock()
         self._lru = SizedLRU()
         self._hot = HotBodies(memory_cache_bytes)
@@ -91,18 +89,17 @@ class DiskStorage:
         # Upload file names: unique without a getrandom() call per upload (tmp/ is swept at start).
         self._tmp_names = itertools.count()
         self._pid = os.getpid()
-        self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-delete")
         # With fsync, uploads a server finishes are synced in batches (sync_in_batches); without
         # a batcher, `Upload.finish` syncs inline.
         self.syncer: BatchSyncer | None = None
-        self._prepare_dirs()
         # A head promises bytes; only bytes that arrive evict. One token's promises are capped so
         # that heads without bodies cannot hold the cache's room for long.
         self.room = Room(self.root, max_bytes=max_bytes, max_entries=max_entries, min_free_bytes=min_free_bytes,
                          min_free_files=min_free_files, statvfs_max_age=statvfs_max_age,
                          max_in_flight_per_owner=(max(max_bytes // 4, max_artifact_bytes + HEADER_SIZE)
                                                   if max_in_flight_per_owner is None else max_in_flight_per_owner))
-        self._sweep_leftovers()
+        self._trash = Trash(trash_dir, self.room, self._lock, self.record_error)
+        self.counters.swept_at_start = layout.sweep([self._tmp_dir, trash_dir])
         self._load_index()
 
     @property
@@ -117,62 +114,11 @@ class DiskStorage:
     def max_in_flight_per_owner(self) -> int:
         return self.room.max_in_flight_per_owner
 
-    # ----------------------------------------------------------------- setup
-
-    def _prepare_dirs(self) -> None:
-        for path in (self.root, self._entries_dir, self._tmp_dir, self._trash_dir, self._quarantine.directory):
-            try:
-                os.makedirs(path, exist_ok=True)
-            except OSError as exc:
-                raise StorageSetupError(
-                    f"storage directory {path} cannot be created: {exc.strerror}; "
-                    "pass --storage DIR with a directory this user can write"
-                ) from None
-        probe = os.path.join(self._tmp_dir, f".probe-{secrets.token_hex(4)}")
-        try:
-            with open(probe, "wb") as fh:
-                fh.write(b"probe")
-            os.unlink(probe)
-        except OSError as exc:
-            raise StorageSetupError(
-                f"storage directory {self.root} is not writable: {exc.strerror}; "
-                "fix its owner or permissions, or pass --storage DIR"
-            ) from None
-
-    def _sweep_leftovers(self) -> None:
-        """Remove uploads and deletions that a crash or kill -9 left behind."""
-        swept = 0
-        for directory in (self._tmp_dir, self._trash_dir):
-            with os.scandir(directory) as it:
-                for item in it:
-                    try:
-                        os.unlink(item.path)
-                        swept += 1
-                    except OSError as exc:
-                        log.warning("cannot remove leftover %s: %s", item.path, exc.strerror)
-        self.counters.swept_at_start = swept
-        if swept:
-            log.info("removed %d incomplete upload(s) or pending deletion(s) left by a previous run", swept)
-
     def _load_index(self) -> None:
-        """Rebuild the LRU from disk, ordered by access time so eviction order survives restarts."""
-        found: list[tuple[int, str, int]] = []
-        with os.scandir(self._entries_dir) as shards:
-            for shard in shards:
-                if not shard.is_dir(follow_symlinks=False):
-                    continue
-                with os.scandir(shard.path) as files:
-                    for item in files:
-                        if not is_valid_key(item.name) or item.name[:2] != shard.name:
-                            continue
-                        st = item.stat(follow_symlinks=False)
-                        if st.st_size < HEADER_SIZE:
-                            self._quarantine.move(item.path, item.name, "shorter than a header")
-                            continue
-                        found.append((max(st.st_atime_ns, st.st_mtime_ns), item.name, self.room.charge(st.st_size)))
-        found.sort()
-        for _, key, size in found:
-            self._lru.add(key, size)
+        """Rebuild the LRU from disk, in the order of last use, then evict down to the caps."""
+        too_short = lambda path, key: self._quarantine.move(path, key, "shorter than a header")  # noqa: E731
+        for key, size in layout.scan_entries(self._entries_dir, too_short):
+            self._lru.add(key, self.room.charge(size))
         victims = self._lru.evict_until(self.max_bytes)
         if self.room.max_entries and len(self._lru) > self.room.max_entries:
             victims += self._lru.evict_oldest(len(self._lru) - self.room.max_entries)
@@ -309,7 +255,7 @@ class DiskStorage:
             self.room.files_in_flight += 1
             moved = self._rename_to_trash(victims) if victims else []
         # Unlinked here, not in the background: an inode is only free once its file is gone.
-        self._unlink_trash(moved)
+        self._trash.unlink(moved)
         path = f"{self._tmp_dir}/{key}.{self._pid}.{next(self._tmp_names)}"
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path
@@ -349,7 +295,7 @@ class DiskStorage:
             if victims:
                 self._rename_to_trash(victims)
         if victims:
-            self._schedule_deletes(victims)
+            self._trash.empty_soon()
 
     # Every commit is staged: the name is linked first and the entry indexed only after the
     # file and its directory are synced (fsync mode; the server syncs in batches, see
@@ -407,27 +353,24 @@ class DiskStorage:
             self.room.look_again()
             victims = self._lru.evict_oldest(max(_ENOSPC_EVICT_MIN, len(self._lru) // _ENOSPC_EVICT_SHARE))
             moved = self._rename_to_trash(victims)
-        self._unlink_trash(moved)
+        self._trash.unlink(moved)
 
     # --------------------------------------------------------------- eviction
 
     def _rename_to_trash(self, victims: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Under the lock, so a new upload of the same key cannot collide with the old file; the
-        files now in the trash, with their sizes."""
+        """Under the lock: evicted keys out of the index and their files into the trash; the
+        files moved, with their sizes."""
         moved = []
         for key, size in victims:
             self._let_go_locked(key)
             self._removed(key)
-            trash = os.path.join(self._trash_dir, f"{key}.{secrets.token_hex(4)}")
             try:
-                os.rename(self.entry_path(key), trash)
-            except FileNotFoundError:
-                continue  # gone already: another worker evicted it first, or it was removed by hand
+                trash = self._trash.move_locked(key, self.entry_path(key), size)
             except OSError as exc:
                 self._record_error_locked("evict", f"{key}: {exc.strerror}")
                 continue
-            self.room.pending_delete += size
-            self.room.pending_delete_files += 1
+            if trash is None:
+                continue  # gone already: another worker evicted it first, or it was removed by hand
             self.counters.evictions += 1
             self.counters.evicted_bytes += size
             moved.append((trash, size))
@@ -440,34 +383,11 @@ class DiskStorage:
         self._removals += 1
         self._atime_saved.pop(key, None)
 
-    def _schedule_deletes(self, victims: list[tuple[str, int]]) -> None:
-        if victims:
-            self._deleter.submit(self._empty_trash)
-
-    def _empty_trash(self) -> None:
-        with os.scandir(self._trash_dir) as it:
-            self._unlink_trash([(item.path, -1) for item in it])
-
-    def _unlink_trash(self, files: list[tuple[str, int]]) -> None:
-        """Delete evicted files (size -1: read it) and give their room back."""
-        for path, size in files:
-            try:
-                if size < 0:
-                    size = self.room.charge(os.lstat(path).st_size)
-                os.unlink(path)
-            except FileNotFoundError:
-                continue  # the other deleter was first
-            except OSError as exc:
-                self.record_error("evict", f"unlink: {exc.strerror}")
-                continue
-            with self._lock:
-                self.room.pending_delete = max(0, self.room.pending_delete - size)
-                self.room.pending_delete_files = max(0, self.room.pending_delete_files - 1)
-
     def _discard(self, victims: list[tuple[str, int]]) -> None:
         with self._lock:
             self._rename_to_trash(victims)
-        self._schedule_deletes(victims)
+        if victims:
+            self._trash.empty_soon()
 
     def _forget(self, key: str) -> None:
         """Drop a key whose file is gone, unless a new upload has just published it again."""
@@ -571,7 +491,7 @@ class DiskStorage:
 
     def flush(self) -> None:
         """Wait for background deletions (tests, shutdown)."""
-        self._deleter.submit(lambda: None).result()
+        self._trash.flush()
 
     def close(self) -> None:
-        self._deleter.shutdown(wait=True)
+        self._trash.close()
