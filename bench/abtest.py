@@ -23,32 +23,11 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
-from io import BytesIO
 from pathlib import Path
 
 import cachebench as cb
-
-
-def export(rev: str, into: Path) -> Path:
-    """The cache server's sources at `rev`, as an importable directory."""
-    src = cb.ROOT / "cache_server" / "src"
-    if (Path(rev) / "cache_server" / "__init__.py").is_file():
-        return Path(rev).resolve()  # a built tree (build/lib...), used where it is
-    if rev == "WORKTREE":
-        shutil.copytree(src / "cache_server", into / "cache_server",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        return into
-    archive = subprocess.run(["git", "-C", str(cb.ROOT), "archive", rev, "cache_server/src"],
-                             capture_output=True, check=False)
-    if archive.returncode != 0:
-        raise SystemExit(f"abtest: cannot export {rev!r}: {archive.stderr.decode().strip()}")
-    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
-    return into / "cache_server" / "src"
 
 
 def main() -> int:
@@ -69,7 +48,7 @@ def main() -> int:
     flags = shlex.split(args.flags)
     scratch = Path(tempfile.mkdtemp(prefix="nxcache-ab-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
-        trees = {label: export(rev, scratch / label) for label, rev in (("A", args.a), ("B", args.b))}
+        trees = {label: cb.export(rev, scratch / label) for label, rev in (("A", args.a), ("B", args.b))}
         body = scratch / "body"
         body.write_bytes(os.urandom(cb.SIZES["4k"]))
         script = scratch / "bench.lua"

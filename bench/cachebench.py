@@ -11,6 +11,8 @@ every phase is bounded by time.
 
 --storage-in puts every server's storage (nginx's too) in a new directory under DIR instead:
 on a tmpfs fsync does nothing, so only a disk shows what the deployed fsync costs.
+--baseline REV runs each nxcache server a second time from REV's sources (NAME@base), in the
+same shuffled order, and ends with a table of every cell against it: the regression guard.
 
 Servers: `nginx` (1 worker, sendfile GET, WebDAV PUT, bearer check and 409-on-exists),
 `nxcache` (our server as deployed: fsync on, access log on, one worker process per core, uvloop)
@@ -41,9 +43,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -416,6 +420,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.jsonl"))
     parser.add_argument("--storage-in", type=existing_directory,
                         help="store in a new directory here (a disk), not on a tmpfs")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run each nxcache server from REV's sources (git revision) as NAME@base, "
+                             "and print how every cell compares")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop servers, unmount
     for tool in ("wrk", "nginx"):
@@ -425,6 +432,13 @@ def main() -> int:
     sizes = args.sizes.split(",")
     concs = [int(c) for c in args.conc.split(",")]
     names = args.servers.split(",")
+    sources: dict[str, Path] = {}
+    if args.baseline:
+        baseline_src = export(args.baseline, Path(tempfile.mkdtemp(prefix="nxcache-baseline-")))
+        for name in [n for n in names if n in NXCACHE_FLAGS]:
+            names.append(f"{name}@base")
+            sources[f"{name}@base"] = baseline_src
+        print(f"baseline: {args.baseline} ({baseline_src})")
     base = Path(tempfile.mkdtemp(prefix="nxcache-bench-", dir=args.storage_in))
     on_tmpfs = args.storage_in is None and mount_tmpfs(base)
     if not on_tmpfs:
@@ -453,7 +467,8 @@ def main() -> int:
                             if size_name == "4k":  # it reads whole bodies into memory
                                 servers.append(start_floor(run_dir, name))
                         else:
-                            servers.append(start_nxcache(run_dir, name, NXCACHE_FLAGS[name]))
+                            flags = NXCACHE_FLAGS[name.removesuffix("@base")]
+                            servers.append(start_nxcache(run_dir, name, flags, sources.get(name)))
                     for server in servers:
                         preload(server, size_name, body, "g")
                     for op in ("GET", "PUT", "MISS") if size_name == "4k" else ("GET", "PUT"):
@@ -480,7 +495,52 @@ def main() -> int:
             subprocess.run(["umount", str(base)], check=False)
         shutil.rmtree(base, ignore_errors=True)
     report(cells, names, sizes, concs)
+    if sources:
+        guard(cells, [n.removesuffix("@base") for n in sources], sizes, concs)
     return 0
+
+
+def export(rev: str, into: Path) -> Path:
+    """The cache server's sources at `rev` (a git revision, WORKTREE for the files on disk, or a
+    directory holding a `cache_server` package), as a directory to put on PYTHONPATH."""
+    src = ROOT / "cache_server" / "src"
+    if (Path(rev) / "cache_server" / "__init__.py").is_file():
+        return Path(rev).resolve()
+    if rev == "WORKTREE":
+        shutil.copytree(src / "cache_server", into / "cache_server", ignore=shutil.ignore_patterns("__pycache__"))
+        return into
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cache_server/src"], capture_output=True,
+                             check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"cannot export {rev!r}: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "cache_server" / "src"
+
+
+def guard(cells: list[Cell], names: list[str], sizes: list[str], concs: list[int]) -> None:
+    """Each nxcache server against its baseline, cell by cell: req/s and server CPU per request."""
+    def med(server: str, op: str, size: str, conc: int, attr: str) -> float:
+        values = [getattr(c, attr) for c in cells if (c.server, c.op, c.size, c.conc) == (server, op, size, conc)
+                  and getattr(c, attr) is not None]
+        return statistics.median(values) if values else math.nan
+
+    print("\nAgainst the baseline (medians over reps): req/s now / baseline, and server CPU us per request.")
+    print("| server | op | size | C | req/s | baseline req/s | now / baseline | us/req | baseline us/req |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    worst: tuple[float, str] = (math.inf, "")
+    for name in names:
+        for op in ("GET", "PUT", "MISS"):
+            for size in sizes if op != "MISS" else [s for s in sizes if s == "4k"]:
+                for conc in concs:
+                    now, then = med(name, op, size, conc, "rps"), med(f"{name}@base", op, size, conc, "rps")
+                    ratio = now / then if then else math.nan
+                    if ratio < worst[0]:
+                        worst = (ratio, f"{name} {op} {size} c{conc}")
+                    print(f"| {name} | {op} | {size} | {conc} | {now:,.0f} | {then:,.0f} | {ratio:.2f} | "
+                          f"{med(name, op, size, conc, 'cpu_us_per_request'):.0f} | "
+                          f"{med(f'{name}@base', op, size, conc, 'cpu_us_per_request'):.0f} |")
+    print(f"worst cell: {worst[1]} at {worst[0]:.2f} of the baseline")
 
 
 def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[int]) -> None:

@@ -11,7 +11,7 @@ SIGINT and SIGHUP on, and when a worker dies unexpectedly it stops the others an
 exits non-zero, so systemd restarts the whole server. Workers die with it
 (PR_SET_PDEATHSIG), so a `kill -9` of this process leaves no orphan serving.
 
-Sharing the storage: see `peers.py` (index replicas) and storage/disk.py. The size
+Sharing the storage: see replication/ (index replicas) and storage/disk.py. The size
 cap is checked by each worker against its replica plus its own uploads in
 flight, so the total may pass the cap by the other workers' uploads in flight
 until their entries are announced and evicted for; the free-disk headroom is
