@@ -355,7 +355,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, req: Request, close: bool, aborted: str | None) -> None:
         req.answered = True
-        req.cycle.done(aborted)  # type: ignore[union-attr]  # only a started request is answered
+        cycle, req.cycle = req.cycle, None  # the two refer to each other: freed now, not by the GC
+        cycle.done(aborted)  # type: ignore[union-attr]  # only a started request is answered
         if req is self.current:
             self.current = None
         if close:

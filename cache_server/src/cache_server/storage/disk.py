@@ -244,18 +244,22 @@ class DiskStorage:
     def new_upload_file(self, key: str) -> tuple[int, str]:
         """An upload's file in `tmp/`, once an inode may be taken (evicting for one if the count
         or the filesystem's free inodes ask for it); its descriptor and path."""
+        room = self.room
         with self._lock:
-            short = self.room.files_short(len(self._lru))
-            victims = self._lru.evict_oldest(short) if short else []
-            if len(victims) < short:
-                self._lru.restore_oldest(victims)
-                message = "not stored: no file can be created (--max-entries, or the disk's free inodes)"
-                self._record_error_locked("put", message)
-                raise NoSpace(message)
-            self.room.files_in_flight += 1
-            moved = self._rename_to_trash(victims) if victims else []
-        # Unlinked here, not in the background: an inode is only free once its file is gone.
-        self._trash.unlink(moved)
+            short = room.files_short(len(self._lru))
+            room.files_in_flight += 1
+            if short:
+                victims = self._lru.evict_oldest(short)
+                if len(victims) < short:
+                    room.files_in_flight -= 1
+                    self._lru.restore_oldest(victims)
+                    message = "not stored: no file can be created (--max-entries, or the disk's free inodes)"
+                    self._record_error_locked("put", message)
+                    raise NoSpace(message)
+                moved = self._rename_to_trash(victims)
+        if short:
+            # Unlinked here, not in the background: an inode is only free once its file is gone.
+            self._trash.unlink(moved)
         path = f"{self._tmp_dir}/{key}.{self._pid}.{next(self._tmp_names)}"
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path

@@ -54,15 +54,13 @@ class Room:
     # ---------------------------------------------------------------- statvfs
 
     def _statvfs(self) -> None:
-        now = time.monotonic()
-        if now - self._statvfs_at >= self._statvfs_max_age:
-            try:
-                st = os.statvfs(self.root)
-            except OSError as exc:
-                raise NoSpace(f"not stored: statvfs: {exc.strerror}") from None
-            self._free_bytes = st.f_bavail * st.f_frsize
-            self._free_files = st.f_favail
-            self._statvfs_at = now
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise NoSpace(f"not stored: statvfs: {exc.strerror}") from None
+        self._free_bytes = st.f_bavail * st.f_frsize
+        self._free_files = st.f_favail
+        self._statvfs_at = time.monotonic()
 
     def look_again(self) -> None:
         """The next question reads the filesystem again (after a refusal or an ENOSPC)."""
@@ -70,21 +68,21 @@ class Room:
 
     def free_bytes(self) -> int:
         """Free bytes on the filesystem, plus what evicted entries waiting for deletion give back."""
-        self._statvfs()
+        if time.monotonic() - self._statvfs_at >= self._statvfs_max_age:
+            self._statvfs()
         return self._free_bytes + self.pending_delete
 
     def files_short(self, index_entries: int) -> int:
-        """How many entries must go before one more file may be created (0: none)."""
-        short = 0
-        if self.max_entries:
-            short = index_entries + self.files_in_flight + 1 - self.max_entries
+        """How many entries must go before one more file may be created (0: none). From the
+        statvfs its upload's admission read a moment ago."""
+        short = index_entries + self.files_in_flight + 1 - self.max_entries if self.max_entries else 0
         if self.files_limited:
-            self._statvfs()
             # Counted as if none of the files in flight were in the last statvfs yet.
             # Two per new file: tmpfs charges a hard link an inode too, and publishing links the file.
-            free = self._free_files + self.pending_delete_files - self.files_in_flight
-            short = max(short, self.min_free_files + 2 - free)
-        return max(short, 0)
+            lacking = self.min_free_files + 2 - (self._free_files + self.pending_delete_files - self.files_in_flight)
+            if lacking > short:
+                return lacking
+        return short if short > 0 else 0
 
     # ---------------------------------------------------------------- uploads
 

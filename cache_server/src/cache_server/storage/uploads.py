@@ -21,6 +21,8 @@ from .syncer import sync_staged
 if TYPE_CHECKING:
     from .disk import DiskStorage
 
+_NO_HASHER = new_hasher()  # a placeholder until a DiskUpload's first byte, never fed
+
 
 class _Upload:
     """What both uploads share: the size checks, one finish (stage or abort), the staged commit.
@@ -29,7 +31,8 @@ class _Upload:
     in a worker thread while the event loop calls abort, and only the first may act.
     """
 
-    __slots__ = ("_storage", "key", "size", "charge", "written", "owner", "arrived", "_fd", "_tmp_path", "_finishing")
+    __slots__ = ("_storage", "key", "size", "charge", "written", "owner", "arrived", "_fd", "_tmp_path", "_finishing",
+                 "_chunks", "_hasher")
 
     def __init__(self, storage: DiskStorage, key: str, size: int, charge: int, owner: str) -> None:
         self._storage = storage
@@ -42,6 +45,8 @@ class _Upload:
         self._fd = -1
         self._tmp_path = ""  # set once the upload has a file
         self._finishing = threading.Lock()
+        self._chunks: list[bytes] = []  # SmallUpload: the body so far
+        self._hasher = _NO_HASHER  # DiskUpload: the body's checksum so far, from its first byte
 
     def _arrive(self, nbytes: int) -> None:
         self._storage.arrive(nbytes)
@@ -132,11 +137,7 @@ class SmallUpload(_Upload):
     Nothing touches the disk before `commit`, so an interrupted upload leaves nothing.
     """
 
-    __slots__ = ("_chunks",)
-
-    def __init__(self, storage: DiskStorage, key: str, size: int, charge: int, owner: str = "") -> None:
-        super().__init__(storage, key, size, charge, owner)
-        self._chunks: list[bytes] = []
+    __slots__ = ()
 
     def write(self, chunk: bytes) -> None:
         self._check_room(chunk)
@@ -172,11 +173,7 @@ class SmallUpload(_Upload):
 class DiskUpload(_Upload):
     """One upload streamed into `tmp/`, the body at its final offset, the header at commit."""
 
-    __slots__ = ("_hasher",)
-
-    def __init__(self, storage: DiskStorage, key: str, size: int, charge: int, owner: str = "") -> None:
-        super().__init__(storage, key, size, charge, owner)
-        self._hasher = new_hasher()
+    __slots__ = ()
 
     def write(self, chunk: bytes) -> None:
         self._check_room(chunk)
@@ -184,6 +181,7 @@ class DiskUpload(_Upload):
             self._arrive(len(chunk))
             if not self._tmp_path:
                 self._create_file()
+                self._hasher = new_hasher()
         except NotStored:
             self.abort()
             raise
@@ -208,6 +206,7 @@ class DiskUpload(_Upload):
             self._arrive(HEADER_SIZE)
             if not self._tmp_path:  # an empty body
                 self._create_file()
+                self._hasher = new_hasher()
         except NotStored:
             self._discard()
             raise
