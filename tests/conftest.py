@@ -9,17 +9,28 @@ from .helpers import AGE_A, AGE_B, host_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 4 MiB tmpfs of the test's own, to fill up or remount read-only (needs root)."""
+def own_tmpfs(tmp_path, options: str):
+    """A tmpfs of the test's own, mounted with `options` (needs root: skips otherwise)."""
     mountpoint = tmp_path / "fs"
     mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
     yield mountpoint
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs, to fill up or remount read-only."""
+    yield from own_tmpfs(tmp_path, "size=4m")
+
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A tmpfs with room for 64 MiB but only 200 inodes."""
+    yield from own_tmpfs(tmp_path, "size=64m,nr_inodes=200")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """DiskStorage on a real filesystem (tmp_path): atomicity, LRU, headroom, damage, scrub."""
 
 import os
-import subprocess
 import threading
 
 import pytest
@@ -562,19 +561,6 @@ def test_one_token_cannot_promise_more_than_its_share(tmp_path):
     for upload in (second, other, third):
         upload.abort()
     assert storage.stats().reserved_bytes == 0
-
-
-@pytest.fixture
-def few_inodes(tmp_path):
-    """A tmpfs with room for 64 MiB but only 200 inodes (needs root)."""
-    mountpoint = tmp_path / "fs"
-    mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=200", "tmpfs", str(mountpoint)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"needs root to mount a tmpfs: {result.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_small_entries_that_use_up_the_inodes_evict_the_oldest_instead_of_refusing_forever(few_inodes):
