@@ -153,6 +153,7 @@ class CacheHostSettings(SshTarget):
     storage_path: str = "/var/lib/nx-farm/cache"
     max_size: str = "50GiB"
     max_artifact_size: str = "2GiB"
+    max_entries: Annotated[int, Field(ge=0)] = 0  # 0: no cap but the filesystem's inodes
     # Server processes (cache_server --workers): "auto" = one per core of the host, at most 8.
     workers: int | Literal["auto"] = "auto"
     purge_on_destroy: bool = False  # also delete the cached data when the cache host is destroyed

@@ -31,6 +31,7 @@ def cache_unit(cache: CacheHostSettings, install_root: str = INSTALL_ROOT) -> st
         "--storage", cache.storage_path, "--tokens", TOKENS_PATH,
         "--max-size", cache.max_size, "--max-artifact-size", cache.max_artifact_size,
         "--workers", str(cache.workers),
+        *(["--max-entries", str(cache.max_entries)] if cache.max_entries else []),
     ]
     return f"""[Unit]
 Description=nx-farm cache server (Nx self-hosted remote cache)

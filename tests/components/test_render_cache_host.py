@@ -95,3 +95,12 @@ def test_bad_worker_count_names_the_field(raw_config, value):
 def test_unit_lets_the_server_hold_many_connections(cache):
     """With systemd's default 1024 descriptors, about a thousand idle sockets stopped the server."""
     assert "\nLimitNOFILE=65536\n" in cache_unit(cache)
+
+
+def test_max_entries_reaches_the_unit_only_when_set(raw_config):
+    assert "--max-entries" not in cache_unit(validate(raw_config).cache_host)
+    raw_config["cacheHost"]["maxEntries"] = 500000
+    assert "--max-entries 500000" in cache_unit(validate(raw_config).cache_host)
+    raw_config["cacheHost"]["maxEntries"] = -1
+    with pytest.raises(ConfigInvalid, match="cacheHost.maxEntries"):
+        validate(raw_config)
