@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Protocol
 
-from ..storage.base import Blob
+from ..storage.base import Blob, require_key
 from ..storage.disk import INLINE_MAX, DiskStorage
 from ..storage.uploads import DiskUpload, SmallUpload
 
@@ -51,6 +51,7 @@ class SharedDiskStorage(DiskStorage):
         return self._read(key, False, removals)
 
     def begin_put(self, key: str, size: int, *, exact: bool = False, owner: str = "") -> SmallUpload | DiskUpload:
+        require_key(key)  # before its path is looked at
         peers = self.peers
         if peers is not None:
             # The replica may lag the files by a moment either way; a 409 must be true on disk.
