@@ -313,16 +313,16 @@ class Connection(asyncio.BufferedProtocol):
 
 
     def _start(self, req: Request) -> None:
-        """Hand a request to the application, with the body bytes that arrived while it waited."""
+        """Hand a request to the application; a queued one with what arrived while it waited."""
         self.current = req
         cycle = self.handler.start(self, req)
-        pending = req.pending
-        if pending is not None:
-            req.pending = None
-            for chunk in pending:
-                if req.answered:
-                    break
-                cycle.body(chunk)
+        pending, req.pending = req.pending, None
+        if pending is None:  # read just now: no body yet
+            return
+        for chunk in pending:
+            if req.answered:
+                break
+            cycle.body(chunk)
         if req.complete and not req.answered:
             self._complete(req)
 
@@ -360,9 +360,8 @@ class Connection(asyncio.BufferedProtocol):
         if req is self.current:
             self.current = None
         if close:
-            # Lingering even after a whole request: a client may have sent more behind it (a
-            # pipelined request, bytes after `Connection: close`), and closing with those unread
-            # makes the kernel send a reset, which can destroy this answer before it is read.
+            # Lingering even after a whole request: a client may have sent more behind it (pipelined,
+            # or after `Connection: close`), and closing with it unread resets, losing this answer.
             self._linger()
         else:
             self.last_io = self.loop.time()
