@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine (Python >= 3.11, Node.js with npm, make):
+# Two entry points for a fresh machine (Python >= 3.11, Node.js with npm, git, make):
 #   make run    a whole farm on this machine (nxfarm demo): cache, scheduler, two agents, two builds
 #   make test   install everything the tests need, then run them
 #   make cache  just the cache server on 127.0.0.1:3333 with a generated token, printed once

@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -803,3 +804,13 @@ def test_max_entries_caps_the_count_and_health_reports_inodes(make_server, worke
     on_disk = [p for p in (srv.storage / "entries").rglob("*") if p.is_file()]
     assert len(on_disk) <= 3 + int(workers) - 1, on_disk  # each worker may pass it by its own upload
     assert srv.request("GET", "cap5")[0] == 200
+
+
+def test_every_metric_the_reference_names_is_served_under_that_name(make_server):
+    """docs/reference.md is what operators put in their dashboards and alerts."""
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
+    section = reference.split("## Cache server metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {name for name in re.findall(r"`(nxcache_[a-z_]+)", section)}
+    body = make_server().request("GET", "/metrics", token=None)[2].decode()
+    served = set(re.findall(r"^# TYPE (nxcache_[a-z_]+) ", body, re.M))
+    assert len(documented) >= 19 and documented == served, (documented - served, served - documented)
