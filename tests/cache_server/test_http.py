@@ -814,3 +814,12 @@ def test_every_metric_the_reference_names_is_served_under_that_name(make_server)
     body = make_server().request("GET", "/metrics", token=None)[2].decode()
     served = set(re.findall(r"^# TYPE (nxcache_[a-z_]+) ", body, re.M))
     assert len(documented) >= 19 and documented == served, (documented - served, served - documented)
+
+
+def test_a_storage_directory_that_did_not_exist_is_created_and_said_so(make_server, tmp_path):
+    fresh = tmp_path / "not" / "there" / "yet"
+    srv = make_server(storage=fresh)
+    assert fresh.is_dir() and f"created the storage directory {fresh} (it did not exist)" in srv.logs()
+    srv.stop()
+    again = make_server(storage=fresh)  # writes its logs over the first one's
+    assert "listening" in again.logs() and "created the storage directory" not in again.logs()

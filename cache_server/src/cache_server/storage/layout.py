@@ -20,6 +20,7 @@ class StorageSetupError(Exception):
 
 def prepare(root: str, directories: list[str], scratch: str) -> None:
     """Make `root` and `directories`, and check a file can be written in `scratch`."""
+    existed = os.path.isdir(root)
     for path in (root, *directories):
         try:
             os.makedirs(path, exist_ok=True)
@@ -38,6 +39,8 @@ def prepare(root: str, directories: list[str], scratch: str) -> None:
             f"storage directory {root} is not writable: {exc.strerror}; "
             "fix its owner or permissions, or pass --storage DIR"
         ) from None
+    if not existed:  # a mistyped --storage must not go unnoticed
+        log.info("created the storage directory %s (it did not exist)", root)
 
 
 def sweep(directories: list[str]) -> int:
