@@ -29,6 +29,7 @@ For each rep and each size, fresh servers get the same preloaded entries; then e
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import math
@@ -520,10 +521,7 @@ def export(rev: str, into: Path) -> Path:
 
 def guard(cells: list[Cell], names: list[str], sizes: list[str], concs: list[int]) -> None:
     """Each nxcache server against its baseline, cell by cell: req/s and server CPU per request."""
-    def med(server: str, op: str, size: str, conc: int, attr: str) -> float:
-        values = [getattr(c, attr) for c in cells if (c.server, c.op, c.size, c.conc) == (server, op, size, conc)
-                  and getattr(c, attr) is not None]
-        return statistics.median(values) if values else math.nan
+    med = functools.partial(cell_median, cells)
 
     print("\nAgainst the baseline (medians over reps): req/s now / baseline, and server CPU us per request.")
     print("| server | op | size | C | req/s | baseline req/s | now / baseline | us/req | baseline us/req |")
@@ -543,11 +541,15 @@ def guard(cells: list[Cell], names: list[str], sizes: list[str], concs: list[int
     print(f"worst cell: {worst[1]} at {worst[0]:.2f} of the baseline")
 
 
+def cell_median(cells: list[Cell], server: str, op: str, size: str, conc: int, attr: str) -> float:
+    """The median of `attr` over the reps of one server's cell (NaN when none measured it)."""
+    values = [getattr(c, attr) for c in cells if (c.server, c.op, c.size, c.conc) == (server, op, size, conc)
+              and getattr(c, attr) is not None]
+    return statistics.median(values) if values else math.nan
+
+
 def report(cells: list[Cell], names: list[str], sizes: list[str], concs: list[int]) -> None:
-    def med(server: str, op: str, size: str, conc: int, attr: str) -> float:
-        values = [getattr(c, attr) for c in cells if (c.server, c.op, c.size, c.conc) == (server, op, size, conc)
-                  and getattr(c, attr) is not None]
-        return statistics.median(values) if values else math.nan
+    med = functools.partial(cell_median, cells)
 
     others = [n for n in names if n != "nginx"]
     print("\nMedians over reps. ratio = server / nginx (req/s). Go = the Go peer's ratio in research/perf.md.")

@@ -13,7 +13,7 @@ racing second upload gets `EntryExists` (409). Readers never see a partial file.
 
 The lock guards the in-memory index and the room accounting (room.py) only; file I/O runs
 outside it, apart from the metadata-only renames that must be ordered with index changes.
-Several server processes sharing the directory use `SharedDiskStorage` (shared.py).
+Several server processes sharing the directory use `SharedDiskStorage` (replication/storage.py).
 """
 
 from __future__ import annotations
