@@ -18,11 +18,12 @@ def _command(sub, name: str, help: str, add_arguments: Callable, run: Callable, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import discover, doctor, init, scheduler
+    from . import discover, doctor, init, scheduler, status
     from .agent import worker
     from .build import command as build
     from .demo import command as demo
     from .health import command as health
+    from .localfarm import command as localfarm
 
     parser = argparse.ArgumentParser(prog="nxfarm", description="nx-farm: Nx remote cache and build agents")
     parser.add_argument("--version", action="version", version=f"nxfarm {__version__}")
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
              scheduler.run, epilog=scheduler.EPILOG)
     _command(sub, "demo", "a whole farm on this machine: two builds of a sample workspace", demo.add_arguments,
              demo.run, description=demo.__doc__, epilog=demo.EPILOG)
+    _command(sub, "farm", "a farm on this machine for your own workspaces: up, down, env", localfarm.add_arguments,
+             localfarm.run, description=localfarm.__doc__, epilog=localfarm.EPILOG)
+    _command(sub, "status", "the farm as this machine sees it: cache, scheduler, each agent (--json)",
+             status.add_arguments, status.run, epilog=status.EPILOG, description=status.__doc__)
     _command(sub, "doctor", "check prerequisites; print the fix for each failure", doctor.add_arguments, doctor.run,
              epilog=doctor.EPILOG)
     _command(sub, "init", "configure an Nx workspace for the farm (idempotent; --dry-run)", init.add_arguments,

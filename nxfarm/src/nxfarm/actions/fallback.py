@@ -21,11 +21,17 @@ class Plan:
     reason: str
 
 
-def choose_mode(*, cache: CacheProbe, scheduler_error: str | None, workers: int, local_requested: bool) -> Plan:
+NO_SCHEDULER = "no scheduler configured (NXFARM_SCHEDULER, or `nxfarm farm up` for a farm on this machine)"
+
+
+def choose_mode(*, cache: CacheProbe, scheduler_error: str | None, workers: int, local_requested: bool,
+                scheduler_configured: bool = True) -> Plan:
     if not cache.usable:
         return Plan(Mode.LOCAL_NO_REMOTE_CACHE, f"fallback: building locally without the remote cache: {cache.reason}")
     if local_requested:
         return Plan(Mode.LOCAL, "building locally as asked, with the remote cache")
+    if not scheduler_configured:
+        return Plan(Mode.LOCAL, f"building locally with the remote cache: {NO_SCHEDULER}")
     if scheduler_error is not None:
         return Plan(Mode.LOCAL, f"fallback: building locally with the remote cache: scheduler unreachable: "
                                 f"{scheduler_error}")

@@ -20,6 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from .. import client as farm_settings
 from ..actions.fallback import Mode, choose_mode
 from ..farm import security as tls
 from ..farm import unpickle
@@ -71,13 +72,31 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "y")
 
 
-def _connect(args: argparse.Namespace):  # noqa: ANN202 - (Client | None, agents, error)
-    if not args.scheduler:
-        return None, {}, "no scheduler configured (NXFARM_SCHEDULER / --scheduler)"
+class FarmConfigError(ValueError):
+    """The farm settings are wrong (not the farm down): the build stops with exit 2 and the fix."""
+
+
+def scheduler_address(value: str) -> str:
+    """The scheduler address as Dask needs it, or FarmConfigError naming the fix."""
+    if "://" not in value:
+        raise FarmConfigError(f"scheduler address {value!r} has no scheme: the farm's scheduler speaks TLS only, "
+                              f"write tls://{value} (NXFARM_SCHEDULER / --scheduler)")
+    if not value.startswith("tls://"):
+        raise FarmConfigError(f"scheduler address {value!r}: the farm's scheduler speaks TLS only, write "
+                              f"tls://{value.split('://', 1)[1]} (NXFARM_SCHEDULER / --scheduler)")
+    return value
+
+
+def _tls_files(args: argparse.Namespace, env: dict[str, str]):  # noqa: ANN202 - TlsFiles
+    """The orchestrator's certificate; a missing or unreadable file is a configuration error,
+    not an outage, so it stops the build instead of falling back."""
     try:
-        files = tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
+        return tls.resolve(args.tls_ca, args.tls_cert, args.tls_key, environ=env)
     except tls.TlsConfigError as exc:
-        return None, {}, str(exc)
+        raise FarmConfigError(f"{exc} (the farm's scheduler is configured: {args.scheduler})") from None
+
+
+def _connect(args: argparse.Namespace, files):  # noqa: ANN001, ANN202 - (Client | None, agents, error)
     from distributed import Client
 
     unpickle.install()  # the scheduler and agents send nothing the farm needs to unpickle
@@ -117,15 +136,23 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-def _repo(workspace: Path, remote: str) -> tuple[str, str]:
-    """(URL the agents fetch from, workspace path inside the repository)."""
-    top = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--show-toplevel"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+def _repo(workspace: Path, remote: str, from_workspace: bool) -> tuple[str, str]:
+    """(URL the agents fetch from, workspace path inside the repository). Agents of a local farm
+    (`from_workspace`) fetch from the repository itself."""
+    top = subprocess.run(["git", "-C", str(workspace), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        raise FarmConfigError(f"{workspace} is not in a git repository, and agents build commits: `git init` and "
+                              f"commit it, or build here with --local")
+    root = top.stdout.strip()
+    relative = os.path.relpath(workspace.resolve(), Path(root).resolve())
+    relative = "" if relative == "." else relative
+    if from_workspace:
+        return root, relative
     url = subprocess.run(["git", "-C", str(workspace), "remote", "get-url", remote], capture_output=True, text=True)
     if url.returncode != 0:
-        raise NxError(f"git remote '{remote}' is not set in {top}: agents need a remote to fetch from (--remote)")
-    relative = os.path.relpath(workspace.resolve(), Path(top).resolve())
-    return url.stdout.strip(), "" if relative == "." else relative
+        raise FarmConfigError(f"git remote '{remote}' is not set in {root}: agents need a remote to fetch from "
+                              f"(--remote NAME), or build here with --local")
+    return url.stdout.strip(), relative
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,33 +171,41 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     invocation = NxInvocation(tuple(args.targets), tuple(p for p in args.projects.split(",") if p), args.affected,
                               args.base, args.head, extra)
-    env = base_env()
+    farm_env, source = farm_settings.resolve()
+    env = base_env(farm_env)
+    args.scheduler = args.scheduler or farm_env.get(farm_settings.SCHEDULER_ENV)
     try:
         workspace = find_workspace((args.workspace or Path.cwd()).resolve())
         graph = parse_task_graph(task_graph_json(workspace, invocation, env))
     except (NxError, TaskGraphError, subprocess.TimeoutExpired) as exc:
         print(f"nxfarm build: {exc}", file=sys.stderr)
         return 2
+    if source.startswith("the local farm"):
+        _say(f"using {source}")
 
     cache_url = env.get(CACHE_URL_ENV)
     cache = (probe_cache(cache_url, env.get(CACHE_TOKEN_ENV), timeout=args.probe_timeout) if cache_url
              else CacheProbe(False, f"{CACHE_URL_ENV} is not set"))
-    client, agents, scheduler_error = (None, {}, None)
+    dask_client, agents, scheduler_error = (None, {}, None)
     repo_url, workspace_dir, commit = "", "", ""
-    if cache.usable and not args.local:
+    if args.scheduler and cache.usable and not args.local:
+        from_workspace = farm_env.get(farm_settings.FETCH_FROM_ENV) == "workspace"
         try:
+            args.scheduler = scheduler_address(args.scheduler)
+            files = _tls_files(args, farm_env)
+            repo_url, workspace_dir = _repo(workspace, args.remote, from_workspace)
             state = read_git_state(workspace, args.remote)
-            repo_url, workspace_dir = _repo(workspace, args.remote)
-        except (RuntimeError, NxError, subprocess.CalledProcessError) as exc:
+        except (RuntimeError, FarmConfigError) as exc:
             print(f"nxfarm build: {exc}", file=sys.stderr)
             return 2
-        refusal = state.refusal(args.remote)
+        refusal = state.refusal(args.remote, need_remote=not from_workspace)
         if refusal:
             print(f"nxfarm build: refusing to distribute: {refusal}", file=sys.stderr)
             return 2
         commit = state.commit
-        client, agents, scheduler_error = _connect(args)
-    plan = choose_mode(cache=cache, scheduler_error=scheduler_error, workers=len(agents), local_requested=args.local)
+        dask_client, agents, scheduler_error = _connect(args, files)
+    plan = choose_mode(cache=cache, scheduler_error=scheduler_error, workers=len(agents), local_requested=args.local,
+                       scheduler_configured=bool(args.scheduler))
     try:
         eligible = eligible_tasks(graph) if plan.mode is Mode.DISTRIBUTED else set()
         _say(report.plan_text(graph, eligible, agents, plan.reason, plan.mode is Mode.DISTRIBUTED)
@@ -189,11 +224,11 @@ def _run(args: argparse.Namespace) -> int:
             def request_for(task: str) -> TaskRequest:
                 return TaskRequest(task, repo_url, commit, workspace_dir, extra, namespace)
 
-            dispatched = dispatch(client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
+            dispatched = dispatch(dask_client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
             outcomes = dispatched.outcomes
     finally:
-        if client is not None:
-            close_client(client)
+        if dask_client is not None:
+            close_client(dask_client)
 
     final_env = dict(env)
     if plan.mode is Mode.LOCAL_NO_REMOTE_CACHE:

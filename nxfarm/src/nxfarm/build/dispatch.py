@@ -52,9 +52,10 @@ def eligible_tasks(graph: TaskGraph) -> set[str]:
     return {task for task in graph.tasks if ok(task)}
 
 
-def _worker_names(client: Any) -> dict[str, str]:
+def _workers(client: Any) -> dict[str, tuple[str, int]]:
+    """address -> (agent name, slots)"""
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    return {address: str(info.get("name", address)) for address, info in workers.items()}
+    return {address: (str(info.get("name", address)), int(info.get("nthreads", 1))) for address, info in workers.items()}
 
 
 def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callable[[str], TaskRequest],
@@ -133,7 +134,7 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
             if now - last_check < 1.0 and not done:
                 continue
             last_check = now
-            names = _worker_names(client)
+            names = _workers(client)
             if names:
                 no_workers_since = None
             elif futures:
@@ -164,14 +165,23 @@ def _event_line(finished: int, total: int, outcome: Outcome) -> str:
             f"({result.seconds:.1f}s{how})")
 
 
-def _status_line(client: Any, names: dict[str, str], outcomes: dict[str, Outcome]) -> str:
+def _status_line(client: Any, workers: dict[str, tuple[str, int]], outcomes: dict[str, Outcome]) -> str:
+    try:
+        assigned = {address: len(keys) for address, keys in client.processing().items() if keys}
+    except Exception:  # noqa: BLE001 - a status line never stops the build
+        assigned = {}
+    return status_line(outcomes, {workers.get(address, (address, 1)): n for address, n in assigned.items()})
+
+
+def status_line(outcomes: dict[str, Outcome], assigned: dict[tuple[str, int], int]) -> str:
+    """Pure. `assigned`: (agent, slots) -> tasks the scheduler gave it; Dask hands an agent more
+    than it has slots, so only as many as its slots are running and the rest wait there."""
     counts = {status: sum(o.status == status for o in outcomes.values())
               for status in ("queued", "running", "ok", "failed")}
     hits = sum(1 for o in outcomes.values() if o.result and o.result.cache)
-    try:
-        per_agent = {names.get(address, address): len(keys) for address, keys in client.processing().items() if keys}
-    except Exception:  # noqa: BLE001 - a status line never stops the build
-        per_agent = {}
-    running = ", ".join(f"{name}: {n}" for name, n in sorted(per_agent.items())) or "-"
-    return (f"queued {counts['queued']} | running {counts['running']} ({running}) | done {counts['ok']} | "
-            f"failed {counts['failed']} | cache hits {hits}")
+    busy = {name: min(n, slots) for (name, slots), n in assigned.items()}
+    slots_of = {name: slots for name, slots in assigned}
+    running = sum(busy.values())
+    per_agent = ", ".join(f"{name}: {n}/{slots_of[name]}" for name, n in sorted(busy.items())) or "-"
+    return (f"queued {counts['queued'] + counts['running'] - running} | running {running} ({per_agent} slots) | "
+            f"done {counts['ok']} | failed {counts['failed']} | cache hits {hits}")

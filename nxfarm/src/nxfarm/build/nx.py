@@ -48,6 +48,9 @@ def find_workspace(start: Path) -> Path:
 
 
 def nx_command(workspace: Path) -> list[str]:
+    if shutil.which("node") is None:
+        raise NxError("Node.js is not installed (no `node` on PATH), and Nx runs on it: install Node.js 20 or "
+                      "newer (nodejs.org, or your distribution's nodejs), then run nxfarm build again")
     local = workspace / "node_modules" / ".bin" / "nx"
     if local.exists():
         return [str(local)]

@@ -23,9 +23,9 @@ def plan_text(graph: TaskGraph, eligible: set[str], agents: Mapping[str, int], m
     for step, level in enumerate(graph.levels(), start=1):
         for task in level:
             where = "an agent" if distributed and task in eligible else "here"
-            why = "" if task in eligible else (" (not cacheable)" if not graph.tasks[task].cacheable else
-                                               " (continuous)" if graph.tasks[task].continuous else
-                                               " (depends on a local-only task)")
+            why = "" if not distributed or task in eligible else (
+                " (not cacheable)" if not graph.tasks[task].cacheable else
+                " (continuous)" if graph.tasks[task].continuous else " (depends on a local-only task)")
             rows.append([str(step), task, where + why])
     lines = [mode_line, table(["STEP", "TASK", "RUNS ON"], rows)]
     if distributed:

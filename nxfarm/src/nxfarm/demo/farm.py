@@ -19,6 +19,7 @@ from pathlib import Path
 from ..farm.tls import CertPair, TlsFiles, write_cluster
 
 NXFARM = str(Path(sys.executable).with_name("nxfarm"))
+DEVELOPER_NAMESPACE = "local"
 
 
 def free_port() -> int:
@@ -98,10 +99,15 @@ class LocalFarm:
         self.certs: dict[str, TlsFiles] = write_cluster(state / "tls", members, ca)
         self.token = secrets.token_urlsafe(32)  # trusted: this machine's own builds, and agents on protected branches
         self.branch_token = secrets.token_urlsafe(32)  # agents building any other commit: never the trusted namespace
+        # `nxfarm farm up`'s developer: writes its own namespace, reads trusted outputs through it
+        self.developer_token = secrets.token_urlsafe(32)
         self.storage = state / "cache"
         self.tokens_file = state / "cache-tokens"
         self.tokens_file.write_text(token_line("farm", Scope.READWRITE, self.token, ("trusted",))
-                                    + token_line("farm-branch", Scope.READWRITE, self.branch_token, ("*",)))
+                                    + token_line("farm-branch", Scope.READWRITE, self.branch_token, ("*",))
+                                    + token_line("developer", Scope.READWRITE, self.developer_token,
+                                                 (DEVELOPER_NAMESPACE,)))
+        self.tokens_file.chmod(0o600)
         self.cache: Process | None = None
         self.cache_url = ""
         self.scheduler: Process | None = None
@@ -148,6 +154,18 @@ class LocalFarm:
             env.update(NX_SELF_HOSTED_REMOTE_CACHE_SERVER=self.cache_url,
                        NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=self.token)
         return env
+
+    def developer_env(self) -> dict[str, str]:
+        """What `nxfarm build` in any of this machine's workspaces needs to use this farm. Agents
+        here fetch commits from the workspace's own repository, so no remote is needed; the
+        developer's outputs go to their own namespace (a commit that is not on a protected branch
+        is built into it by agents too) and trusted outputs are read through it."""
+        files = self.certs["orchestrator"]
+        return {"NXFARM_SCHEDULER": self.scheduler_address, "NXFARM_TLS_CA": files.ca,
+                "NXFARM_TLS_CERT": files.cert, "NXFARM_TLS_KEY": files.key,
+                "NX_SELF_HOSTED_REMOTE_CACHE_SERVER": f"{self.cache_url}/ns/{DEVELOPER_NAMESPACE}",
+                "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN": self.developer_token,
+                "NXFARM_FETCH_FROM": "workspace"}
 
     def build(self, workspace: Path, *args: str, env: dict[str, str] | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -97,8 +97,7 @@ def write_member(directory: Path, ca: CertPair, name: str, role: str | None,
     """One member's certificate and key (0600) under `directory`, next to the CA's certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_path = directory / "ca.crt"
-    if not ca_path.exists():
-        ca_path.write_text(ca.cert_pem)
+    ca_path.write_text(ca.cert_pem)  # always: a directory reused with a new CA must not keep the old one
     pair = issue(ca, name, role, addresses)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_text(pair.cert_pem)
