@@ -1,6 +1,7 @@
 """The command line: one-line errors with the right exit codes, the embedded default, scrub and token add."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -121,7 +122,10 @@ def test_embedded_default_generates_a_token_once_and_serves(tmp_path):
 
     proc, port, text = start()
     try:
-        token = re.search(r"NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=(\S+)", text)[1]
+        access = tmp_path / "cfg" / "nx-farm" / "access-token"
+        token = access.read_text().strip()
+        assert f"saved for this machine's clients in {access}" in text and token not in text, "never in the log"
+        assert access.stat().st_mode & 0o777 == 0o600
         tokens_file = tmp_path / "cfg" / "nx-farm" / "cache-tokens"
         assert token not in tokens_file.read_text() and "local readwrite sha256:" in tokens_file.read_text()
         assert str(tmp_path / "state" / "nx-farm" / "cache") in text
@@ -136,4 +140,17 @@ def test_embedded_default_generates_a_token_once_and_serves(tmp_path):
     proc, _, text = start()
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
-    assert "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN" not in text, "the token is shown only when it is created"
+    assert "Created" not in text and access.read_text().strip() == token, "created once, then left alone"
+
+
+def test_a_first_token_never_overwrites_a_saved_access_token(tmp_path, capsys):
+    from cache_server.auth import TokenStore
+    from cache_server.cli import _create_first_token
+
+    config = tmp_path / "nx-farm"
+    config.mkdir()
+    (config / "access-token").write_text("another-farms-token\n")
+    _create_first_token(str(config / "cache-tokens"))
+    shown = re.search(r"NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=(\S+)", capsys.readouterr().err)
+    assert (config / "access-token").read_text() == "another-farms-token\n"
+    assert shown and TokenStore(str(config / "cache-tokens")).authenticate(f"Bearer {shown[1]}") is not None, "the new token is shown once"

@@ -58,7 +58,7 @@ def test_init_makes_build_test_lint_cacheable_for_real_nx_and_is_idempotent(tmp_
     assert f"Nx {major}." in done.stdout
     assert cacheable(root) == {"build": True, "test": True, "lint": True, "serve": False}
     envrc = (root / ".envrc").read_text()
-    assert 'NX_CACHE_DIRECTORY="$HOME/.local/state/nx-cache"' in envrc and "cache-token" in envrc
+    assert 'NX_CACHE_DIRECTORY="$HOME/.local/state/nx-cache"' in envrc and "nx-farm/access-token" in envrc
     again = init(root, "--cache-url", "http://other:3333")
     assert again.returncode == 0 and "nothing to change" in again.stdout
 

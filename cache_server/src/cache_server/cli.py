@@ -70,20 +70,32 @@ def _serve(argv: list[str]) -> int:
     return 0
 
 
+ACCESS_TOKEN_FILE = "access-token"  # read by nxfarm build/status/doctor and the .envrc of nxfarm init
+
+
 def _create_first_token(path: str) -> None:
-    """The embedded default: a fresh machine gets one read-write token, shown once."""
+    """The embedded default: a fresh machine gets one read-write token. The server keeps only its
+    hash; the token itself goes, once, to `access-token` beside the tokens file, where this
+    machine's clients read it (never into the log)."""
     token = new_token()
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("# nx-farm cache tokens: <name> <read|readwrite> sha256:<hex of the token>\n")
         fh.write(token_line("local", Scope.READWRITE, token))
-    print(
-        f"Created {path} with one read-write token. It is shown only now; use it as\n"
-        f"  export NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}\n",
-        file=sys.stderr,
-        flush=True,
-    )
+    access = os.path.join(directory, ACCESS_TOKEN_FILE)
+    try:
+        fd = os.open(access, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"Created {path} with one read-write token. {access} already holds a token (another farm's?) and was "
+              f"left alone; this server's token is shown only now:\n"
+              f"  export NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}\n", file=sys.stderr, flush=True)
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    print(f"Created {path} (hashes only) with one read-write token, saved for this machine's clients in {access} "
+          f"(mode 600): nxfarm build and the .envrc of nxfarm init read it there.", file=sys.stderr, flush=True)
 
 
 def _scrub(argv: list[str]) -> int:

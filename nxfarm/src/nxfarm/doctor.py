@@ -4,6 +4,7 @@ the command that fixes it. Exit 0 when everything needed passes, 1 otherwise."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -11,10 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import client
 from .health import checks, heal
 from .health.checks import Check
 from .health.command import render
 from .probe.cache import probe_cache
+from .sops import SopsError, sops_binary
 
 PNPM_VERSION = "10.22.0"  # the seed's
 NODE_MIN = (20, 0)
@@ -45,14 +48,7 @@ def tool_checks() -> list[Check]:
     found.append(Check("pulumi", True, pulumi) if pulumi else
                  Check("pulumi", False, "the Pulumi CLI is not on PATH (needed to deploy the farm)",
                        "install the Pulumi CLI (pulumi.com/docs/install), then `pulumi login --local`"))
-    sops = _version(["sops", "--version"])
-    ok = sops is not None and _numbers(sops) >= (3, 9)
-    found.append(Check("sops", ok, sops or "sops is not on PATH",
-                       "" if ok else "pip install sops-binary (or your distribution's sops 3.9+)"))
-    key = Path(os.environ.get("SOPS_AGE_KEY_FILE") or Path.home() / ".config" / "sops" / "age" / "keys.txt")
-    has_key = key.is_file() and "AGE-SECRET-KEY-" in key.read_text(errors="replace")
-    found.append(Check("age key", has_key, f"{key}" + ("" if has_key else " has no age identity"),
-                       "" if has_key else f"age-keygen -o {key} (its public key goes in sops.operatorRecipients)"))
+    found += [sops_check(), age_key_check()]
     node = _version(["node", "--version"])
     ok = node is not None and _numbers(node)[:2] >= NODE_MIN
     found.append(Check("node", ok, node or "node is not on PATH",
@@ -62,6 +58,46 @@ def tool_checks() -> list[Check]:
     found.append(Check("pnpm", ok, f"pnpm {pnpm}" if pnpm else "pnpm is not on PATH",
                        "" if ok else f"corepack enable && corepack prepare pnpm@{PNPM_VERSION} --activate"))
     return found
+
+
+def sops_check() -> Check:
+    """The sops nxfarm itself runs: PATH, then beside this interpreter (the venv's sops-binary)."""
+    try:
+        binary = sops_binary()
+    except SopsError:
+        return Check("sops", False, "sops is not on PATH nor in nxfarm's environment",
+                     "pip install sops-binary into nxfarm's environment (or your distribution's sops 3.9+)")
+    version = _version([binary, "--version"])
+    ok = version is not None and _numbers(version) >= (3, 9)
+    return Check("sops", ok, f"{version or 'unknown version'} ({binary})",
+                 "" if ok else "pip install sops-binary into nxfarm's environment (or your distribution's sops 3.9+)")
+
+
+def age_key_check() -> Check:
+    key = Path(os.environ.get("SOPS_AGE_KEY_FILE") or Path.home() / ".config" / "sops" / "age" / "keys.txt")
+    if key.is_file() and "AGE-SECRET-KEY-" in key.read_text(errors="replace"):
+        return Check("age key", True, str(key))
+    if shutil.which("age-keygen"):
+        make = f"age-keygen -o {key}"
+    elif importlib.util.find_spec("pyrage") is not None:
+        make = f"nxfarm sops keygen {key}"
+    else:
+        make = f"install age (apt install age), then age-keygen -o {key}"
+    return Check("age key", False, f"{key} has no age identity",
+                 f"{make} (its public key goes in sops.operatorRecipients)")
+
+
+def direnv_check(directory: Path, environ: dict[str, str]) -> Check | None:
+    """Where an `.envrc` is, something has to load it: direnv, or `source .envrc`."""
+    envrc = directory / ".envrc"
+    if not envrc.is_file():
+        return None
+    if environ.get("NX_SELF_HOSTED_REMOTE_CACHE_SERVER"):
+        return Check("direnv", True, f"{envrc} is loaded (NX_SELF_HOSTED_REMOTE_CACHE_SERVER is set)")
+    if shutil.which("direnv") is None:
+        return Check("direnv", False, f"{envrc} is not loaded and direnv is not installed",
+                     "`source .envrc` in this shell, or install direnv and hook it into your shell (direnv.net)")
+    return Check("direnv", False, f"{envrc} is not loaded", "direnv allow (after reading it)")
 
 
 def tailnet() -> Check:
@@ -78,7 +114,7 @@ def cache(url: str | None, token: str | None) -> Check:
     probe = probe_cache(url, token)
     if probe.usable:
         return Check("cache", True, probe.reason)
-    fix = ("put your token in ~/.config/nx-farm/cache-token: `pulumi stack output --show-secrets orchestratorTokens`"
+    fix = (f"put your token in {client.access_token_file()}: `pulumi stack output --show-secrets orchestratorTokens`"
            if probe.status == 401 else "check `tailscale ip -4` and the ACLs; `nxfarm health` on the cache host")
     return Check("cache", False, probe.reason, fix)
 
@@ -101,8 +137,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    found = [*tool_checks(), tailnet(), cache(args.cache_url, os.environ.get("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN")),
-             agent_log()]
+    env, _ = client.resolve()
+    direnv = direnv_check(Path.cwd(), dict(os.environ))
+    found = [*tool_checks(), *([direnv] if direnv else []), tailnet(),
+             cache(args.cache_url or env.get(client.CACHE_URL_ENV), env.get(client.CACHE_TOKEN_ENV)), agent_log()]
     found += [checks.unit_check(unit, show) for unit, show in checks.installed_units().items()]
     print(json.dumps([vars(check) for check in found], indent=2) if args.json else render(found))
     return 1 if any(check.ok is False for check in found) else 0

@@ -5,8 +5,9 @@ What it changes, never overriding a value the workspace already sets:
            `tasksRunnerOptions.default.options` (`cacheableOperations`, `cacheDirectory`) is
            migrated to those, and the block removed when nothing else is in it. Nx before 17
            gets `cacheableOperations` instead, which is what it understands.
-  .envrc   (direnv) the remote cache URL, the token read from ~/.config/nx-farm/cache-token
-           (outside the repository), and NX_CACHE_DIRECTORY=$HOME/.local/state/nx-cache (the
+  .envrc   the remote cache URL, the token read from ~/.config/nx-farm/access-token (outside
+           the repository; `make cache` writes it for a cache on this machine); direnv loads
+           it on `cd` after `direnv allow`, or `source .envrc` in each shell without direnv, and NX_CACHE_DIRECTORY=$HOME/.local/state/nx-cache (the
            seed's cache directory; `~` in nx.json would be a directory named `~`).
 Idempotent; `--dry-run` prints the diff and writes nothing.
 """
@@ -23,9 +24,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import client
+
 TARGETS = ("build", "test", "lint")
 SEED_CACHE_DIR = "$HOME/.local/state/nx-cache"
-TOKEN_FILE = "$HOME/.config/nx-farm/cache-token"
+TOKEN_FILE = "${XDG_CONFIG_HOME:-$HOME/.config}/nx-farm/access-token"
 LEGACY_RUNNERS = (None, "nx/tasks-runners/default", "@nrwl/workspace/tasks-runners/default")
 EPILOG = """examples:
   nxfarm init --dry-run                    show what would change in ./nx.json and ./.envrc
@@ -127,7 +130,8 @@ def plan(nx_json: dict, version: tuple[int, int] | None, envrc: str, cache_url: 
     if not cache_url and "NX_SELF_HOSTED_REMOTE_CACHE_SERVER" in missing:
         notes.append("set the cache URL in .envrc (or rerun with --cache-url): `pulumi stack output cacheUrl`")
     if missing:
-        block = "# nx-farm (nxfarm init): the farm's remote cache; the token stays outside the repository\n"
+        block = ("# nx-farm (nxfarm init): the farm's remote cache; the token stays outside the repository.\n"
+                 "# Loaded by direnv (`direnv allow`), or by `source .envrc` in a shell without direnv.\n")
         block += "".join(f"export {key}={value}\n" for key, value in missing.items())
         envrc = envrc + ("\n" if envrc and not envrc.endswith("\n") else "") + ("\n" if envrc else "") + block
     return InitPlan(config, envrc, notes)
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         nx_path.write_text(new_nx)
     if result.envrc != old_envrc:
         envrc_path.write_text(result.envrc)
-    print(f"{workspace}: {shown} configured; put the token in ~/.config/nx-farm/cache-token (mode 600), "
-          "then `direnv allow`")
+    token = client.access_token_file()
+    where = (f"the token is read from {token}" if token.is_file() else
+             f"put your token in {token} (mode 600; `make cache` writes it for a cache on this machine)")
+    print(f"{workspace}: {shown} configured; {where}. Load .envrc with `direnv allow` (direnv), or "
+          f"`source .envrc` in each shell")
     return 0

@@ -108,14 +108,45 @@ def sync(path: Path, plaintext: str, wanted: list[str], config: Path, identity: 
     return "rewrapped"
 
 
+def keygen(path: Path) -> str:
+    """A new age identity in `path` (0600, never over an existing file), in age-keygen's format;
+    returns its public key. pyrage, so that an operator box needs no separate `age` install."""
+    from datetime import datetime, timezone
+
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    public = str(identity.to_public())
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"# created: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+                 f"# public key: {public}\n{identity}\n")
+    return public
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nxfarm.sops")
+    parser = argparse.ArgumentParser(prog="nxfarm sops")
     sub = parser.add_subparsers(dest="command", required=True)
+    keygen_parser = sub.add_parser("keygen", help="write a new age identity to FILE (like age-keygen -o FILE)")
+    keygen_parser.add_argument("file", type=Path)
     sync_parser = sub.add_parser("sync", help="encrypt stdin into FILE for its .sops.yaml recipients; print the file")
     sync_parser.add_argument("file", type=Path)
     sync_parser.add_argument("--config", type=Path, default=Path(".sops.yaml"))
     sync_parser.add_argument("--recipient", action="append", required=True, help="repeat for each recipient")
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        try:
+            public = keygen(args.file)
+        except FileExistsError:
+            print(f"nxfarm sops keygen: {args.file} exists; it is left alone (remove it first to replace it)",
+                  file=sys.stderr)
+            return 1
+        except ImportError:
+            print("nxfarm sops keygen: needs pyrage (pip install pyrage), or use age-keygen", file=sys.stderr)
+            return 1
+        print(f"Public key: {public}", file=sys.stderr)
+        return 0
     try:
         action = sync(args.file, sys.stdin.read(), args.recipient, args.config)
     except SopsError as exc:
