@@ -7,6 +7,7 @@ nxfarm := venv / "nxfarm"
 # Encrypt a dotenv file for AGE_RECIPIENT (the stack's own SOPS files are written by `pulumi up`)
 [no-cd]
 nx-encrypt-config file="infra/nx-agents.env":
+    @if [ -z "${AGE_RECIPIENT:-}" ]; then echo "nx-encrypt-config: AGE_RECIPIENT is not set: export AGE_RECIPIENT=age1... (the 'public key:' line of your age key file, or: age-keygen -y KEYFILE)" >&2; exit 2; fi
     {{venv}}/python -m nxfarm.sops sync "{{file}}.sops" --recipient "$AGE_RECIPIENT" < "{{file}}" > /dev/null
 
 # Configure this Nx workspace for the farm (nx.json caching, .envrc); see `nxfarm init --help`
