@@ -212,3 +212,29 @@ def test_build_users_run_commands_without_capabilities():
         lookup(["nxbuild-missing"])
     with pytest.raises(SandboxError, match="is root"):
         lookup(["root"])
+
+
+def test_the_status_line_counts_only_what_an_agent_has_slots_for_as_running():
+    from nxfarm.build.dispatch import Outcome, status_line
+
+    outcomes = {f"p{n}:build": Outcome(f"p{n}:build", "running") for n in range(5)}
+    outcomes["q:build"] = Outcome("q:build", "queued")
+    # Dask gave the 2-slot agent 4 tasks: 2 run, 2 wait there (the issue saw "running 5 (myagent: 4)")
+    line = status_line(outcomes, {("myagent", 2): 4, ("other", 3): 1})
+    assert line.startswith("queued 3 | running 3 (myagent: 2/2, other: 1/3 slots) | done 0"), line
+
+
+def test_the_cache_row_of_nxfarm_status():
+    from nxfarm.status import agent_parts, cache_part, cache_root, task_of
+
+    assert cache_root("http://10.0.0.1:3333/ns/local") == "http://10.0.0.1:3333"
+    assert cache_root("http://10.0.0.1:3333/prefix/ns/pr-1/") == "http://10.0.0.1:3333/prefix"
+    metrics = "# TYPE nxcache_hits_total counter\nnxcache_hits_total 3.0\nnxcache_misses_total 1.0\n"
+    part = cache_part("http://c", {"entries": 7, "bytes": 3 * 1024 * 1024, "problems": []}, metrics)
+    assert part.detail == "7 entries, 3.0 MiB, hit rate 75% (3/4 since start)"
+    assert task_of("nxfarm-1a2b3c4d-lib-a:build") == "lib-a:build"
+    workers = {"tls://a:1": {"name": "agent-1", "nthreads": 2, "last_seen": 100.0}}
+    rows = agent_parts(workers, {"tls://a:1": ["nxfarm-x-a:build", "nxfarm-x-b:build", "nxfarm-x-c:build"]}, 101.5,
+                       ["agent-1", "agent-2"])
+    assert rows[0].detail == "2/2 slots busy: a:build, b:build, 1 waiting; seen 1.5s ago"
+    assert (rows[1].name, rows[1].up) == ("agent-2", False)

@@ -28,7 +28,7 @@ from ..farm.protocol import TaskRequest
 from ..probe.cache import CacheProbe, probe_cache
 from ..probe.git import read_git_state
 from ..probe.task_graph import TaskGraphError, parse_task_graph
-from . import report
+from . import reaper, report
 from .dispatch import dispatch, eligible_tasks
 from .nx import CACHE_TOKEN_ENV, CACHE_URL_ENV, NxError, NxInvocation, base_env, final_pass, find_workspace, task_graph_json
 
@@ -156,10 +156,12 @@ def _repo(workspace: Path, remote: str, from_workspace: bool) -> tuple[str, str]
 
 
 def run(args: argparse.Namespace) -> int:
+    reaper.adopt_orphans()
     try:
         return _run(args)
     except KeyboardInterrupt:
-        _say("interrupted")
+        stopped = reaper.stop_descendants()
+        _say(f"interrupted; stopped {stopped} process(es) it had started" if stopped else "interrupted")
         return 130
 
 
