@@ -57,9 +57,10 @@ def test_nxfarm_just_and_make_commands_exist_with_their_flags():
                 continue
             tool = Path(words[0]).name
             if tool == "nxfarm":
+                assert words[0] == "nxfarm", f"{page.name}: `{line}`: write nxfarm as installed (make install)"
                 sub = tuple(w for w in words[1:3] if not w.startswith("-") and w in
                             ("build", "agent", "run", "scheduler", "health", "restart", "discover", "doctor", "init",
-                             "demo"))
+                             "demo", "farm", "up", "down", "env", "status"))
                 assert sub, f"{page.name}: `{line}` names no nxfarm subcommand"
                 if sub not in helps:
                     result = subprocess.run([NXFARM, *sub, "--help"], capture_output=True, text=True)
