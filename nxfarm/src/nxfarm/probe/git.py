@@ -21,7 +21,7 @@ class GitState:
         if self.dirty_paths:
             shown = ", ".join(self.dirty_paths[:3]) + (" ..." if len(self.dirty_paths) > 3 else "")
             return (f"the working tree has uncommitted changes ({len(self.dirty_paths)}: {shown}); agents build "
-                    f"commit {short} only: commit and push, or build with --local")
+                    f"commit {short} only: commit{' and push' if need_remote else ''}, or build with --local")
         if self.remote is None and need_remote:
             return (f"commit {short} is not on remote '{remote_name}', so agents cannot fetch it: "
                     f"git push {remote_name}, or build with --local")
