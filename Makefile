@@ -13,12 +13,13 @@ BINDIR ?= $(HOME)/.local/bin
 .PHONY: run cache test bench wheels clean install
 
 # The cache server is installed editable, so an edited module is what runs.
-$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock nxfarm/pyproject.toml nxfarm/requirements.lock \
+$(VENV)/.installed: cache_server/pyproject.toml cache_server/requirements.lock cache_server/requirements-s3.lock \
+		nxfarm/pyproject.toml nxfarm/requirements.lock \
 		requirements.txt requirements-dev.txt
 	@echo "make: installing nx-farm and its pinned Python dependencies into $(VENV) (a minute or so the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements.txt -r requirements-dev.txt \
-		-c cache_server/requirements.lock -c nxfarm/requirements.lock
+		-c cache_server/requirements.lock -c cache_server/requirements-s3.lock -c nxfarm/requirements.lock
 	touch $@
 
 $(NX_CLIENT)/node_modules/.package-lock.json: $(NX_CLIENT)/package.json $(NX_CLIENT)/package-lock.json

@@ -141,6 +141,15 @@ class Settings:
     max_connections_per_address: int = 512
     first_byte_timeout: float = 10.0
     max_entries: int = 0
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_timeout: float = 5.0
+    local_tier: str = ""
+    local_tier_size: int = 0
+
+    @property
+    def on_s3(self) -> bool:
+        return self.storage.startswith("s3://")
 
     @staticmethod
     def register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,8 +157,22 @@ class Settings:
         add = parser.add_argument
         add("--bind", action="append", metavar="HOST:PORT",
             help="address to listen on; repeat for several (env NXFARM_CACHE_BIND, default 127.0.0.1:3333)")
-        add("--storage", default=env("NXFARM_CACHE_STORAGE") or default_storage(), metavar="DIR",
-            help="cache directory (env NXFARM_CACHE_STORAGE, default %(default)s)")
+        add("--storage", default=env("NXFARM_CACHE_STORAGE") or default_storage(), metavar="DIR|s3://BUCKET/PREFIX",
+            help="cache directory, or an S3 bucket and key prefix (credentials from AWS_ACCESS_KEY_ID and "
+                 "AWS_SECRET_ACCESS_KEY, or the file AWS_SHARED_CREDENTIALS_FILE names) (env NXFARM_CACHE_STORAGE, "
+                 "default %(default)s)")
+        add("--s3-endpoint", default=env("NXFARM_CACHE_S3_ENDPOINT"), metavar="URL",
+            help="the S3-compatible store's URL, e.g. http://nas:9000 (path-style requests; default: AWS)")
+        add("--s3-region", default=env("NXFARM_CACHE_S3_REGION", "us-east-1"), metavar="REGION",
+            help="region the requests are signed for (default %(default)s)")
+        add("--s3-timeout", type=float, default=5.0, metavar="SECONDS",
+            help="give up on the store after this long without an answer: GET is a miss, PUT a 403 "
+                 "(default %(default)s)")
+        add("--local-tier", default=env("NXFARM_CACHE_LOCAL_TIER") or default_storage() + "-tier", metavar="DIR",
+            help="with s3:// storage: local directory every body passes through, and where recent ones are "
+                 "kept and served from (default %(default)s)")
+        add("--local-tier-size", default=env("NXFARM_CACHE_LOCAL_TIER_SIZE", "10GiB"), metavar="SIZE",
+            help="with s3:// storage: how much the local tier keeps (LRU); 0 keeps nothing (default %(default)s)")
         add("--tokens", default=env("NXFARM_CACHE_TOKENS"), metavar="FILE",
             help="tokens file, lines '<name> <read|readwrite> sha256:<hex>' (env NXFARM_CACHE_TOKENS; "
                  f"default {default_tokens()}, created with one generated token if missing)")
@@ -219,12 +242,26 @@ class Settings:
             raise ConfigError("--max-entries must be 0 (no cap) or a positive number")
         if args.max_connections_per_address < 1:
             raise ConfigError("--max-connections-per-address must be at least 1")
+        if args.storage.startswith("s3://"):
+            from .storage.objectstore import S3Location
+
+            try:
+                S3Location.parse(args.storage)
+            except ValueError as exc:
+                raise ConfigError(f"--storage: {exc}") from None
+            if parse_workers(args.workers) > 1:
+                raise ConfigError("--workers: s3:// storage serves from one process for now (--workers 1)")
+            if not (math.isfinite(args.s3_timeout) and args.s3_timeout > 0):
+                raise ConfigError("--s3-timeout must be a positive number of seconds")
+            if args.s3_endpoint and not re.fullmatch(r"https?://[^\s/]+/?", args.s3_endpoint):
+                raise ConfigError(f"--s3-endpoint: {args.s3_endpoint!r} must be http(s)://host[:port]")
         prefix = args.url_prefix.strip("/")
         if prefix and not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", prefix):
             raise ConfigError(f"--url-prefix: {args.url_prefix!r} may contain letters, digits, . _ ~ - and /")
         return cls(
             binds=binds,
-            storage=os.path.abspath(os.path.expanduser(args.storage)),
+            storage=(args.storage if args.storage.startswith("s3://")
+                     else os.path.abspath(os.path.expanduser(args.storage))),
             tokens=os.path.abspath(os.path.expanduser(args.tokens or default_tokens())),
             tokens_explicit=args.tokens is not None,
             max_size=max_size,
@@ -245,4 +282,9 @@ class Settings:
             max_connections_per_address=args.max_connections_per_address,
             first_byte_timeout=args.first_byte_timeout,
             max_entries=args.max_entries,
+            s3_endpoint=args.s3_endpoint,
+            s3_region=args.s3_region,
+            s3_timeout=args.s3_timeout,
+            local_tier=os.path.abspath(os.path.expanduser(args.local_tier)),
+            local_tier_size=parse_size(args.local_tier_size, "--local-tier-size"),
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..auth import Identity, TokenStore
@@ -113,7 +114,7 @@ class CacheCycle:
     """One request's answer, and the record the access log writes of it."""
 
     __slots__ = ("handler", "conn", "request", "kind", "key", "namespace", "token", "status", "bytes_in",
-                 "bytes_out", "reason", "upload", "reply", "file_size")
+                 "bytes_out", "reason", "upload", "reply", "file_size", "found")
 
     def __init__(self, handler: CacheHandler, conn: Connection, request: Request) -> None:
         self.handler = handler
@@ -268,15 +269,28 @@ class CacheCycle:
             self._text(400, _BAD_KEY if key is None else _BAD_NAMESPACE)
             return
         storage = handler.storage
+        if namespace != TRUSTED and not identity.may_read(namespace):
+            handler.metrics.reject("namespace")
+            self._text(403, f"token {identity.name!r} may not use namespace {namespace!r}")
+            return
+        if getattr(storage, "remote", False):
+            # A namespace reads through to the trusted entries it does not have itself.
+            keys = [key] if namespace == TRUSTED else [storage_key(namespace, key), key]
+            self.conn.wait_for(self.request, lambda done: storage.fetch(keys, lambda blob: self._fetched(blob, done)),
+                               lambda _: self._send_blob(self.found))
+            return
         if namespace == TRUSTED:
             blob: Blob | None = storage.get(key)
         else:
-            if not identity.may_read(namespace):
-                handler.metrics.reject("namespace")
-                self._text(403, f"token {identity.name!r} may not use namespace {namespace!r}")
-                return
-            # A namespace reads through to the trusted entries it does not have itself.
             blob = storage.get(storage_key(namespace, key)) or storage.get(key)
+        self._send_blob(blob)
+
+    def _fetched(self, blob: Blob | None, done: Callable[[BaseException | None], None]) -> None:
+        self.found = blob
+        done(None)
+
+    def _send_blob(self, blob: Blob | None) -> None:
+        handler = self.handler
         if blob is None:
             handler.metrics.misses += 1
             self._empty(404)

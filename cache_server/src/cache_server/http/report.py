@@ -66,6 +66,7 @@ class Reports:
             problems.append("free inodes below the 1% the cache keeps")
         if not len(self.tokens):
             problems.append("no tokens: every request is refused")
+        problems += getattr(self.storage, "problems", list)()  # the S3 backend: its store failing
         body = {
             "status": "degraded" if problems else "ok",
             "problems": problems,

@@ -56,6 +56,8 @@ def log_listening(sock: socket.socket, settings: Settings, tokens: int, workers:
 
 def open_storage(settings: Settings) -> DiskStorage:
     """The storage of a server process, or with several (--workers), the one they share."""
+    if settings.on_s3:
+        return open_s3_storage(settings)  # type: ignore[return-value]  # the same contract, remote
     kind = SharedDiskStorage if settings.workers > 1 else DiskStorage
     return kind(
         settings.storage,
@@ -66,6 +68,20 @@ def open_storage(settings: Settings) -> DiskStorage:
         memory_cache_bytes=settings.memory_cache // settings.workers,
         max_entries=settings.max_entries,
     )
+
+
+def open_s3_storage(settings: Settings):  # noqa: ANN201 - S3Storage (aiobotocore imported only here)
+    from ..storage.objectstore import ObjectStore, S3Location
+    from ..storage.s3 import S3Storage
+
+    keep = settings.local_tier_size > 0
+    # With nothing kept, the tier still carries bodies in flight: room for a few at once.
+    tier = DiskStorage(settings.local_tier, max_bytes=settings.local_tier_size if keep else 4 * settings.max_artifact_size,
+                       max_artifact_bytes=settings.max_artifact_size, min_free_bytes=settings.min_free_disk,
+                       fsync=False, memory_cache_bytes=settings.memory_cache)
+    store = ObjectStore(S3Location.parse(settings.storage), settings.s3_endpoint, settings.s3_region,
+                        settings.s3_timeout)
+    return S3Storage(store, tier, keep_local=keep)
 
 
 async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None = None) -> None:
@@ -146,6 +162,8 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
             peers.close()
         await loop.run_in_executor(None, storage.stop_syncing)
         await loop.run_in_executor(None, storage.close)
+        if hasattr(storage, "aclose"):  # the S3 backend's client, on this loop
+            await storage.aclose()
         access_log.close()
         if worker is None:
             log.info("stopped")

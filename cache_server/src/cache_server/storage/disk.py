@@ -387,6 +387,14 @@ class DiskStorage:
         self._removals += 1
         self._atime_saved.pop(key, None)
 
+    def remove(self, key: str) -> None:
+        """Drop one entry now (readers holding it open keep reading it)."""
+        with self._lock:
+            size = self._lru.remove(key)
+            if size is not None:
+                self._rename_to_trash([(key, size)])
+        self._trash.empty_soon()
+
     def _discard(self, victims: list[tuple[str, int]]) -> None:
         with self._lock:
             self._rename_to_trash(victims)
