@@ -21,6 +21,16 @@ def own_tmpfs(tmp_path, options: str):
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    """A real S3 server (Ceph RGW) for the session; started only when a test asks for it."""
+    from .s3.rgw import Rgw
+
+    server = Rgw(tmp_path_factory.mktemp("rgw")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs, to fill up or remount read-only."""

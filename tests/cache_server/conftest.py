@@ -1,15 +1,30 @@
+import secrets
+
 import pytest
 
 from .server_proc import CacheServer
 
 
-@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2"), ("--event-loop", "asyncio")],
-                ids=["no-fsync", "fsync", "2-workers", "asyncio-loop"])
+def s3_args(rgw, tmp_path, *extra: str) -> tuple[str, ...]:
+    """A server on the S3 backend: its own prefix in the test bucket; its local tier is where a disk
+    server keeps its entries, so tests that look at stored files see the tier."""
+    return ("--storage", f"s3://nxcache/{tmp_path.name}-{secrets.token_hex(4)}", "--s3-endpoint", rgw.endpoint,
+            "--local-tier", str(tmp_path / "storage"), *extra)
+
+
+@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2"), ("--event-loop", "asyncio"), ("s3",)],
+                ids=["no-fsync", "fsync", "2-workers", "asyncio-loop", "s3"])
 def server(tmp_path, request):
     """A server without fsync (the uploads commit on the loop), one with (staged, synced in batches),
-    one of two worker processes (fsync), where consecutive connections may reach either, and one on
-    the standard library's event loop instead of uvloop (fsync)."""
-    srv = CacheServer(tmp_path, *request.param).start()
+    one of two worker processes (fsync), where consecutive connections may reach either, one on
+    the standard library's event loop instead of uvloop (fsync), and one on the S3 backend (a real
+    Ceph RGW; bodies pass through its local tier)."""
+    if request.param == ("s3",):
+        rgw = request.getfixturevalue("rgw")
+        srv = CacheServer(tmp_path, *s3_args(rgw, tmp_path), env=rgw.env).start()
+        srv.on_s3 = True
+    else:
+        srv = CacheServer(tmp_path, *request.param).start()
     yield srv
     srv.stop()
 

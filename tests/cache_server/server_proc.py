@@ -31,6 +31,7 @@ class CacheServer:
         self.env = env
         self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
+        self.on_s3 = False  # the S3 backend: `storage` is then only its local tier
         self.port = 0
         self._starts = 0
 

@@ -637,6 +637,11 @@ def test_damaged_entry_is_a_404_and_shows_in_health(server):
     (path,) = server.entry_files()
     with open(path, "r+b") as fh:
         fh.truncate(1000)
+    if server.on_s3:  # the damaged copy is the local tier's: the bucket's is fetched again
+        assert server.request("GET", "37")[:3:2] == (200, body)
+        assert server.metric("nxcache_damaged_entries_total") == 1
+        assert list((server.storage / "quarantine").iterdir())
+        return
     assert server.request("GET", "37")[0] == 404
     assert server.metric("nxcache_damaged_entries_total") == 1
     assert list((server.storage / "quarantine").iterdir())

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from tests.cache_server.conftest import s3_args
 from tests.cache_server.server_proc import READ_TOKEN, WRITE_TOKEN, CacheServer
 
 from .workspace import NX_BIN, NX_VERSION, PROJECTS, Workspace
@@ -18,10 +19,15 @@ def workspace(tmp_path):
     return Workspace(tmp_path / "ws")
 
 
-@pytest.fixture(params=[("--workers", "2"), ()], ids=["2-workers", "1-process"])
+@pytest.fixture(params=[("--workers", "2"), (), ("s3",)], ids=["2-workers", "1-process", "s3"])
 def cache(tmp_path, request):
-    """fsync on; one worker process per core (two here) as deployed, and a single process."""
-    server = CacheServer(tmp_path, *request.param).start()
+    """fsync on; one worker process per core (two here) as deployed, a single process, and a single
+    process on the S3 backend (a real Ceph RGW)."""
+    if request.param == ("s3",):
+        rgw = request.getfixturevalue("rgw")
+        server = CacheServer(tmp_path, *s3_args(rgw, tmp_path), env=rgw.env).start()
+    else:
+        server = CacheServer(tmp_path, *request.param).start()
     yield server
     server.stop()
 
@@ -47,6 +53,48 @@ def test_second_build_restores_every_task_from_the_remote_cache(workspace, cache
     assert workspace.outputs() == built, "restored outputs must be byte-identical, modes included"
     assert f"Nx read the output from the cache instead of running the command for {N} out of {N} tasks" in second.output
     assert cache.metric("nxcache_hits_total") == N and cache.metric("nxcache_puts_total") == N
+
+
+def test_a_second_frontend_on_the_same_bucket_restores_every_task(workspace, tmp_path, rgw):
+    args = s3_args(rgw, tmp_path)
+    frontends = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tier = ("--local-tier", str(tmp_path / name / "storage"))
+        frontends.append(CacheServer(tmp_path / name, *args, *tier, env=rgw.env).start())
+    a, b = frontends
+    try:
+        assert workspace.build(a.url, WRITE_TOKEN).returncode == 0
+        built = workspace.outputs()
+        workspace.reset_local_state()
+        second = workspace.build(b.url, WRITE_TOKEN)
+        assert second.returncode == 0 and second.remote_hits() == N, second.output
+        assert workspace.executed() == [] and workspace.outputs() == built
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_builds_stay_green_while_the_object_store_is_stuck_and_store_again_after(workspace, tmp_path, rgw):
+    prefix_args = s3_args(rgw, tmp_path)
+    cache = CacheServer(tmp_path, *prefix_args, "--s3-timeout", "0.5", env=rgw.env).start()
+    prefix = prefix_args[1].removeprefix("s3://nxcache/") + "/"
+    try:
+        rgw.pause()
+        try:
+            stuck = workspace.build(cache.url, WRITE_TOKEN)
+            assert stuck.returncode == 0, stuck.output
+            health = json.loads(cache.request("GET", "/health", token=None)[2])
+            assert health["status"] == "degraded"
+        finally:
+            rgw.resume()
+        assert rgw.objects(prefix) == {}, "uploads the store never finished leave no object"
+        workspace.reset_local_state()
+        again = workspace.build(cache.url, WRITE_TOKEN)
+        assert again.returncode == 0 and len(rgw.objects(prefix)) == N, again.output
+        assert json.loads(cache.request("GET", "/health", token=None)[2])["status"] == "ok"
+    finally:
+        cache.stop()
 
 
 def test_read_only_token_builds_and_stores_nothing(workspace, cache):

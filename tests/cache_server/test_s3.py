@@ -1,0 +1,116 @@
+"""The S3 backend against a real Ceph RGW: what only a shared object store brings (several
+frontends, one bucket, write-once across them) and what it must survive (a store that stops
+answering, a body damaged in the bucket, an upload cut off). The HTTP conformance suite runs
+on this backend too (the `s3` case of the `server` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from .conftest import s3_args
+from .server_proc import CacheServer
+
+
+@pytest.fixture
+def frontends(tmp_path, rgw):
+    """Two cache servers (own tier each) on one bucket prefix, with a short store timeout."""
+    prefix_args = s3_args(rgw, tmp_path)
+    started = []
+    for name in ("a", "b"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        args = [*prefix_args[:4], "--local-tier", str(workdir / "storage"), "--s3-timeout", "1"]
+        started.append(CacheServer(workdir, *args, env=rgw.env).start())
+    yield started, prefix_args[1].removeprefix("s3://nxcache/") + "/"
+    for server in started:
+        server.stop()
+
+
+def test_an_entry_stored_through_one_frontend_is_a_hit_through_the_other(frontends, rgw):
+    (a, b), prefix = frontends
+    body = os.urandom(300_000)
+    assert a.request("PUT", "1f", body)[0] == 200
+    assert b.request("GET", "1f")[::2] == (200, body)
+    assert rgw.objects(prefix) == {f"{prefix}1f": len(body)}
+    head = rgw.client().head_object(Bucket="nxcache", Key=f"{prefix}1f")
+    assert len(head["Metadata"]["xxh3-128"]) == 32, "the digest travels with the object"
+    assert b.request("PUT", "1f", body)[0] == 409, "entries are immutable across frontends"
+
+
+def test_concurrent_puts_of_one_hash_through_both_store_exactly_one_body(frontends, rgw):
+    (a, b), prefix = frontends
+    for round_ in range(5):
+        key = f"c{round_}"
+        bodies = {a: os.urandom(200_000), b: os.urandom(200_000)}
+        answers = {}
+        go = threading.Barrier(2)
+
+        def put(server):
+            go.wait()
+            answers[server] = server.request("PUT", key, bodies[server])[0]
+
+        threads = [threading.Thread(target=put, args=(server,)) for server in (a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(answers.values()) == [200, 409], answers
+        winner = next(server for server, status in answers.items() if status == 200)
+        stored = rgw.client().get_object(Bucket="nxcache", Key=f"{prefix}{key}")["Body"].read()
+        assert stored == bodies[winner]
+        assert a.request("GET", key)[2] == b.request("GET", key)[2] == stored, "both serve the one body"
+
+
+def test_a_store_that_stops_answering_costs_a_miss_or_a_403_then_heals(frontends, rgw):
+    (a, _), prefix = frontends
+    rgw.pause()
+    try:
+        started = time.monotonic()
+        assert a.request("GET", "d1")[0] == 404
+        status, _, text = a.request("PUT", "d2", b"x" * 100_000)
+        took = time.monotonic() - started
+        assert status == 403 and text.startswith(b"not stored: the object store failed"), text
+        assert took < 20, f"bounded by --s3-timeout 1 (with one retry each): {took:.1f}s"
+        health = json.loads(a.request("GET", "/health", token=None)[2])
+        assert health["status"] == "degraded" and "object store failing" in health["problems"][0]
+        assert a.metric("nxcache_storage_errors_total") >= 2
+    finally:
+        rgw.resume()
+    assert f"{prefix}d2" not in rgw.objects(prefix), "an upload the store did not finish leaves no object"
+    assert a.request("PUT", "d2", b"x" * 100_000)[0] == 200
+    assert json.loads(a.request("GET", "/health", token=None)[2])["status"] == "ok", "healthy without a restart"
+
+
+def test_an_upload_cut_off_leaves_no_object(frontends, rgw):
+    (a, _), prefix = frontends
+    sock = a.raw_socket()
+    sock.sendall(b"PUT /v1/cache/e1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer writer-token-9f2c\r\n"
+                 b"Content-Length: 1000000\r\n\r\n" + b"y" * 300_000)
+    sock.close()
+    time.sleep(1)
+    assert rgw.objects(prefix) == {} and a.request("GET", "e1")[0] == 404
+
+
+def test_an_object_whose_body_does_not_match_its_digest_is_a_miss_and_deleted(frontends, rgw):
+    (a, _), prefix = frontends
+    body = os.urandom(100_000)
+    rgw.client().put_object(Bucket="nxcache", Key=f"{prefix}f1", Body=body,
+                            Metadata={"xxh3-128": hashlib.md5(body).hexdigest()})  # a digest, not this one
+    assert a.request("GET", "f1")[0] == 404
+    assert rgw.objects(prefix) == {} and a.metric("nxcache_damaged_entries_total") == 1
+
+
+def test_bad_s3_settings_stop_the_server_with_the_flag_named(tmp_path, rgw):
+    for args, expected in ((("--storage", "s3://Bad_Bucket/x"), "--storage: 's3://Bad_Bucket/x': bucket"),
+                           (("--storage", "s3://nxcache/x", "--workers", "2"), "--workers: s3:// storage"),
+                           (("--storage", "s3://nxcache/x", "--s3-endpoint", "ftp://h"), "--s3-endpoint: 'ftp://h'")):
+        server = CacheServer(tmp_path, *args)
+        with pytest.raises(RuntimeError, match="server exited 2"):
+            server.start()
+        assert expected in server.stderr_path.read_text()

@@ -1,0 +1,97 @@
+"""A real S3 server (Ceph RGW, tests/s3/rgw.sh) for the whole test session, on 127.0.0.1.
+
+The packages are fetched once into build/rgw (about 69 MB) and unpacked there; every session
+starts a fresh cluster in a temporary directory (about 8 s) and stops it, by PID, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCESS_KEY, SECRET_KEY = "accessKey1", "verySecretKey1"
+BUCKET = "nxcache"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Rgw:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.mon_port = _free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client needs besides the endpoint: the credentials, through botocore's chain."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self) -> Rgw:
+        env = {**os.environ, "RGW_ROOT": str(ROOT / "build" / "rgw" / "root"), "RGW_DIR": str(self.directory),
+               "RGW_PORT": str(self.port), "RGW_MON_PORT": str(self.mon_port)}
+        result = subprocess.run(["bash", str(ROOT / "tests" / "s3" / "rgw.sh")], env=env, capture_output=True,
+                                text=True, timeout=600)
+        if result.returncode != 0:
+            logs = "".join(p.read_text(errors="replace")[-2000:] for p in (self.directory / "log").glob("*.out"))
+            raise RuntimeError(f"RGW did not start ({result.returncode}): {result.stderr[-3000:]}\n{logs}")
+        self.client().create_bucket(Bucket=BUCKET)
+        return self
+
+    def client(self):  # noqa: ANN201 - a botocore S3 client (synchronous, for tests)
+        import botocore.session
+        from botocore.config import Config
+
+        session = botocore.session.get_session()
+        session.set_credentials(ACCESS_KEY, SECRET_KEY)
+        return session.create_client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                     config=Config(s3={"addressing_style": "path"}))
+
+    def objects(self, prefix: str) -> dict[str, int]:
+        listing = self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        return {item["Key"]: item["Size"] for item in listing.get("Contents", [])}
+
+    def pid(self, daemon: str) -> int:
+        return int((self.directory / f"{daemon}.pid").read_text())
+
+    def pause(self) -> None:
+        """The gateway stops answering (SIGSTOP): connections hang, as with a stuck store."""
+        os.kill(self.pid("rgw"), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid("rgw"), signal.SIGCONT)
+
+    def stop(self) -> None:
+        for daemon in ("rgw", "osd", "mon"):
+            try:
+                pid = self.pid(daemon)
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                continue
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _running(pid):
+                time.sleep(0.05)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
