@@ -114,3 +114,34 @@ def test_bad_s3_settings_stop_the_server_with_the_flag_named(tmp_path, rgw):
         with pytest.raises(RuntimeError, match="server exited 2"):
             server.start()
         assert expected in server.stderr_path.read_text()
+
+
+def test_the_bucket_keeps_under_max_size_dropping_what_no_frontend_used_lately(tmp_path, rgw):
+    args = [*s3_args(rgw, tmp_path)[:4], "--max-size", "1MiB", "--max-artifact-size", "300KiB",
+            "--bucket-check-interval", "0.5", "--local-tier-size", "0"]
+    prefix = args[1].removeprefix("s3://nxcache/") + "/"
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        servers.append(CacheServer(tmp_path / name, *args, "--local-tier", str(tmp_path / name / "storage"),
+                                   env=rgw.env).start())
+    a, b = servers
+    try:
+        for n in range(3):
+            assert a.request("PUT", f"old{n}", os.urandom(250_000))[0] == 200
+            time.sleep(0.05)
+        time.sleep(1.5)  # both frontends publish their views
+        assert b.request("GET", "old0")[0] == 200  # used lately, through the other frontend
+        time.sleep(1.5)
+        for n in range(2):
+            assert a.request("PUT", f"new{n}", os.urandom(250_000))[0] == 200
+        deadline = time.monotonic() + 15
+        while sum(rgw.objects(prefix).values()) > 1024 * 1024:
+            assert time.monotonic() < deadline, rgw.objects(prefix)
+            time.sleep(0.2)
+        left = {key.removeprefix(prefix) for key in rgw.objects(prefix)}
+        assert left == {"old0", "new0", "new1"}, f"the oldest unused went first: {left}"
+        assert a.metric("nxcache_evictions_total") + b.metric("nxcache_evictions_total") >= 2
+    finally:
+        a.stop()
+        b.stop()

@@ -67,8 +67,10 @@ class Rgw:
                                      config=Config(s3={"addressing_style": "path"}))
 
     def objects(self, prefix: str) -> dict[str, int]:
+        """The cache entries under `prefix` (not the frontends' own `_nxfarm/` objects), with sizes."""
         listing = self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-        return {item["Key"]: item["Size"] for item in listing.get("Contents", [])}
+        return {item["Key"]: item["Size"] for item in listing.get("Contents", [])
+                if "/" not in item["Key"][len(prefix):]}
 
     def pid(self, daemon: str) -> int:
         return int((self.directory / f"{daemon}.pid").read_text())

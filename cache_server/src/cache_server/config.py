@@ -146,6 +146,7 @@ class Settings:
     s3_timeout: float = 5.0
     local_tier: str = ""
     local_tier_size: int = 0
+    bucket_check_interval: float = 60.0
 
     @property
     def on_s3(self) -> bool:
@@ -171,6 +172,9 @@ class Settings:
         add("--local-tier", default=env("NXFARM_CACHE_LOCAL_TIER") or default_storage() + "-tier", metavar="DIR",
             help="with s3:// storage: local directory every body passes through, and where recent ones are "
                  "kept and served from (default %(default)s)")
+        add("--bucket-check-interval", type=float, default=60.0, metavar="SECONDS",
+            help="with s3:// storage: how often this frontend publishes what it used and enforces --max-size "
+                 "on the bucket (default %(default)s)")
         add("--local-tier-size", default=env("NXFARM_CACHE_LOCAL_TIER_SIZE", "10GiB"), metavar="SIZE",
             help="with s3:// storage: how much the local tier keeps (LRU); 0 keeps nothing (default %(default)s)")
         add("--tokens", default=env("NXFARM_CACHE_TOKENS"), metavar="FILE",
@@ -251,8 +255,9 @@ class Settings:
                 raise ConfigError(f"--storage: {exc}") from None
             if parse_workers(args.workers) > 1:
                 raise ConfigError("--workers: s3:// storage serves from one process for now (--workers 1)")
-            if not (math.isfinite(args.s3_timeout) and args.s3_timeout > 0):
-                raise ConfigError("--s3-timeout must be a positive number of seconds")
+            for flag in ("s3_timeout", "bucket_check_interval"):
+                if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
+                    raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
             if args.s3_endpoint and not re.fullmatch(r"https?://[^\s/]+/?", args.s3_endpoint):
                 raise ConfigError(f"--s3-endpoint: {args.s3_endpoint!r} must be http(s)://host[:port]")
         prefix = args.url_prefix.strip("/")
@@ -287,4 +292,5 @@ class Settings:
             s3_timeout=args.s3_timeout,
             local_tier=os.path.abspath(os.path.expanduser(args.local_tier)),
             local_tier_size=parse_size(args.local_tier_size, "--local-tier-size"),
+            bucket_check_interval=args.bucket_check_interval,
         )

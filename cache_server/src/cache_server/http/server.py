@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -81,7 +82,22 @@ def open_s3_storage(settings: Settings):  # noqa: ANN201 - S3Storage (aiobotocor
                        fsync=False, memory_cache_bytes=settings.memory_cache)
     store = ObjectStore(S3Location.parse(settings.storage), settings.s3_endpoint, settings.s3_region,
                         settings.s3_timeout)
-    return S3Storage(store, tier, keep_local=keep)
+    storage = S3Storage(store, tier, keep_local=keep, max_bytes=settings.max_size, frontend_id=frontend_id(tier.root))
+    storage.lru.interval = settings.bucket_check_interval
+    return storage
+
+
+def frontend_id(tier: str) -> str:
+    """This frontend's name in the bucket's access views: made once, kept in its tier directory."""
+    path = os.path.join(tier, "frontend-id")
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        name = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        with open(path, "w") as fh:
+            fh.write(name + "\n")
+        return name
 
 
 async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None = None) -> None:
@@ -92,6 +108,8 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
     access_log = AccessLog(settings.access_log)
     loop = asyncio.get_running_loop()
     storage.sync_in_batches(loop)
+    if hasattr(storage, "connect"):  # the S3 backend: its client's set-up blocks, so not mid-request
+        await storage.connect()
     peers = None if worker is None else worker.peers
     if worker is not None:
         worker.peers.start(worker.storage, metrics.snapshot)
@@ -132,6 +150,8 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
             stop.set()
         background.append(asyncio.create_task(_watch_tokens(tokens)))
         background.append(asyncio.create_task(_flush_periodically(access_log)))
+        if hasattr(storage, "maintain"):  # the S3 backend's bucket size cap
+            background.append(asyncio.create_task(storage.maintain()))
         if settings.scrub_interval > 0 and (worker is None or worker.index == 0):
             background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
         await stop.wait()

@@ -13,6 +13,8 @@ AWS_SHARED_CREDENTIALS_FILE names): never from the command line, and never logge
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import os
 import re
@@ -123,6 +125,9 @@ class ObjectStore:
             self._pid = os.getpid()
         return self._client
 
+    async def connect(self) -> None:
+        await self._s3()
+
     async def close(self) -> None:
         if self._entered is not None and self._pid == os.getpid():
             await self._entered.__aexit__(None, None, None)
@@ -179,3 +184,30 @@ class ObjectStore:
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=self.location.object_key(key))
+
+    async def put_object(self, key: str, body: bytes) -> None:
+        """A small object of our own (not an entry), overwritten freely."""
+        await self._call("put_object", Key=self.location.object_key(key), Body=body, ContentLength=len(body),
+                         ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode())
+
+    async def read(self, key: str) -> bytes | None:
+        found = await self.get(key)
+        if found is None:
+            return None
+        try:
+            return b"".join([chunk async for chunk in found.chunks])
+        finally:
+            found.release()
+
+    async def list(self, under: str) -> AsyncIterator[tuple[str, int, float]]:
+        """(key relative to the prefix, size, LastModified as a Unix time) of every object under
+        `under` (relative to the prefix), a page (1,000) per request."""
+        token: str | None = None
+        while True:
+            params = {"Prefix": self.location.object_key(under), "MaxKeys": 1000}
+            page = await self._call("list_objects_v2", **params, **({"ContinuationToken": token} if token else {}))
+            for item in (page or {}).get("Contents", []):
+                yield item["Key"][len(self.location.prefix):], int(item["Size"]), item["LastModified"].timestamp()
+            token = (page or {}).get("NextContinuationToken")
+            if not token:
+                return

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import os
 import time
 from collections.abc import Callable
 
 from .base import Blob, StorageStats
+from .bucket_lru import BucketLru
 from .disk import DiskStorage
 from .entry_format import HEADER_SIZE, EntryHeader
 from .errors import EntryExists, NotStored, StorageError
@@ -39,8 +41,10 @@ _OWNER = "s3-fill"  # the tier's room accounting owner for bodies fetched from t
 class S3Storage:
     remote = True  # the HTTP layer asks through `fetch`, on the event loop
 
-    def __init__(self, store: ObjectStore, tier: DiskStorage, keep_local: bool) -> None:
+    def __init__(self, store: ObjectStore, tier: DiskStorage, keep_local: bool, max_bytes: int,
+                 frontend_id: str) -> None:
         self.store = store
+        self.lru = BucketLru(store, max_bytes, frontend_id, tier.counters)
         self.tier = tier
         self.keep_local = keep_local
         self.max_artifact_bytes = tier.max_artifact_bytes
@@ -68,6 +72,7 @@ class S3Storage:
         for key in keys:
             blob = self.tier.get(key) or await self._fill(key)
             if blob is not None:
+                self.lru.added(key, blob.size)  # known to exist, of this size, used now
                 return blob
         return None
 
@@ -166,8 +171,17 @@ class S3Storage:
         finally:
             blob.close()
         self._store_answered()
+        self.lru.added(key, blob.size)
         if not self.keep_local:
             self.tier.remove(key)
+
+    async def connect(self) -> None:
+        """Make the store's client before serving: botocore loads its S3 model, a blocking second."""
+        await self.store.connect()
+
+    async def maintain(self) -> None:
+        """Background work for the server's lifetime: the bucket's size cap."""
+        await self.lru.run()
 
     # ---------------------------------------------------------------- health
 
@@ -186,7 +200,10 @@ class S3Storage:
         return [f"object store failing for {time.time() - self.unreachable_since:.0f}s: {self.last_store_error}"]
 
     def stats(self) -> StorageStats:
-        return self.tier.stats()
+        """The bucket's entries and bytes as this frontend knows them; disk figures are the tier's."""
+        local = self.tier.stats()
+        return dataclasses.replace(local, entries=len(self.lru.sizes), bytes=self.lru.total,
+                                   max_bytes=self.lru.max_bytes)
 
     # ------------------------------------------------------------- lifecycle
 
