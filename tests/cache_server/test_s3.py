@@ -145,3 +145,24 @@ def test_the_bucket_keeps_under_max_size_dropping_what_no_frontend_used_lately(t
     finally:
         a.stop()
         b.stop()
+
+
+def test_victims_are_the_least_recently_used_by_any_frontend():
+    from cache_server.storage.bucket_lru import merge_access, pick_victims
+
+    sizes = {"a": 40, "b": 40, "c": 40}
+    access = merge_access([{"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 9.0}, {"b": "junk"}])
+    assert access == {"a": 9.0, "b": 2.0, "c": 3.0}
+    assert pick_victims(sizes, access, 80) == ["b"]
+    assert pick_victims(sizes, access, 0) == ["b", "c", "a"]
+    assert pick_victims(sizes, {}, 120) == []
+
+
+def test_s3_urls_are_checked_before_anything_starts():
+    from cache_server.storage.objectstore import S3Location
+
+    assert S3Location.parse("s3://nx-cache/farm/a/") == S3Location("nx-cache", "farm/a/")
+    assert S3Location.parse("s3://nx-cache").object_key("ab12") == "ab12"
+    for bad in ("s3://UPPER/x", "s3://ab", "s3://ok-bucket/../x", "http://x/y", "s3://ok-bucket/a b"):
+        with pytest.raises(ValueError):
+            S3Location.parse(bad)

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
              health.run_health, epilog=health.HEALTH_EPILOG)
     _command(sub, "restart", "restart this host's farm services (idempotent)", health.add_restart_arguments,
              health.run_restart, epilog=health.RESTART_EPILOG)
-    sub.add_parser("sops", help="keep a SOPS file in step with its recipients (nxfarm sops -h)", add_help=False)
+    sub.add_parser("sops", help="SOPS files in step with their recipients; keygen: a new age key (nxfarm sops -h)",
+                   add_help=False)
     return parser
 
 

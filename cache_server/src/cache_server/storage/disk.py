@@ -56,20 +56,10 @@ __all__ = ["DiskStorage", "INLINE_MAX", "ScrubReport", "StorageSetupError", "is_
 class DiskStorage:
     """Size-capped LRU cache on a local filesystem. See module docstring."""
 
-    def __init__(
-        self,
-        root: str,
-        *,
-        max_bytes: int,
-        max_artifact_bytes: int,
-        min_free_bytes: int | None = None,
-        fsync: bool = True,
-        memory_cache_bytes: int = 0,
-        statvfs_max_age: float = STATVFS_MAX_AGE_S,
-        max_in_flight_per_owner: int | None = None,
-        max_entries: int = 0,
-        min_free_files: int | None = None,
-    ) -> None:
+    def __init__(self, root: str, *, max_bytes: int, max_artifact_bytes: int, min_free_bytes: int | None = None,
+                 fsync: bool = True, memory_cache_bytes: int = 0, statvfs_max_age: float = STATVFS_MAX_AGE_S,
+                 max_in_flight_per_owner: int | None = None, max_entries: int = 0,
+                 min_free_files: int | None = None) -> None:
         self.root = os.path.abspath(root)
         self.max_bytes = max_bytes
         self.max_artifact_bytes = max_artifact_bytes

@@ -11,7 +11,8 @@ what this frontend read or wrote lately, and every body passes through it:
 - PUT: the body streams into the tier as on the disk backend; then it goes to the bucket in one
   `PutObject` only if the key is new there (objectstore.py). Another frontend's object already
   there: 409, and the local copy is dropped (the next GET reads theirs). The store failing: 403
-  `not stored`, and the local copy is dropped: a frontend never serves what the bucket lacks.
+  `not stored`, and the local copy is dropped. (While a PUT is on its way to the bucket, a GET
+  through the same frontend may already be served the local copy.)
 - The store unreachable, slow or failing: GET is a miss and PUT a 403, each within the store
   timeout; `/health` says degraded until a request reaches the store again.
 
