@@ -89,8 +89,10 @@ def main() -> int:
     servers: dict[str, CacheServer] = {}
     try:
         common = ("--no-fsync", "--access-log", "off", "--max-artifact-size", "100MiB", "--max-size", "20GiB")
-        s3 = ("--storage", "s3://nxcache/bench", "--s3-endpoint", rgw.endpoint, "--s3-timeout", "30")
-        for name, extra in (("disk", ()), ("s3+tier", s3), ("s3", (*s3, "--local-tier-size", "0"))):
+        def s3(prefix: str) -> tuple[str, ...]:
+            return ("--storage", f"s3://nxcache/{prefix}", "--s3-endpoint", rgw.endpoint, "--s3-timeout", "30")
+
+        for name, extra in (("disk", ()), ("s3+tier", s3("tier")), ("s3", (*s3("none"), "--local-tier-size", "0"))):
             (work / name).mkdir()
             tier = ("--local-tier", str(work / name / "storage")) if extra else ()
             servers[name] = CacheServer(work / name, *common, *extra, *tier, env=rgw.env).start()

@@ -85,6 +85,8 @@ def test_a_store_that_stops_answering_costs_a_miss_or_a_403_then_heals(frontends
     assert f"{prefix}d2" not in rgw.objects(prefix), "an upload the store did not finish leaves no object"
     assert a.request("PUT", "d2", b"x" * 100_000)[0] == 200
     assert json.loads(a.request("GET", "/health", token=None)[2])["status"] == "ok", "healthy without a restart"
+    log = a.stderr_path.read_text()
+    assert "failing: " in log and "answering again after" in log, "the journal says when and for how long"
 
 
 def test_an_upload_cut_off_leaves_no_object(frontends, rgw):

@@ -76,10 +76,13 @@ def open_s3_storage(settings: Settings):  # noqa: ANN201 - S3Storage (aiobotocor
     from ..storage.s3 import S3Storage
 
     keep = settings.local_tier_size > 0
-    # With nothing kept, the tier still carries bodies in flight: room for a few at once.
-    tier = DiskStorage(settings.local_tier, max_bytes=settings.local_tier_size if keep else 4 * settings.max_artifact_size,
+    # With nothing kept, the tier still carries the bodies in flight (the disk's free space is
+    # the real limit then), and one token's uploads may use all of that room.
+    in_flight = 16 * settings.max_artifact_size
+    tier = DiskStorage(settings.local_tier, max_bytes=settings.local_tier_size if keep else in_flight,
                        max_artifact_bytes=settings.max_artifact_size, min_free_bytes=settings.min_free_disk,
-                       fsync=False, memory_cache_bytes=settings.memory_cache)
+                       fsync=False, memory_cache_bytes=settings.memory_cache,
+                       max_in_flight_per_owner=None if keep else in_flight)
     store = ObjectStore(S3Location.parse(settings.storage), settings.s3_endpoint, settings.s3_region,
                         settings.s3_timeout)
     storage = S3Storage(store, tier, keep_local=keep, max_bytes=settings.max_size, frontend_id=frontend_id(tier.root))

@@ -133,14 +133,15 @@ class ObjectStore:
             await self._entered.__aexit__(None, None, None)
         self._client = self._entered = None
 
-    async def _call(self, operation: str, **params: Any) -> Any:
-        """One S3 call, bounded in time; errors sorted into: missing (None), exists, unavailable."""
+    async def _call(self, operation: str, budget: float = 0.0, **params: Any) -> Any:
+        """One S3 call, bounded in time (three timeouts, plus `budget` seconds for a body to
+        travel); errors sorted into: missing (None), exists, unavailable."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             s3 = await self._s3()
             return await asyncio.wait_for(getattr(s3, operation)(Bucket=self.location.bucket, **params),
-                                          timeout=self.timeout * 3)
+                                          timeout=self.timeout * 3 + budget)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
@@ -178,7 +179,9 @@ class ObjectStore:
         """Store `body` (bytes, or (fd, offset, size) of a file) unless the key exists
         (ObjectExists). Nothing is stored when the upload does not complete."""
         payload: Any = body if isinstance(body, bytes) else _Window(*body)
-        await self._call("put_object", Key=self.location.object_key(key), Body=payload, ContentLength=size,
+        # A body may take its time, as long as it moves at 1 MB/s or more (botocore's read timeout
+        # catches a store that stops reading).
+        await self._call("put_object", size / 1e6, Key=self.location.object_key(key), Body=payload, ContentLength=size,
                          ContentMD5=md5_b64, IfNoneMatch="*", Metadata={DIGEST_META: digest},
                          ContentType="application/octet-stream")
 

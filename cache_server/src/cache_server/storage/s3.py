@@ -25,6 +25,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .entry_format import HEADER_SIZE, EntryHeader
 from .errors import EntryExists, NotStored, StorageError
 from .objectstore import ObjectExists, ObjectStore, StoreUnavailable
 
+log = logging.getLogger("cache_server.storage")
 _OWNER = "s3-fill"  # the tier's room accounting owner for bodies fetched from the bucket
 
 
@@ -191,8 +193,13 @@ class S3Storage:
         self.last_store_error = str(exc)
         if self.unreachable_since is None:
             self.unreachable_since = time.time()
+            log.warning("object store %s failing: %s (GETs are misses and PUTs 403 until it answers)",
+                        self.store.location, exc)
 
     def _store_answered(self) -> None:
+        if self.unreachable_since is not None:
+            log.warning("object store %s answering again after %.0fs", self.store.location,
+                        time.time() - self.unreachable_since)
         self.unreachable_since = None
 
     def problems(self) -> list[str]:
