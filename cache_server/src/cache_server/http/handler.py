@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..auth import Identity, TokenStore
 from ..namespaces import NAME as _NAMESPACE, TRUSTED, is_valid_hash, storage_key
-from ..storage.base import Blob, Storage, Upload
+from ..storage.base import Blob, RemoteStorage, Storage, Upload
 from ..storage.errors import StorageError
 from .exchange import Request
 from .heads import status_head
@@ -276,7 +276,8 @@ class CacheCycle:
         if getattr(storage, "remote", False):
             # A namespace reads through to the trusted entries it does not have itself.
             keys = [key] if namespace == TRUSTED else [storage_key(namespace, key), key]
-            self.conn.wait_for(self.request, lambda done: storage.fetch(keys, lambda blob: self._fetched(blob, done)),
+            remote = cast(RemoteStorage, storage)
+            self.conn.wait_for(self.request, lambda done: remote.fetch(keys, lambda blob: self._fetched(blob, done)),
                                lambda _: self._send_blob(self.found))
             return
         if namespace == TRUSTED:

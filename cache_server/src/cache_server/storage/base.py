@@ -131,3 +131,13 @@ class Storage(Protocol):
 
     def stats(self) -> StorageStats:
         """Counters for /health and /metrics."""
+
+
+class RemoteStorage(Storage, Protocol):
+    """A storage whose reads wait on the network (the S3 backend): `remote` is True, and the HTTP
+    layer reads through `fetch` instead of `get`."""
+
+    remote: bool
+
+    def fetch(self, keys: list[str], done: Callable[[Blob | None], None]) -> None:
+        """The first of `keys` that is stored, or None, passed to `done` on the event loop."""

@@ -207,8 +207,10 @@ class ObjectStore:
         `under` (relative to the prefix), a page (1,000) per request."""
         token: str | None = None
         while True:
-            params = {"Prefix": self.location.object_key(under), "MaxKeys": 1000}
-            page = await self._call("list_objects_v2", **params, **({"ContinuationToken": token} if token else {}))
+            params: dict[str, Any] = {"Prefix": self.location.object_key(under), "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            page = await self._call("list_objects_v2", **params)
             for item in (page or {}).get("Contents", []):
                 yield item["Key"][len(self.location.prefix):], int(item["Size"]), item["LastModified"].timestamp()
             token = (page or {}).get("NextContinuationToken")
