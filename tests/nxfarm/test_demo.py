@@ -47,6 +47,7 @@ def test_demo_builds_on_the_agents_then_from_the_cache_and_leaves_nothing(tmp_pa
     where = re.search(r"where build 1 ran its tasks: agent-1 (\d+), agent-2 (\d+)", output)
     assert where and int(where[1]) + int(where[2]) == 9, output
     assert "build 2 cache hit rate: 9/9 from the remote cache (100%)" in output
+    assert "demo: next, your own workspace on a farm that stays up: make install, then nxfarm farm up" in output
     ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", output)}
     assert len(ports) >= 2
     assert leftovers(state) == [] and listening(ports) == set()

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"build 2 cache hit rate: {hits}/{len(second)} from the remote cache "
              f"({100 * hits // max(len(second), 1)}%)")
         _say(f"done in {time.monotonic() - started:.0f}s")
+        _say("next, your own workspace on a farm that stays up: make install, then nxfarm farm up, then "
+             "nxfarm build -t build in it (README: \"Your own workspace on a farm on this machine\")")
         return 0
     except KeyboardInterrupt:
         _say("interrupted")
