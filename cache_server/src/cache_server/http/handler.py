@@ -273,7 +273,7 @@ class CacheCycle:
             handler.metrics.reject("namespace")
             self._text(403, f"token {identity.name!r} may not use namespace {namespace!r}")
             return
-        if getattr(storage, "remote", False):
+        if storage.remote:
             # A namespace reads through to the trusted entries it does not have itself.
             keys = [key] if namespace == TRUSTED else [storage_key(namespace, key), key]
             remote = cast(RemoteStorage, storage)

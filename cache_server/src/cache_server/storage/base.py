@@ -113,6 +113,7 @@ class StorageCounters:
 
 
 class Storage(Protocol):
+    remote: bool  # True: read through `fetch` (RemoteStorage), never `get`
     max_artifact_bytes: int
     fsync: bool  # True when `Upload.commit` may block (call it off the event loop)
     counters: StorageCounters
@@ -136,8 +137,6 @@ class Storage(Protocol):
 class RemoteStorage(Storage, Protocol):
     """A storage whose reads wait on the network (the S3 backend): `remote` is True, and the HTTP
     layer reads through `fetch` instead of `get`."""
-
-    remote: bool
 
     def fetch(self, keys: list[str], done: Callable[[Blob | None], None]) -> None:
         """The first of `keys` that is stored, or None, passed to `done` on the event loop."""

@@ -55,6 +55,7 @@ __all__ = ["DiskStorage", "INLINE_MAX", "ScrubReport", "StorageSetupError", "is_
 
 class DiskStorage:
     """Size-capped LRU cache on a local filesystem. See module docstring."""
+    remote = False  # read with `get` on the loop (an attribute, so the handler's check is one lookup)
 
     def __init__(self, root: str, *, max_bytes: int, max_artifact_bytes: int, min_free_bytes: int | None = None,
                  fsync: bool = True, memory_cache_bytes: int = 0, statvfs_max_age: float = STATVFS_MAX_AGE_S,
