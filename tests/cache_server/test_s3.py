@@ -168,3 +168,13 @@ def test_s3_urls_are_checked_before_anything_starts():
     for bad in ("s3://UPPER/x", "s3://ab", "s3://ok-bucket/../x", "http://x/y", "s3://ok-bucket/a b"):
         with pytest.raises(ValueError):
             S3Location.parse(bad)
+
+
+def test_a_stop_right_after_start_ends_the_server_while_it_talks_to_the_store(tmp_path, rgw):
+    # The bucket's size cap starts talking to the store at once; on Python 3.11 asyncio.wait_for
+    # could swallow the cancellation of that task, and the server then never finished stopping.
+    for n in range(8):
+        (tmp_path / str(n)).mkdir()
+        server = CacheServer(tmp_path / str(n), *s3_args(rgw, tmp_path / str(n)), env=rgw.env).start()
+        time.sleep(0.01 * n)
+        assert server.stop(timeout=15) == 0

@@ -140,8 +140,10 @@ class ObjectStore:
 
         try:
             s3 = await self._s3()
-            return await asyncio.wait_for(getattr(s3, operation)(Bucket=self.location.bucket, **params),
-                                          timeout=self.timeout * 3 + budget)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the call completes, and a server stopping then waits forever for this task.
+            async with asyncio.timeout(self.timeout * 3 + budget):
+                return await getattr(s3, operation)(Bucket=self.location.bucket, **params)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
@@ -166,7 +168,11 @@ class ObjectStore:
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                while chunk := await asyncio.wait_for(body.read(256 * 1024), timeout=self.timeout * 3):
+                while True:
+                    async with asyncio.timeout(self.timeout * 3):
+                        chunk = await body.read(256 * 1024)
+                    if not chunk:
+                        break
                     yield chunk
             except Exception as exc:  # noqa: BLE001 - a body cut off is the store failing, whatever raised it
                 raise StoreUnavailable(f"get_object body: {type(exc).__name__}: {str(exc)[:200]}") from None
