@@ -231,7 +231,7 @@ def test_the_cache_row_of_nxfarm_status():
     assert cache_root("http://10.0.0.1:3333/prefix/ns/pr-1/") == "http://10.0.0.1:3333/prefix"
     metrics = "# TYPE nxcache_hits_total counter\nnxcache_hits_total 3.0\nnxcache_misses_total 1.0\n"
     part = cache_part("http://c", {"entries": 7, "bytes": 3 * 1024 * 1024, "problems": []}, metrics)
-    assert part.detail == "7 entries, 3.0 MiB, hit rate 75% (3/4 since start)"
+    assert part.detail == "7 entries, 3.00 MiB, hit rate 75% (3/4 since start)"
     assert task_of("nxfarm-1a2b3c4d-lib-a:build") == "lib-a:build"
     workers = {"tls://a:1": {"name": "agent-1", "nthreads": 2, "last_seen": 100.0}}
     rows = agent_parts(workers, {"tls://a:1": ["nxfarm-x-a:build", "nxfarm-x-b:build", "nxfarm-x-c:build"]}, 101.5,

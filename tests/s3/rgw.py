@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from nxfarm.demo.farm import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ACCESS_KEY, SECRET_KEY = "accessKey1", "verySecretKey1"
 BUCKET = "nxcache"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _running(pid: int) -> bool:
@@ -34,8 +29,8 @@ def _running(pid: int) -> bool:
 class Rgw:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
-        self.mon_port = _free_port()
+        self.port = free_port()
+        self.mon_port = free_port()
 
     @property
     def endpoint(self) -> str:

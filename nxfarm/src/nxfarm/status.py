@@ -46,21 +46,15 @@ def _counter(metrics: str, name: str) -> int:
     return int(float(match[1])) if match else 0
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def cache_part(url: str, health: dict[str, Any], metrics: str) -> Part:
     """Pure: the cache row from its /health JSON and /metrics text."""
+    from dask.utils import format_bytes  # not at import: every nxfarm command loads this module
+
     hits, misses = _counter(metrics, "nxcache_hits_total"), _counter(metrics, "nxcache_misses_total")
     rate = f"hit rate {100 * hits // (hits + misses)}% ({hits}/{hits + misses} since start)" if hits + misses \
         else "no reads since start"
     problems = health.get("problems") or []
-    detail = f"{health.get('entries', 0)} entries, {_size(health.get('bytes', 0))}, {rate}"
+    detail = f"{health.get('entries', 0)} entries, {format_bytes(health.get('bytes', 0))}, {rate}"
     if problems:
         detail += "; degraded: " + "; ".join(problems)
     facts = {key: health.get(key) for key in ("status", "entries", "bytes", "uptime_s")}
@@ -108,19 +102,16 @@ def agent_parts(workers: dict[str, dict[str, Any]], processing: dict[str, list[A
 
 def probe_scheduler(address: str, env: dict[str, str], timeout: float, expected: list[str]) -> list[Part]:
     from .farm import security as tls
-    from .farm import unpickle
+    from .farm.connect import SchedulerUnreachable, open_client
 
     try:
         files = tls.resolve(environ=env)
     except tls.TlsConfigError as exc:
         return [Part("scheduler", "-", address, False, f"configuration error: {exc}")]
-    from distributed import Client
-
-    unpickle.install()
     try:
-        client = Client(address, security=tls.security(files, "client"), timeout=timeout, set_as_default=False)
-    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, TLS errors: all mean "down"
-        return [Part("scheduler", "-", address, False, f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"),
+        client = open_client(address, files, timeout)
+    except SchedulerUnreachable as exc:
+        return [Part("scheduler", "-", address, False, f"unreachable: {exc}"),
                 *agent_parts({}, {}, time.time(), expected)]
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"]

@@ -23,7 +23,7 @@ from typing import Any
 from .. import client as farm_settings
 from ..actions.fallback import Mode, choose_mode
 from ..farm import security as tls
-from ..farm import unpickle
+from ..farm.connect import SchedulerUnreachable, open_client
 from ..farm.protocol import TaskRequest
 from ..probe.cache import CacheProbe, probe_cache
 from ..probe.git import read_git_state
@@ -97,14 +97,10 @@ def _tls_files(args: argparse.Namespace, env: dict[str, str]):  # noqa: ANN202 -
 
 
 def _connect(args: argparse.Namespace, files):  # noqa: ANN001, ANN202 - (Client | None, agents, error)
-    from distributed import Client
-
-    unpickle.install()  # the scheduler and agents send nothing the farm needs to unpickle
     try:
-        client = Client(args.scheduler, security=tls.security(files, "client"), timeout=args.probe_timeout * 2,
-                        set_as_default=False)
-    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, TLS errors: all mean "not usable"
-        return None, {}, f"{args.scheduler}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        client = open_client(args.scheduler, files, args.probe_timeout * 2)
+    except SchedulerUnreachable as exc:
+        return None, {}, f"{args.scheduler}: {exc}"
     workers = client.scheduler_info(n_workers=-1)["workers"]
     agents = {str(info.get("name", address)): int(info.get("nthreads", 1)) for address, info in workers.items()}
     return client, agents, None
