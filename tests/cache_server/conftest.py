@@ -12,16 +12,16 @@ def s3_args(rgw, tmp_path, *extra: str) -> tuple[str, ...]:
             "--local-tier", str(tmp_path / "storage"), *extra)
 
 
-@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2"), ("--event-loop", "asyncio"), ("s3",)],
+@pytest.fixture(params=[("--no-fsync",), (), ("--workers", "2"), ("--event-loop", "asyncio"), ("s3", "--workers", "2")],
                 ids=["no-fsync", "fsync", "2-workers", "asyncio-loop", "s3"])
 def server(tmp_path, request):
     """A server without fsync (the uploads commit on the loop), one with (staged, synced in batches),
     one of two worker processes (fsync), where consecutive connections may reach either, one on
     the standard library's event loop instead of uvloop (fsync), and one on the S3 backend (a real
-    Ceph RGW; bodies pass through its local tier)."""
-    if request.param == ("s3",):
+    Ceph RGW; bodies pass through its local tier, which its two worker processes share)."""
+    if request.param[0] == "s3":
         rgw = request.getfixturevalue("rgw")
-        srv = CacheServer(tmp_path, *s3_args(rgw, tmp_path), env=rgw.env).start()
+        srv = CacheServer(tmp_path, *s3_args(rgw, tmp_path, *request.param[1:]), env=rgw.env).start()
         srv.on_s3 = True
     else:
         srv = CacheServer(tmp_path, *request.param).start()

@@ -19,13 +19,14 @@ from .server_proc import CacheServer
 
 @pytest.fixture
 def frontends(tmp_path, rgw):
-    """Two cache servers (own tier each) on one bucket prefix, with a short store timeout."""
+    """Two cache servers (own tier each) on one bucket prefix, with a short store timeout; the
+    second runs two worker processes, so consecutive requests to it may reach either."""
     prefix_args = s3_args(rgw, tmp_path)
     started = []
-    for name in ("a", "b"):
+    for name, workers in (("a", "1"), ("b", "2")):
         workdir = tmp_path / name
         workdir.mkdir()
-        args = [*prefix_args[:4], "--local-tier", str(workdir / "storage"), "--s3-timeout", "1"]
+        args = [*prefix_args[:4], "--local-tier", str(workdir / "storage"), "--s3-timeout", "1", "--workers", workers]
         started.append(CacheServer(workdir, *args, env=rgw.env).start())
     yield started, prefix_args[1].removeprefix("s3://nxcache/") + "/"
     for server in started:
@@ -41,6 +42,9 @@ def test_an_entry_stored_through_one_frontend_is_a_hit_through_the_other(fronten
     head = rgw.client().head_object(Bucket="nxcache", Key=f"{prefix}1f")
     assert len(head["Metadata"]["xxh3-128"]) == 32, "the digest travels with the object"
     assert b.request("PUT", "1f", body)[0] == 409, "entries are immutable across frontends"
+    # Each frontend publishes its access times for the bucket's size cap; b's two workers one each.
+    views = [key.rsplit("/", 1)[1] for key in rgw.keys(f"{prefix}_nxfarm/access/")]
+    assert len(views) == 3 and sum(view.endswith(("-w0.json", "-w1.json")) for view in views) == 2, views
 
 
 def test_concurrent_puts_of_one_hash_through_both_store_exactly_one_body(frontends, rgw):
@@ -110,7 +114,6 @@ def test_an_object_whose_body_does_not_match_its_digest_is_a_miss_and_deleted(fr
 
 def test_bad_s3_settings_stop_the_server_with_the_flag_named(tmp_path, rgw):
     for args, expected in ((("--storage", "s3://Bad_Bucket/x"), "--storage: 's3://Bad_Bucket/x': bucket"),
-                           (("--storage", "s3://nxcache/x", "--workers", "2"), "--workers: s3:// storage"),
                            (("--storage", "s3://nxcache/x", "--s3-endpoint", "ftp://h"), "--s3-endpoint: 'ftp://h'")):
         server = CacheServer(tmp_path, *args)
         with pytest.raises(RuntimeError, match="server exited 2"):

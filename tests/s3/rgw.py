@@ -67,6 +67,10 @@ class Rgw:
         return {item["Key"]: item["Size"] for item in listing.get("Contents", [])
                 if "/" not in item["Key"][len(prefix):]}
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every object key under `prefix`."""
+        return [item["Key"] for item in self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+
     def pid(self, daemon: str) -> int:
         return int((self.directory / f"{daemon}.pid").read_text())
 

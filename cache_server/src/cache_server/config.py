@@ -253,8 +253,6 @@ class Settings:
                 S3Location.parse(args.storage)
             except ValueError as exc:
                 raise ConfigError(f"--storage: {exc}") from None
-            if parse_workers(args.workers) > 1:
-                raise ConfigError("--workers: s3:// storage serves from one process for now (--workers 1)")
             for flag in ("s3_timeout", "bucket_check_interval"):
                 if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
                     raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of seconds")

@@ -31,8 +31,10 @@ import threading
 from .auth import TokenStore
 from .config import Settings
 from .replication.peers import PeerLink, make_announcements, make_inboxes
-from .replication.storage import SharedDiskStorage
-from .http.server import LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve
+from .storage.disk import DiskStorage
+from .storage.s3 import S3Storage
+from .http.server import (LISTEN_BACKLOG, Worker, listen_error, log_listening, open_storage, reload_tokens, serve,
+                          shared_index)
 from .loops import run
 
 log = logging.getLogger("cache_server")
@@ -97,7 +99,9 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 def run_workers(settings: Settings, tokens: TokenStore) -> int:
     """Fork the workers, supervise them until they have all exited; the exit code."""
     storage = open_storage(settings)
-    assert isinstance(storage, SharedDiskStorage)
+    shared_index(storage)  # the disk backend's directory, or the S3 backend's tier, kept in step
+    if isinstance(storage, S3Storage):
+        storage.store.warm()
     listeners = bind_all(settings)
     storage.flush()  # no deletion thread may hold the index lock across the fork
     inboxes = make_inboxes(settings.workers)
@@ -130,7 +134,7 @@ def run_workers(settings: Settings, tokens: TokenStore) -> int:
     return supervisor.wait()
 
 
-def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: SharedDiskStorage,
+def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore, storage: DiskStorage | S3Storage,
                 listeners: list[list[socket.socket]], inboxes: list[tuple[socket.socket, socket.socket]],
                 announced: memoryview) -> None:
     code = 1
@@ -153,7 +157,7 @@ def _run_worker(index: int, parent: int, settings: Settings, tokens: TokenStore,
                 write_end.close()
             else:
                 read_end.close()
-        storage.after_fork()  # its memory cache was sized per worker when the storage opened
+        shared_index(storage).after_fork()  # its memory cache was sized per worker when the storage opened
         peers = PeerLink(index, inboxes[index][0], {other: inboxes[other][1] for other in range(len(inboxes)) if other != index},
                          announced)
         run(serve(settings, tokens, worker=Worker(index, storage, listeners[index], peers, stop_asked)),

@@ -17,6 +17,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..replication.peers import PeerLink
 from ..replication.storage import SharedDiskStorage
+from ..storage.s3 import S3Storage
 from ..storage.disk import DiskStorage
 from .handler import CacheHandler
 from .connections import HttpServer
@@ -37,7 +38,7 @@ class Worker:
     """What one of several server processes gets from the supervisor (see workers.py)."""
 
     index: int
-    storage: SharedDiskStorage
+    storage: DiskStorage | S3Storage  # its directory index (the S3 backend's: its tier's) a SharedDiskStorage
     sockets: list[socket.socket]
     peers: PeerLink
     stop_asked: threading.Event  # set by a stop that came before serve() listened for one
@@ -55,10 +56,10 @@ def log_listening(sock: socket.socket, settings: Settings, tokens: int, workers:
     log.info("listening on http://%s:%d (storage %s, %d token(s)%s)", shown, address[1], settings.storage, tokens, processes)
 
 
-def open_storage(settings: Settings) -> DiskStorage:
+def open_storage(settings: Settings) -> DiskStorage | S3Storage:
     """The storage of a server process, or with several (--workers), the one they share."""
     if settings.on_s3:
-        return open_s3_storage(settings)  # type: ignore[return-value]  # the same contract, remote
+        return open_s3_storage(settings)
     kind = SharedDiskStorage if settings.workers > 1 else DiskStorage
     return kind(
         settings.storage,
@@ -71,18 +72,19 @@ def open_storage(settings: Settings) -> DiskStorage:
     )
 
 
-def open_s3_storage(settings: Settings):  # noqa: ANN201 - S3Storage (aiobotocore imported only here)
-    from ..storage.objectstore import ObjectStore, S3Location
-    from ..storage.s3 import S3Storage
+def open_s3_storage(settings: Settings) -> S3Storage:
+    from ..storage.objectstore import ObjectStore, S3Location  # aiobotocore is imported only when used
 
     keep = settings.local_tier_size > 0
     # With nothing kept, the tier still carries the bodies in flight (the disk's free space is
     # the real limit then), and one token's uploads may use all of that room.
     in_flight = 16 * settings.max_artifact_size
-    tier = DiskStorage(settings.local_tier, max_bytes=settings.local_tier_size if keep else in_flight,
-                       max_artifact_bytes=settings.max_artifact_size, min_free_bytes=settings.min_free_disk,
-                       fsync=False, memory_cache_bytes=settings.memory_cache,
-                       max_in_flight_per_owner=None if keep else in_flight)
+    # With --workers, the workers share the tier as they share a disk backend's directory.
+    kind = SharedDiskStorage if settings.workers > 1 else DiskStorage
+    tier = kind(settings.local_tier, max_bytes=settings.local_tier_size if keep else in_flight,
+                max_artifact_bytes=settings.max_artifact_size, min_free_bytes=settings.min_free_disk,
+                fsync=False, memory_cache_bytes=settings.memory_cache // settings.workers,
+                max_in_flight_per_owner=None if keep else in_flight)
     store = ObjectStore(S3Location.parse(settings.storage), settings.s3_endpoint, settings.s3_region,
                         settings.s3_timeout)
     storage = S3Storage(store, tier, keep_local=keep, max_bytes=settings.max_size, frontend_id=frontend_id(tier.root))
@@ -103,6 +105,13 @@ def frontend_id(tier: str) -> str:
         return name
 
 
+def shared_index(storage: DiskStorage | S3Storage) -> SharedDiskStorage:
+    """The directory index the workers keep in step: the disk backend's, or the S3 backend's tier."""
+    index = storage.tier if isinstance(storage, S3Storage) else storage
+    assert isinstance(index, SharedDiskStorage)
+    return index
+
+
 async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None = None) -> None:
     """One server process: the whole server, or one of `--workers` (then `worker` brings the
     storage opened before the fork, its listening sockets and its link to the other workers)."""
@@ -111,11 +120,13 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
     access_log = AccessLog(settings.access_log)
     loop = asyncio.get_running_loop()
     storage.sync_in_batches(loop)
-    if hasattr(storage, "connect"):  # the S3 backend: its client's set-up blocks, so not mid-request
+    if isinstance(storage, S3Storage):  # its client's set-up blocks: not mid-request
         await storage.connect()
     peers = None if worker is None else worker.peers
     if worker is not None:
-        worker.peers.start(worker.storage, metrics.snapshot)
+        worker.peers.start(shared_index(worker.storage), metrics.snapshot)
+        if isinstance(storage, S3Storage):
+            storage.serve_as_worker(worker.index)
     handler = CacheHandler(
         storage=storage,
         tokens=tokens,
@@ -153,7 +164,7 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
             stop.set()
         background.append(asyncio.create_task(_watch_tokens(tokens)))
         background.append(asyncio.create_task(_flush_periodically(access_log)))
-        if hasattr(storage, "maintain"):  # the S3 backend's bucket size cap
+        if isinstance(storage, S3Storage):  # the bucket's size cap
             background.append(asyncio.create_task(storage.maintain()))
         if settings.scrub_interval > 0 and (worker is None or worker.index == 0):
             background.append(asyncio.create_task(_scrub_periodically(storage, settings, scrub_stop)))
@@ -185,7 +196,7 @@ async def serve(settings: Settings, tokens: TokenStore, *, worker: Worker | None
             peers.close()
         await loop.run_in_executor(None, storage.stop_syncing)
         await loop.run_in_executor(None, storage.close)
-        if hasattr(storage, "aclose"):  # the S3 backend's client, on this loop
+        if isinstance(storage, S3Storage):  # the store's client, on this loop
             await storage.aclose()
         access_log.close()
         if worker is None:
@@ -214,7 +225,7 @@ async def _flush_periodically(access_log: AccessLog) -> None:
         access_log.flush()
 
 
-async def _scrub_periodically(storage: DiskStorage, settings: Settings, stop: threading.Event) -> None:
+async def _scrub_periodically(storage: DiskStorage | S3Storage, settings: Settings, stop: threading.Event) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(settings.scrub_interval)

@@ -57,7 +57,9 @@ class Staged(NamedTuple):
 class Upload(Protocol):
     """An upload in progress. Nothing is visible to readers before `commit`."""
 
-    written: int  # body bytes accepted so far
+    @property
+    def written(self) -> int:
+        """Body bytes accepted so far."""
 
     def write(self, chunk: bytes) -> None:
         """Append body bytes. Raises `NotStored` on a storage fault."""

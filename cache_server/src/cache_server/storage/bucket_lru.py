@@ -59,6 +59,7 @@ class BucketLru:
         self.written: dict[str, float] = {}  # LastModified of listed objects
         self.access: dict[str, float] = {}  # this frontend's own reads and writes
         self._listed_at = 0.0
+        self.evicts = True  # False in all but one of a frontend's --workers: they share what they know
 
     def touch(self, key: str) -> None:
         self.access[key] = time.time()
@@ -86,7 +87,7 @@ class BucketLru:
         own = {key: at for key, at in self.access.items() if key in self.sizes}
         self.access = own
         await self.store.put_object(ACCESS_DIR + f"{self.frontend_id}.json", json.dumps(own).encode())
-        if self.total <= self.max_bytes:
+        if not self.evicts or self.total <= self.max_bytes:
             return []
         views = [self.written]
         async for key, _, _ in self.store.list(ACCESS_DIR):

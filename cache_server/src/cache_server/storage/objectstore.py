@@ -109,6 +109,17 @@ class ObjectStore:
         self._client: Any = None
         self._entered: Any = None
         self._pid = 0
+        self._session: Any = None
+
+    def warm(self) -> None:
+        """Before `--workers` fork: load what every client needs (botocore's models and endpoint
+        rules, a few hundred ms) into the session the workers inherit, so that each worker's own
+        client is ready within milliseconds of the supervisor saying it listens."""
+        async def make_and_close() -> None:
+            await self._s3()
+            await self.close()
+
+        asyncio.run(make_and_close())
 
     async def _s3(self) -> Any:
         if self._client is None or self._pid != os.getpid():
@@ -119,7 +130,9 @@ class ObjectStore:
                                read_timeout=self.timeout, retries={"max_attempts": 2, "mode": "standard"},
                                request_checksum_calculation="when_required",
                                response_checksum_validation="when_required", max_pool_connections=64)
-            self._entered = get_session().create_client("s3", endpoint_url=self.endpoint, region_name=self.region,
+            if self._session is None:
+                self._session = get_session()
+            self._entered = self._session.create_client("s3", endpoint_url=self.endpoint, region_name=self.region,
                                                         config=config)
             self._client = await self._entered.__aenter__()
             self._pid = os.getpid()

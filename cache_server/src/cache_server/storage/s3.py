@@ -16,7 +16,8 @@ what this frontend read or wrote lately, and every body passes through it:
 - The store unreachable, slow or failing: GET is a miss and PUT a 403, each within the store
   timeout; `/health` says degraded until a request reaches the store again.
 
-Several frontends may share a bucket; each has its own tier.
+Several frontends may share a bucket; each has its own tier. A frontend's `--workers` share its tier
+(a SharedDiskStorage, as they share a disk backend's directory); each publishes its own access view.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class S3Storage:
             upload.abort()
             self._store_failed(exc)
             return False
+        except EntryExists:
+            return True  # a PUT, or another worker's fill, committed the same key meanwhile
         except StorageError:
             upload.abort()
             return False
@@ -177,6 +180,11 @@ class S3Storage:
         self.lru.added(key, blob.size)
         if not self.keep_local:
             self.tier.remove(key)
+
+    def serve_as_worker(self, index: int) -> None:
+        """One of `--workers`: its own access view in the bucket; only the first one evicts."""
+        self.lru.frontend_id = f"{self.lru.frontend_id}-w{index}"
+        self.lru.evicts = index == 0
 
     async def connect(self) -> None:
         """Make the store's client before serving: botocore loads its S3 model, a blocking second."""
