@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,20 +147,73 @@ def is_ip(value: str) -> bool:
         return False
 
 
-class CacheHostSettings(SshTarget):
+class S3StorageSettings(_Model):
+    """`cacheHost.storage`: the entries in a bucket of an S3-compatible store (Ceph RGW, MinIO,
+    Garage, a NAS), shared by every cache host. Credentials are the secret config keys
+    `s3AccessKeyId` and `s3SecretAccessKey`, never here."""
+
+    endpoint: str  # http(s)://host[:port], as the cache hosts reach the store
+    bucket: str
+    prefix: str = "nx-cache"
+    region: str = "us-east-1"
+    # What each cache host keeps on its own disk (under storagePath) and serves with sendfile.
+    local_tier_size: str = "10GiB"
+
+    _size = field_validator("local_tier_size")(lambda cls, v: check_size(v))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        match = re.fullmatch(r"https?://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?", value)
+        if not match:
+            raise ValueError(f"must be http(s)://host[:port] with no path, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        from cache_server.storage.objectstore import S3Location
+
+        try:
+            S3Location.parse(f"s3://{value}")
+        except ValueError:
+            raise ValueError(f"{value!r} is not a bucket name: 3-63 lowercase letters, digits, '.' and '-'") from None
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        from cache_server.storage.objectstore import S3Location
+
+        try:
+            S3Location.parse(f"s3://nx-farm/{value}")
+        except ValueError:
+            raise ValueError(f"{value!r}: a key prefix of letters, digits, '.', '_', '-' and '/'") from None
+        return value.strip("/")
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def host_and_port(self) -> tuple[str, int]:
+        parts = urllib.parse.urlsplit(self.endpoint)
+        return (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+class CacheServerHost(SshTarget):
+    """One machine that runs the cache server: what is its own (address, port, local disk)."""
+
     name: Name
     bind_address: str | None = None  # where the server listens besides 127.0.0.1; default: `host` if it is an IP
     port: Port = 3333
+    # The cache directory; with S3 storage, the local tier's.
     storage_path: str = "/var/lib/nx-farm/cache"
-    max_size: str = "50GiB"
-    max_artifact_size: str = "2GiB"
-    max_entries: Annotated[int, Field(ge=0)] = 0  # 0: no cap but the filesystem's inodes
     # Server processes (cache_server --workers): "auto" = one per core of the host, at most 8.
     workers: int | Literal["auto"] = "auto"
     purge_on_destroy: bool = False  # also delete the cached data when the cache host is destroyed
 
     _path = field_validator("storage_path")(lambda cls, v: check_abs_path(v))
-    _sizes = field_validator("max_size", "max_artifact_size")(lambda cls, v: check_size(v))
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -175,19 +229,46 @@ class CacheHostSettings(SshTarget):
             ipaddress.ip_address(value)  # ValueError names the value
         return value
 
+    def listen_address_or_problem(self, where: str) -> tuple[str, str]:
+        """(the address the server binds, "") or ("", the problem naming `where`)."""
+        if self.bind_address:
+            return self.bind_address, ""
+        try:
+            return str(ipaddress.ip_address(self.host)), ""
+        except ValueError:
+            return "", (f"{PROJECT}:{where}.bindAddress: required when {where}.host is a DNS name ({self.host!r}): "
+                        "the server binds to an address, never to all interfaces")
+
     @property
     def listen_address(self) -> str:
-        if self.bind_address:
-            return self.bind_address
-        try:
-            return str(ipaddress.ip_address(self.host))
-        except ValueError:
-            raise ConfigInvalid(f"{PROJECT}:cacheHost.bindAddress: required when cacheHost.host is a DNS name "
-                                f"({self.host!r}): the server binds to an address, never to all interfaces") from None
+        address, problem = self.listen_address_or_problem("cacheHost")
+        if problem:
+            raise ConfigInvalid(problem)
+        return address
+
+
+class CacheHostSettings(CacheServerHost):
+    """The first cache host: it also runs the scheduler, and says how the cache stores."""
+
+    max_size: str = "50GiB"  # the cache's cap: the directory's, or with S3 storage the bucket's
+    max_artifact_size: str = "2GiB"
+    max_entries: Annotated[int, Field(ge=0)] = 0  # 0: no cap but the filesystem's inodes
+    storage: S3StorageSettings | None = None  # default: the disk under storagePath
+
+    _sizes = field_validator("max_size", "max_artifact_size")(lambda cls, v: check_size(v))
+
+
+class CacheFrontendSettings(CacheServerHost):
+    """Another cache host on the same bucket (`cacheFrontends`): its own address, port and local
+    tier; the storage and the size caps are the first cache host's."""
+
+    def as_cache_host(self, first: CacheHostSettings) -> CacheHostSettings:
+        return first.model_copy(update={name: getattr(self, name) for name in CacheFrontendSettings.model_fields})
 
 
 class AgentSettings(SshTarget):
     name: Name
+    cache_host: str | None = None  # the cache host it uses, by name (default: cacheHost)
     task_slots: Annotated[int, Field(ge=1, le=256)] = 2
     labels: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]] = []
     tags: list[str] = []
@@ -265,6 +346,7 @@ class OrchestratorSettings(_Model):
 
     name: Name
     tier: Tier = "branch"
+    cache_host: str | None = None  # the cache host it uses, by name (default: cacheHost)
 
 
 class TrustSettings(_Model):
@@ -291,9 +373,19 @@ class FarmSettings(_Model):
     orchestrators: list[OrchestratorSettings] = Field(default_factory=lambda: [OrchestratorSettings(name="operator")])
     trust: TrustSettings
     cache_host: CacheHostSettings
+    # More cache hosts serving the same S3 bucket (one per site or rack): needs cacheHost.storage.
+    cache_frontends: list[CacheFrontendSettings] = []
     agents: list[AgentSettings] = []
     tailnet: TailnetSettings = TailnetSettings()
     sops: SopsSettings
+
+    @property
+    def cache_hosts(self) -> list[CacheHostSettings]:
+        """Every cache host, the first one first; each with the shared storage and caps."""
+        return [self.cache_host, *(frontend.as_cache_host(self.cache_host) for frontend in self.cache_frontends)]
+
+    def cache_host_named(self, name: str | None) -> CacheHostSettings:
+        return next((host for host in self.cache_hosts if host.name == name), self.cache_host)
 
     @field_validator("orchestrators", mode="before")
     @classmethod
@@ -303,9 +395,17 @@ class FarmSettings(_Model):
 
 def _cross_checks(settings: FarmSettings) -> list[str]:
     """Rules across entries, each reported at the later of the clashing entries."""
-    problems = []
+    problems = _cache_host_checks(settings)
     seen_names: dict[str, str] = {}
     seen_hosts: dict[str, str] = {}
+    cache_names = [host.name for host in settings.cache_hosts]
+    users: list[tuple[str, AgentSettings | OrchestratorSettings]] = [
+        *((f"agents[{i}]", a) for i, a in enumerate(settings.agents)),
+        *((f"orchestrators[{i}]", o) for i, o in enumerate(settings.orchestrators))]
+    for where, who in users:
+        if who.cache_host is not None and who.cache_host not in cache_names:
+            problems.append(f"{PROJECT}:{where}.cacheHost: {who.cache_host!r} is not a cache host "
+                            f"(one of {', '.join(cache_names)})")
     for i, agent in enumerate(settings.agents):
         where = f"agents[{i}]"
         if agent.name in seen_names:
@@ -326,8 +426,36 @@ def _cross_checks(settings: FarmSettings) -> list[str]:
     return problems
 
 
-TOP_LEVEL_KEYS = ("deployUser", "secretsGeneration", "orchestrators", "trust", "cacheHost", "agents", "tailnet",
-                  "sops")
+def _cache_places(settings: FarmSettings) -> list[tuple[CacheServerHost, str]]:
+    return [(settings.cache_host, "cacheHost"), *((f, f"cacheFrontends[{i}]") for i, f in enumerate(settings.cache_frontends))]
+
+
+def _cache_host_checks(settings: FarmSettings) -> list[str]:
+    """Several cache hosts only on shared storage, each with its own name, address and bind address."""
+    problems = []
+    if settings.cache_frontends and settings.cache_host.storage is None:
+        problems.append(f"{PROJECT}:cacheFrontends: more than one cache host needs cacheHost.storage (an S3 bucket "
+                        "they share); on disk each would keep a cache of its own")
+    names: dict[str, str] = {}
+    hosts: dict[str, str] = {}
+    for host, where in _cache_places(settings):
+        if host.name in names:
+            problems.append(f"{PROJECT}:{where}.name: duplicate cache host name {host.name!r} (also {names[host.name]})")
+        names.setdefault(host.name, where)
+        if host.host in hosts:
+            problems.append(f"{PROJECT}:{where}.host: two cache hosts on one address {host.host!r} (also {hosts[host.host]})")
+        hosts.setdefault(host.host, where)
+        problems.extend(p for p in [host.listen_address_or_problem(where)[1]] if p)
+    return problems
+
+
+def secrets_required(settings: FarmSettings) -> list[str]:
+    """The secret config keys this stack needs besides sshPrivateKey."""
+    return ["s3AccessKeyId", "s3SecretAccessKey"] if settings.cache_host.storage is not None else []
+
+
+TOP_LEVEL_KEYS = ("deployUser", "secretsGeneration", "orchestrators", "trust", "cacheHost", "cacheFrontends", "agents",
+                  "tailnet", "sops")
 
 
 def _path(loc: tuple[Any, ...]) -> str:

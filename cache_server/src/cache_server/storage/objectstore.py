@@ -204,6 +204,18 @@ class ObjectStore:
                          ContentMD5=md5_b64, IfNoneMatch="*", Metadata={DIGEST_META: digest},
                          ContentType="application/octet-stream")
 
+    async def check_bucket(self) -> None:
+        """StoreUnavailable unless the bucket exists and these credentials may use it."""
+        try:
+            found = await self._call("head_bucket")
+        except StoreUnavailable as exc:
+            if "403" in str(exc):  # a HEAD's answer has no body to say why
+                raise StoreUnavailable(f"{exc}: the credentials are wrong, or may not use bucket "
+                                       f"{self.location.bucket!r}") from None
+            raise
+        if found is None:
+            raise StoreUnavailable(f"head_bucket: bucket {self.location.bucket!r} does not exist (create it first)")
+
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=self.location.object_key(key))
 

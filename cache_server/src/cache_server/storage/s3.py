@@ -191,7 +191,14 @@ class S3Storage:
         await self.store.connect()
 
     async def maintain(self) -> None:
-        """Background work for the server's lifetime: the bucket's size cap."""
+        """Background work for the server's lifetime: a first look at the bucket, so that `/health`
+        tells at once whether the store, the bucket and the credentials work; then its size cap."""
+        try:
+            await self.store.check_bucket()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+        else:
+            self._store_answered()
         await self.lru.run()
 
     # ---------------------------------------------------------------- health
