@@ -14,33 +14,34 @@ from pulumi_command import remote
 from components.agent import NxAgent, NxAgentArgs
 from components._wheels import WheelsMissing, wheel_set
 from components.cache_host import CacheHost, CacheHostArgs
+from components.wheelhouse import AGENT_LOCK, CACHE_LOCK, CACHE_S3_LOCK, ROLES
 from components.farm_ca import CaMember, FarmCA, FarmCAArgs
 from components.render.agent import env_lines, tls_values
 from components.scheduler import FarmScheduler, FarmSchedulerArgs
 from components.render.agent import env_file
-from components.render.cache_host import AGENT_BRANCH_GRANT, cache_url, orchestrator_cache_url, orchestrator_grant
+from components.render.cache_host import (AGENT_BRANCH_GRANT, cache_url, orchestrator_cache_url, orchestrator_grant,
+                                         s3_credentials_file)
 from components.render.sops_config import agent_file
 from components.sops_recipients import SopsRecipients, SopsRecipientsArgs
 from components.render.tailnet_policy import PolicyError, build_policy, parse_hujson
-from components.settings import PROJECT, ConfigInvalid, SshTarget, load
+from components.settings import PROJECT, ConfigInvalid, SshTarget, cache_places, load, secrets_required
 from components.tailnet import TailnetPolicy, TailnetPolicyArgs
 
 ROOT = Path(__file__).resolve().parent
 WHEELS_DIR = Path(os.environ.get("NXFARM_WHEELS_DIR") or ROOT / "dist" / "wheels")  # cache/ and agent/ sets
-# role -> (the package it installs, the lock its dependency wheels follow); see components/wheelhouse.py
-WHEEL_ROLES = {"cache": ("nxfarm_cache_server", ROOT / "cache_server" / "requirements.lock"),
-               "agent": ("nxfarm", ROOT / "nxfarm" / "requirements.lock")}
 
 
 def wheels_for_hosts(settings) -> dict[tuple[str, str], Path]:  # noqa: ANN001 - FarmSettings
     """(role, host's stack name) -> the wheel set that fits the host; every gap at once, one per line."""
-    wanted = [("cache", settings.cache_host, f"{PROJECT}:cacheHost"), ("agent", settings.cache_host, f"{PROJECT}:cacheHost"),
-              *(("agent", agent, f"{PROJECT}:agents[{i}]") for i, agent in enumerate(settings.agents))]
+    cache_locks = [CACHE_LOCK, *([CACHE_S3_LOCK] if settings.cache_host.storage is not None else [])]
+    wanted = [*(("cache", host, f"{PROJECT}:{where}", cache_locks) for host, where in cache_places(settings)),
+              ("agent", settings.cache_host, f"{PROJECT}:cacheHost", [AGENT_LOCK]),
+              *(("agent", agent, f"{PROJECT}:agents[{i}]", [AGENT_LOCK]) for i, agent in enumerate(settings.agents))]
     found, problems = {}, []
-    for role, target, where in wanted:
-        distribution, lock = WHEEL_ROLES[role]
+    for role, target, where, locks in wanted:
+        distribution = ROLES[role][1]
         try:
-            found[(role, target.name)] = wheel_set(WHEELS_DIR / role, distribution, lock, target.python, target.arch,
+            found[(role, target.name)] = wheel_set(WHEELS_DIR / role, distribution, locks, target.python, target.arch,
                                                    where)
         except WheelsMissing as exc:
             problems.append(str(exc))
@@ -51,7 +52,10 @@ def wheels_for_hosts(settings) -> dict[tuple[str, str], Path]:  # noqa: ANN001 -
 config = pulumi.Config(PROJECT)
 try:
     settings = load(config)
-    settings.cache_host.listen_address  # noqa: B018 - validates bindAddress for DNS hosts
+    missing = [key for key in secrets_required(settings) if config.get_secret(key) is None]
+    if missing:
+        raise ConfigInvalid("\n".join(f"{PROJECT}:{key}: required with cacheHost.storage (S3): "
+                                      f"`pulumi config set --secret {PROJECT}:{key} ...`" for key in missing))
     wheels = wheels_for_hosts(settings)
     policy_path = ROOT / settings.tailnet.base_policy_file
     try:
@@ -98,19 +102,32 @@ grants.update({o.name: orchestrator_grant(o.name, o.tier) for o in settings.orch
 tailnet = TailnetPolicy("tailnet", TailnetPolicyArgs(policy=policy,
                                                     overwrite_existing=settings.tailnet.overwrite_existing_policy))
 
-cache = CacheHost(
-    settings.cache_host.name,
-    CacheHostArgs(
-        settings=settings.cache_host,
-        connection=connection(settings.cache_host),
-        tokens=tokens,
-        grants=grants,
-        wheels_dir=wheels[("cache", settings.cache_host.name)],
-        cache_tag=settings.tailnet.cache_tag,
-        acl=tailnet.acl,
-        where=f"{PROJECT}:cacheHost",
-    ),
-)
+# The store's credentials: from secret config, to each cache host as its tokens go (stdin of a
+# secret command, a file only root and the service read); never in a command or the unit.
+s3_credentials = None
+if settings.cache_host.storage is not None:
+    s3_credentials = pulumi.Output.secret(pulumi.Output.all(config.require_secret("s3AccessKeyId"),
+                                                            config.require_secret("s3SecretAccessKey")).apply(
+        lambda keys: s3_credentials_file(*keys)))
+
+caches = {
+    host.name: CacheHost(
+        host.name,
+        CacheHostArgs(
+            settings=host,
+            connection=connection(host),
+            tokens=tokens,
+            grants=grants,
+            wheels_dir=wheels[("cache", host.name)],
+            cache_tag=settings.tailnet.cache_tag,
+            acl=tailnet.acl,
+            where=f"{PROJECT}:{where}",
+            s3_credentials=s3_credentials,
+        ),
+    )
+    for host, (_, where) in zip(settings.cache_hosts, cache_places(settings))
+}
+cache = caches[settings.cache_host.name]  # the first: the scheduler runs beside it
 
 url = cache_url(settings.cache_host)
 
@@ -143,9 +160,10 @@ scheduler = f"tls://{settings.cache_host.listen_address}:{settings.tailnet.sched
 
 def agent_env(agent):  # noqa: ANN001, ANN201 - AgentSettings -> Output[str]
     member = ca.members[agent.name]
+    agent_cache = cache_url(settings.cache_host_named(agent.cache_host))
     return pulumi.Output.all(tokens[agent.name], tokens[f"{agent.name}-branch"], member.ca_pem, member.cert_pem,
                              member.key_pem).apply(
-        lambda values: env_file(cache_url=url, token=values[0], branch_token=values[1], scheduler_address=scheduler,
+        lambda values: env_file(cache_url=agent_cache, token=values[0], branch_token=values[1], scheduler_address=scheduler,
                                 agent=agent, trust=settings.trust, tls=(values[2], values[3], values[4]))
     )
 
@@ -170,12 +188,13 @@ for index, agent in enumerate(settings.agents):
             agent_tag=settings.tailnet.agent_tag,
             acl=tailnet.acl,
             wheels_dir=wheels[("agent", agent.name)],
-            cache_url=url,
+            cache_url=cache_url(settings.cache_host_named(agent.cache_host)),
             where=f"{PROJECT}:agents[{index}]",
         ),
     )
 
 pulumi.export("cacheUrl", cache.url)
+pulumi.export("cacheUrls", {name: host.url for name, host in caches.items()})
 pulumi.export("schedulerAddress", farm_scheduler.address)
 # What each orchestrator puts in NXFARM_TLS_CA / _CERT / _KEY (files or base64: values).
 pulumi.export("orchestratorTls", pulumi.Output.secret({
@@ -186,5 +205,6 @@ pulumi.export("orchestratorTls", pulumi.Output.secret({
 }))
 pulumi.export("orchestratorTokens", pulumi.Output.secret({o.name: tokens[o.name] for o in settings.orchestrators}))
 # What each orchestrator puts in NX_SELF_HOSTED_REMOTE_CACHE_SERVER: a branch-tier one its namespace.
-pulumi.export("orchestratorCacheUrls", {o.name: cache.url.apply(lambda base, o=o: orchestrator_cache_url(base, o))
-                                        for o in settings.orchestrators})
+pulumi.export("orchestratorCacheUrls", {
+    o.name: caches[settings.cache_host_named(o.cache_host).name].url.apply(lambda base, o=o: orchestrator_cache_url(base, o))
+    for o in settings.orchestrators})

@@ -51,7 +51,7 @@ def locked(lock: Path) -> list[tuple[str, str]]:
     return pins
 
 
-def wheel_set(root: Path, distribution: str, lock: Path, python: str, arch: str, where: str) -> Path:
+def wheel_set(root: Path, distribution: str, locks: list[Path], python: str, arch: str, where: str) -> Path:
     """The directory of wheels for this host, checked complete; WheelsMissing names what is not."""
     directory = root / platform_name(python, arch)
     fix = f"run `make wheels` (it builds every supported platform, {platform_name(python, arch)} included)"
@@ -60,7 +60,7 @@ def wheel_set(root: Path, distribution: str, lock: Path, python: str, arch: str,
     for wheel in directory.glob("*.whl"):
         name, version, _, wheel_tags = parse_wheel_filename(wheel.name)
         found.setdefault(name, []).append((str(version), wheel_tags))
-    wanted = [(canonicalize_name(distribution), None), *locked(lock)]
+    wanted = [(canonicalize_name(distribution), None), *(pin for lock in locks for pin in locked(lock))]
     for name, version in wanted:
         if not any((version is None or have == version) and wheel_tags & tags for have, wheel_tags in found.get(name, [])):
             pin = f"{name}=={version}" if version else name

@@ -13,6 +13,7 @@ from ._device import tag_device
 from ._remote import host_command, preflight, ship_wheels
 from ._wheels import wheels_digest
 from .render.cache_host import (
+    S3_CREDENTIALS_PATH,
     SERVICE_USER,
     TokenGrant,
     TOKENS_PATH,
@@ -20,6 +21,7 @@ from .render.cache_host import (
     cache_url,
     install_script,
     remove_script,
+    s3_credentials_install_command,
     tokens_file,
     tokens_install_command,
 )
@@ -42,6 +44,7 @@ class CacheHostArgs:
     + cache_tag: the tailnet tag of the cache host's device
     + acl: the tailnet policy that defines the tags (tags are applied after it)
     + where: its place in the stack config (`nx-farm:cacheHost`), for error messages
+    + s3_credentials: with S3 storage, the store's credentials file (secret; render.cache_host)
     """
 
     settings: CacheHostSettings
@@ -52,6 +55,7 @@ class CacheHostArgs:
     acl: pulumi.Resource
     where: str = "nx-farm:cacheHost"
     grants: dict[str, TokenGrant] = field(default_factory=dict)
+    s3_credentials: pulumi.Input[str] | None = None
 
 
 class CacheHost(pulumi.ComponentResource):
@@ -82,6 +86,18 @@ class CacheHost(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(secret_output, after_preflight),
         )
 
+        before_service: list[pulumi.Resource] = [self.wheels, self.tokens_file]
+        if settings.storage is not None:
+            if args.s3_credentials is None:
+                raise ValueError(f"{args.where}.storage: S3 storage needs s3_credentials")
+            install_credentials = f"{ensure_system_user(SERVICE_USER)} && {s3_credentials_install_command()}"
+            self.s3_credentials = host_command(
+                f"{name}-s3-credentials", args.connection, run=install_credentials,
+                delete=owned(f"rm -f {S3_CREDENTIALS_PATH}"), stdin=pulumi.Output.secret(args.s3_credentials),
+                logging=remote.Logging.STDERR, opts=pulumi.ResourceOptions.merge(secret_output, after_preflight),
+            )
+            before_service.append(self.s3_credentials)
+
         # The digest and the unit travel in the command inputs, so a new wheel set or a changed
         # unit is an update (the script restarts only then); nothing here uses `triggers`.
         script = install_script(settings, REMOTE_WHEELS_DIR)
@@ -90,7 +106,7 @@ class CacheHost(pulumi.ComponentResource):
             f"{name}-service", args.connection, run=install,
             delete=owned(f"sh -c {shlex.quote(remove_script(settings, settings.purge_on_destroy))}"),
             stdin=cache_unit(settings), logging=remote.Logging.STDOUT_AND_STDERR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wheels, self.tokens_file]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=before_service),
         )
 
         self.url = pulumi.Output.from_input(cache_url(settings))

@@ -426,7 +426,8 @@ def _cross_checks(settings: FarmSettings) -> list[str]:
     return problems
 
 
-def _cache_places(settings: FarmSettings) -> list[tuple[CacheServerHost, str]]:
+def cache_places(settings: FarmSettings) -> list[tuple[CacheServerHost, str]]:
+    """Each cache host as declared, with its place in the stack config (`cacheFrontends[0]`)."""
     return [(settings.cache_host, "cacheHost"), *((f, f"cacheFrontends[{i}]") for i, f in enumerate(settings.cache_frontends))]
 
 
@@ -438,7 +439,7 @@ def _cache_host_checks(settings: FarmSettings) -> list[str]:
                         "they share); on disk each would keep a cache of its own")
     names: dict[str, str] = {}
     hosts: dict[str, str] = {}
-    for host, where in _cache_places(settings):
+    for host, where in cache_places(settings):
         if host.name in names:
             problems.append(f"{PROJECT}:{where}.name: duplicate cache host name {host.name!r} (also {names[host.name]})")
         names.setdefault(host.name, where)

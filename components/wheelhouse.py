@@ -21,10 +21,13 @@ from ._wheels import locked, manylinux_platforms, platform_name, wheel_set
 from .settings import ARCHES, PYTHONS
 
 ROOT = Path(__file__).resolve().parents[1]
-# role -> (source tree, distribution, lock file)
+CACHE_LOCK = ROOT / "cache_server" / "requirements.lock"
+CACHE_S3_LOCK = ROOT / "cache_server" / "requirements-s3.lock"  # its [s3] extra, for cache hosts on S3 storage
+AGENT_LOCK = ROOT / "nxfarm" / "requirements.lock"
+# role -> (source tree, distribution, lock files); every set holds what any host of the role may install
 ROLES = {
-    "cache": (ROOT / "cache_server", "nxfarm_cache_server", ROOT / "cache_server" / "requirements.lock"),
-    "agent": (ROOT / "nxfarm", "nxfarm", ROOT / "nxfarm" / "requirements.lock"),
+    "cache": (ROOT / "cache_server", "nxfarm_cache_server", [CACHE_LOCK, CACHE_S3_LOCK]),
+    "agent": (ROOT / "nxfarm", "nxfarm", [AGENT_LOCK]),
 }
 ALL_PLATFORMS = [platform_name(python, arch) for python in PYTHONS for arch in ARCHES]
 
@@ -39,7 +42,7 @@ def pip(*args: str) -> None:
 def build(out: Path, platforms: list[str]) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         own = Path(scratch)
-        for role, (source, distribution, lock) in ROLES.items():
+        for role, (source, distribution, locks) in ROLES.items():
             # From a copy: pip builds in the source tree, and two builds at once would share its build/.
             tree = shutil.copytree(source, own / "src" / role, ignore=_build_leftovers(source))
             pip("wheel", "--quiet", "--no-deps", "-w", str(own / role), str(tree))
@@ -52,10 +55,10 @@ def build(out: Path, platforms: list[str]) -> None:
                 pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
                     "--python-version", python, "--abi", f"cp{python.replace('.', '')}",
                     *[arg for p in manylinux_platforms(arch) for arg in ("--platform", p)],
-                    "-d", str(target), *[f"{name}=={version}" for name, version in locked(lock)])
+                    "-d", str(target), *[f"{name}=={version}" for lock in locks for name, version in locked(lock)])
                 for wheel in (own / role).glob("*.whl"):
                     shutil.copy2(wheel, target)
-                wheel_set(out / role, distribution, lock, python, arch, f"{role} {platform}")
+                wheel_set(out / role, distribution, locks, python, arch, f"{role} {platform}")
 
 
 def _build_leftovers(source: Path):  # noqa: ANN202 - a copytree ignore callback

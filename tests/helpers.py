@@ -16,13 +16,10 @@ AGE_B = "age1" + "p" * 58
 def fake_wheel_sets(directory, platforms=("cp311-x86_64",)):
     """Stand-ins for `make wheels` output, for tests that never install them: per platform, a wheel
     named for our package and for every pin of each role's lock (contents are placeholders)."""
-    from pathlib import Path
+    from components.wheelhouse import ROLES
 
-    root = Path(__file__).resolve().parents[1]
-    roles = {"cache": ("nxfarm_cache_server", root / "cache_server" / "requirements.lock"),
-             "agent": ("nxfarm", root / "nxfarm" / "requirements.lock")}
-    for role, (distribution, lock) in roles.items():
-        pins = [line.split("#")[0].strip() for line in lock.read_text().splitlines()]
+    for role, (_, distribution, locks) in ROLES.items():
+        pins = [line.split("#")[0].strip() for lock in locks for line in lock.read_text().splitlines()]
         for platform in platforms:
             target = directory / role / platform
             target.mkdir(parents=True, exist_ok=True)

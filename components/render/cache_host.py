@@ -14,6 +14,7 @@ from .venv import ensure_system_user, unit_from_stdin, venv_from_wheels
 UNIT_NAME = "nx-farm-cache.service"
 INSTALL_ROOT = "/opt/nx-farm/cache"
 TOKENS_PATH = "/etc/nx-farm/cache-tokens"
+S3_CREDENTIALS_PATH = "/etc/nx-farm/cache-s3-credentials"  # botocore's shared credentials file format
 SERVICE_USER = "nxfarm-cache"
 
 
@@ -25,14 +26,22 @@ def cache_url(cache: CacheHostSettings) -> str:
 def cache_unit(cache: CacheHostSettings, install_root: str = INSTALL_ROOT) -> str:
     listen = cache.listen_address
     shown = f"[{listen}]" if ":" in listen else listen
+    s3 = cache.storage
+    storage = (["--storage", cache.storage_path] if s3 is None else
+               ["--storage", s3.url, "--s3-endpoint", s3.endpoint, "--s3-region", s3.region,
+                "--local-tier", cache.storage_path, "--local-tier-size", s3.local_tier_size])
     args = [
         f"{install_root}/venv/bin/python", "-m", "cache_server",
         "--bind", f"{shown}:{cache.port}", "--bind", f"127.0.0.1:{cache.port}",
-        "--storage", cache.storage_path, "--tokens", TOKENS_PATH,
+        *storage, "--tokens", TOKENS_PATH,
         "--max-size", cache.max_size, "--max-artifact-size", cache.max_artifact_size,
         "--workers", str(cache.workers),
         *(["--max-entries", str(cache.max_entries)] if cache.max_entries else []),
     ]
+    # The credentials stay in a file only root and the service can read (never in the unit, the
+    # command line or the environment); no metadata-service probes on a homelab.
+    s3_env = ("" if s3 is None else
+              f"Environment=AWS_SHARED_CREDENTIALS_FILE={S3_CREDENTIALS_PATH}\nEnvironment=AWS_EC2_METADATA_DISABLED=true\n")
     return f"""[Unit]
 Description=nx-farm cache server (Nx self-hosted remote cache)
 Documentation=https://nx.dev/docs/kb/self-hosted-caching
@@ -55,7 +64,7 @@ RestartSec=2
 # about a thousand idle sockets stop the server (it also caps connections, --max-connections auto)
 LimitNOFILE=65536
 Environment=PYTHONUNBUFFERED=1
-NoNewPrivileges=yes
+{s3_env}NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -107,17 +116,37 @@ def tokens_file(tokens: dict[str, str], grants: dict[str, TokenGrant] | None = N
     )
 
 
+def s3_credentials_file(access_key_id: str, secret_access_key: str) -> str:
+    """botocore's shared credentials file (its default profile). ValueError for a value that would
+    break the file's lines; the message never holds the value."""
+    for name, value in (("s3AccessKeyId", access_key_id), ("s3SecretAccessKey", secret_access_key)):
+        if not value.strip() or any(ch in value for ch in "\r\n"):
+            raise ValueError(f"nx-farm:{name}: must be one non-empty line")
+    return f"[default]\naws_access_key_id = {access_key_id.strip()}\naws_secret_access_key = {secret_access_key.strip()}\n"
+
+
+def s3_credentials_install_command() -> str:
+    """Reads the credentials file on stdin; when it changed, the server restarts to use it (it reads
+    credentials once, as it starts)."""
+    new = f"{S3_CREDENTIALS_PATH}.new"
+    return (f"install -d -m 0755 {S3_CREDENTIALS_PATH.rsplit('/', 1)[0]} && "
+            f"install -m 0640 -o root -g {SERVICE_USER} /dev/stdin {new} && "
+            f"if cmp -s {new} {S3_CREDENTIALS_PATH}; then rm -f {new}; "
+            f"else mv -f {new} {S3_CREDENTIALS_PATH} && (systemctl try-restart {UNIT_NAME} || true); fi")
+
+
 def install_script(cache: CacheHostSettings, wheels_dir: str) -> str:
     """Idempotent install from the shipped wheels (no package index needed on the host).
 
     The service restarts only when the wheels or the unit changed. Reads the unit on stdin.
     Prints `changed` or `unchanged` as its last line.
     """
+    package = "nxfarm-cache-server" if cache.storage is None else "nxfarm-cache-server[s3]"
     return f"""set -eu
 changed=0
 {ensure_system_user(SERVICE_USER)}
 install -d -m 0750 -o {SERVICE_USER} -g {SERVICE_USER} {shlex.quote(cache.storage_path)}
-{venv_from_wheels(INSTALL_ROOT, wheels_dir, "nxfarm-cache-server")}
+{venv_from_wheels(INSTALL_ROOT, wheels_dir, shlex.quote(package))}
 {unit_from_stdin(UNIT_NAME)}
 {wait_for_health(cache)}
 if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
@@ -125,9 +154,17 @@ if [ "$changed" = 1 ]; then echo changed; else echo unchanged; fi
 
 
 def wait_for_health(cache: CacheHostSettings, seconds: int = 30) -> str:
-    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{cache.port}/health', timeout=2)"
+    """Until /health answers; with S3 storage, until it also says the store works (the bucket
+    exists, the credentials may use it), else the deploy fails with the store's answer."""
+    probe = ("import json, sys, urllib.request\n"
+             f"health = json.load(urllib.request.urlopen('http://127.0.0.1:{cache.port}/health', timeout=2))\n"
+             "store = [p for p in health['problems'] if p.startswith('object store')]\n"
+             "if store and '--report' in sys.argv:\n"
+             "    print(store[0], file=sys.stderr)\n"
+             "sys.exit(3 if store else 0)\n")
+    report = "" if cache.storage is None else f"python3 -c {shlex.quote(probe)} --report || true; "
     return (f"i=0; until python3 -c {shlex.quote(probe)} 2>/dev/null; do i=$((i+1)); "
-            f"if [ $i -ge {seconds} ]; then echo 'cache server not healthy after {seconds}s' >&2; "
+            f"if [ $i -ge {seconds} ]; then echo 'cache server not healthy after {seconds}s' >&2; {report}"
             f"journalctl -u {UNIT_NAME} -n 20 --no-pager >&2 || true; exit 1; fi; sleep 1; done")
 
 
@@ -143,4 +180,4 @@ def remove_script(cache: CacheHostSettings, purge: bool) -> str:
     """Stop and disable the service; the cached data stays unless `purge`."""
     q = shlex.quote
     purge_line = f"rm -rf {q(cache.storage_path)}\n" if purge else ""
-    return f"set -eu\n{remove_unit(UNIT_NAME)}\nrm -rf {INSTALL_ROOT} {TOKENS_PATH}\n{purge_line}"
+    return f"set -eu\n{remove_unit(UNIT_NAME)}\nrm -rf {INSTALL_ROOT} {TOKENS_PATH} {S3_CREDENTIALS_PATH}\n{purge_line}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import json5
 
-from ..settings import FarmSettings
+from ..settings import FarmSettings, is_tailnet_address
 
 CACHE_PORT_DEFAULT = 3333
 WORKER_PORT = 8789  # Dask workers listen here on agents (nxfarm agent run; see the distributed-build issue)
@@ -62,14 +62,34 @@ def routed_agents(settings: FarmSettings) -> list[str]:
     return out
 
 
+def cache_ports(settings: FarmSettings) -> list[int]:
+    """The port of every cache host (frontends may differ), each once, in declaration order."""
+    return list(dict.fromkeys(host.port for host in settings.cache_hosts))
+
+
+def store_host(settings: FarmSettings) -> str:
+    storage = settings.cache_host.storage
+    return "" if storage is None else storage.host_and_port[0]
+
+
+def store_on_tailnet(settings: FarmSettings) -> str | None:
+    """`ip:port` of the S3 store when its endpoint is a tailnet address (cache hosts then need a
+    grant to reach it); None for disk storage or a store reached otherwise (LAN, a DNS name)."""
+    storage = settings.cache_host.storage
+    if storage is None or not is_tailnet_address(storage.host_and_port[0]):
+        return None
+    host, port = storage.host_and_port
+    return f"{host}:{port}"
+
+
 def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
     t = settings.tailnet
-    cache_port = settings.cache_host.port
+    cache = _tcp(*cache_ports(settings))
     grants = [
-        # agents upload to and read from the cache, and join the scheduler
-        {"src": [t.agent_tag], "dst": [t.cache_tag], "ip": _tcp(cache_port, t.scheduler_port)},
+        # agents upload to and read from every cache host, and join the scheduler
+        {"src": [t.agent_tag], "dst": [t.cache_tag], "ip": [*cache, *_tcp(t.scheduler_port)]},
         # orchestrators (dev boxes, CI) replay from the cache and submit to the scheduler
-        {"src": [t.orchestrator_tag, *t.operators], "dst": [t.cache_tag], "ip": _tcp(cache_port, t.scheduler_port)},
+        {"src": [t.orchestrator_tag, *t.operators], "dst": [t.cache_tag], "ip": [*cache, *_tcp(t.scheduler_port)]},
         # the scheduler (on the cache host) reaches the workers
         {"src": [t.cache_tag], "dst": [t.agent_tag], "ip": _tcp(WORKER_PORT)},
         # operators deploy over SSH
@@ -80,6 +100,11 @@ def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
         # agents behind a subnet router, each by its own address: not the whole routed network
         grants.append({"src": [t.cache_tag], "dst": routed, "ip": _tcp(WORKER_PORT)})
         grants.append({"src": list(t.operators), "dst": routed, "ip": _tcp(SSH_PORT)})
+    store = store_on_tailnet(settings)
+    if store:
+        # the cache hosts store in the S3 bucket: that address and port only
+        host, port = store.rsplit(":", 1)
+        grants.append({"src": [t.cache_tag], "dst": [host], "ip": _tcp(int(port))})
     return grants
 
 
@@ -87,7 +112,7 @@ def farm_ssh(settings: FarmSettings) -> list[dict[str, Any]]:
     """Tailscale SSH (for hosts that run `tailscale up --ssh`): operators may log in as the users the
     deploy connects as (`sshUser`), not as the farm's service user, which has no login shell."""
     t = settings.tailnet
-    users = sorted({settings.cache_host.ssh_user, *(agent.ssh_user for agent in settings.agents)})
+    users = sorted({*(host.ssh_user for host in settings.cache_hosts), *(agent.ssh_user for agent in settings.agents)})
     return [{"action": "accept", "src": list(t.operators), "dst": [t.agent_tag, t.cache_tag], "users": users}]
 
 
@@ -95,16 +120,20 @@ def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
     """One test per farm identity: what it must reach, and the neighbours it must not."""
     t = settings.tailnet
     cache, agent, orch = t.cache_tag, t.agent_tag, t.orchestrator_tag
-    cache_port, sched = settings.cache_host.port, t.scheduler_port
+    ports, sched = cache_ports(settings), t.scheduler_port
+    cache_port = ports[0]
+    every_cache = [f"{cache}:{port}" for port in ports]
     dash = DASHBOARD_PORT
+    # An IPv6 store gets its grant but no test line: a test's `host:port` is not written down for IPv6.
+    store = store_on_tailnet(settings) if ":" not in store_host(settings) else None
     tests: list[dict[str, Any]] = [
-        {"src": agent, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
+        {"src": agent, "proto": "tcp", "accept": [*every_cache, f"{cache}:{sched}"],
          "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{WORKER_PORT}", f"{agent}:{SSH_PORT}",
-                  f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}", f"{orch}:{WORKER_PORT}"]},
-        {"src": orch, "proto": "tcp", "accept": [f"{cache}:{cache_port}", f"{cache}:{sched}"],
+                  f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}", f"{orch}:{WORKER_PORT}", *([store] if store else [])]},
+        {"src": orch, "proto": "tcp", "accept": [*every_cache, f"{cache}:{sched}"],
          "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{SSH_PORT}", f"{agent}:{WORKER_PORT}",
-                  f"{orch}:{SSH_PORT}"]},
-        {"src": cache, "proto": "tcp", "accept": [f"{agent}:{WORKER_PORT}"],
+                  f"{orch}:{SSH_PORT}", *([store] if store else [])]},
+        {"src": cache, "proto": "tcp", "accept": [f"{agent}:{WORKER_PORT}", *([store] if store else [])],
          "deny": [f"{agent}:{SSH_PORT}", f"{agent}:{cache_port}", f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}",
                   f"{orch}:{WORKER_PORT}"]},
     ]
@@ -112,7 +141,7 @@ def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
         if who.startswith("autogroup:"):
             continue  # tests take a user, group, tag or host as src
         tests.append({"src": who, "proto": "tcp",
-                      "accept": [f"{agent}:{SSH_PORT}", f"{cache}:{SSH_PORT}", f"{cache}:{cache_port}", f"{cache}:{sched}"]})
+                      "accept": [f"{agent}:{SSH_PORT}", f"{cache}:{SSH_PORT}", *every_cache, f"{cache}:{sched}"]})
     return tests
 
 

@@ -306,7 +306,7 @@ def enrolled(config: dict[str, Any], policy: dict[str, Any] | None = None) -> Ta
     `tailnetDevice: true`) is enrolled, untagged, under its config name; one device per subnet
     router, its routes approved."""
     devices = []
-    for host in [config.get("cacheHost", {}), *config.get("agents", [])]:
+    for host in [config.get("cacheHost", {}), *config.get("cacheFrontends", []), *config.get("agents", [])]:
         if "host" in host and host.get("tailnetDevice", is_tailnet_address(host["host"])):
             devices.append(Device(host.get("name", "host"), [host["host"]]))
     for i, router in enumerate(config.get("tailnet", {}).get("subnetRouters", [])):

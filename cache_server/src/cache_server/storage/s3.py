@@ -55,6 +55,7 @@ class S3Storage:
         self.fsync = tier.fsync
         self.counters = tier.counters
         self.unreachable_since: float | None = None
+        self.checked = False  # the first look at the bucket answered (well or not)
         self.last_store_error = ""
         self._filling: dict[str, asyncio.Future[None]] = {}
 
@@ -199,6 +200,7 @@ class S3Storage:
             self._store_failed(exc)
         else:
             self._store_answered()
+        self.checked = True
         await self.lru.run()
 
     # ---------------------------------------------------------------- health
@@ -218,6 +220,8 @@ class S3Storage:
         self.unreachable_since = None
 
     def problems(self) -> list[str]:
+        if not self.checked:
+            return ["object store not checked yet: looking at the bucket"]
         if self.unreachable_since is None:
             return []
         return [f"object store failing for {time.time() - self.unreachable_since:.0f}s: {self.last_store_error}"]
