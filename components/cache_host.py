@@ -90,10 +90,11 @@ class CacheHost(pulumi.ComponentResource):
         if settings.storage is not None:
             if args.s3_credentials is None:
                 raise ValueError(f"{args.where}.storage: S3 storage needs s3_credentials")
-            install_credentials = f"{ensure_system_user(SERVICE_USER)} && {s3_credentials_install_command()}"
+            install_credentials = (f"{ensure_system_user(SERVICE_USER)} && "
+                                   f"sh -c {shlex.quote(s3_credentials_install_command(settings))}")
             self.s3_credentials = host_command(
                 f"{name}-s3-credentials", args.connection, run=install_credentials,
-                delete=owned(f"rm -f {S3_CREDENTIALS_PATH}"), stdin=pulumi.Output.secret(args.s3_credentials),
+                delete=owned(f"rm -f {S3_CREDENTIALS_PATH} {S3_CREDENTIALS_PATH}.previous"), stdin=pulumi.Output.secret(args.s3_credentials),
                 logging=remote.Logging.STDERR, opts=pulumi.ResourceOptions.merge(secret_output, after_preflight),
             )
             before_service.append(self.s3_credentials)

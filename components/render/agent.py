@@ -13,7 +13,7 @@ import shlex
 
 from ..settings import AgentSettings, TrustSettings
 from .tailnet_policy import WORKER_PORT
-from .venv import venv_from_wheels
+from .venv import useradd, venv_from_wheels
 
 BUILD_USER_PREFIX = "nxbuild"  # as nxfarm/agent/sandbox.py: nxbuild<slot>
 
@@ -154,7 +154,7 @@ def install_script(agent: AgentSettings, deploy_user: str, wheels_dir: str) -> s
     slots = f"{agent.workspace_path.rstrip('/')}/slots"
     return f"""set -eu
 changed=0
-id -u {deploy_user} >/dev/null 2>&1 || useradd --system --create-home --home-dir /var/lib/nx-farm/home \\
+id -u {deploy_user} >/dev/null 2>&1 || {useradd("--system --create-home --home-dir /var/lib/nx-farm/home")} \\
   --shell /usr/sbin/nologin {deploy_user}
 for tool in setpriv git; do
   command -v $tool >/dev/null || {{ echo "{agent.name}: $tool is missing (Debian: apt install util-linux git)" >&2; exit 1; }}
@@ -168,7 +168,7 @@ if [ ! -e {q(slots + "/.layout-2")} ]; then
   touch {q(slots + "/.layout-2")}
 fi
 for n in $(seq 0 {agent.task_slots - 1}); do
-  id -u {BUILD_USER_PREFIX}$n >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+  id -u {BUILD_USER_PREFIX}$n >/dev/null 2>&1 || {useradd("--system --user-group --no-create-home")} \
     --home-dir {q(slots)}/$n/home --shell /usr/sbin/nologin {BUILD_USER_PREFIX}$n
   install -d -m 2750 -o {BUILD_USER_PREFIX}$n -g {deploy_user} {q(slots)}/$n
 done

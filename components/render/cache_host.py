@@ -125,14 +125,30 @@ def s3_credentials_file(access_key_id: str, secret_access_key: str) -> str:
     return f"[default]\naws_access_key_id = {access_key_id.strip()}\naws_secret_access_key = {secret_access_key.strip()}\n"
 
 
-def s3_credentials_install_command() -> str:
-    """Reads the credentials file on stdin; when it changed, the server restarts to use it (it reads
-    credentials once, as it starts)."""
-    new = f"{S3_CREDENTIALS_PATH}.new"
-    return (f"install -d -m 0755 {S3_CREDENTIALS_PATH.rsplit('/', 1)[0]} && "
-            f"install -m 0640 -o root -g {SERVICE_USER} /dev/stdin {new} && "
-            f"if cmp -s {new} {S3_CREDENTIALS_PATH}; then rm -f {new}; "
-            f"else mv -f {new} {S3_CREDENTIALS_PATH} && (systemctl try-restart {UNIT_NAME} || true); fi")
+def s3_credentials_install_command(cache: CacheHostSettings) -> str:
+    """Reads the credentials file on stdin. When it changed and the server runs, the server restarts
+    to use it (it reads credentials as it starts) and must then reach the store; if it cannot (a
+    wrong key, a key not yet allowed on the bucket), the previous file comes back, the server with
+    it, and the step fails with the store's answer: a bad rotation never takes the cache down."""
+    path, new, previous = S3_CREDENTIALS_PATH, f"{S3_CREDENTIALS_PATH}.new", f"{S3_CREDENTIALS_PATH}.previous"
+    return f"""set -eu
+install -d -m 0755 {path.rsplit('/', 1)[0]}
+install -m 0640 -o root -g {SERVICE_USER} /dev/stdin {new}
+if cmp -s {new} {path}; then rm -f {new}; exit 0; fi
+rm -f {previous}; if [ -e {path} ]; then cp -p {path} {previous}; fi
+mv -f {new} {path}
+if systemctl is-active --quiet {UNIT_NAME}; then
+  systemctl restart {UNIT_NAME}
+  if ! ({wait_for_health(cache, seconds=15)}); then
+    if [ -e {previous} ]; then
+      mv -f {previous} {path}; systemctl restart {UNIT_NAME}
+      echo 'the new S3 credentials do not work: the previous ones are back in use' >&2
+    fi
+    exit 1
+  fi
+fi
+rm -f {previous}
+"""
 
 
 def install_script(cache: CacheHostSettings, wheels_dir: str) -> str:
@@ -162,10 +178,11 @@ def wait_for_health(cache: CacheHostSettings, seconds: int = 30) -> str:
              "if store and '--report' in sys.argv:\n"
              "    print(store[0], file=sys.stderr)\n"
              "sys.exit(3 if store else 0)\n")
+    # The store's answer last, where the eye lands after the journal's lines.
     report = "" if cache.storage is None else f"python3 -c {shlex.quote(probe)} --report || true; "
     return (f"i=0; until python3 -c {shlex.quote(probe)} 2>/dev/null; do i=$((i+1)); "
-            f"if [ $i -ge {seconds} ]; then echo 'cache server not healthy after {seconds}s' >&2; {report}"
-            f"journalctl -u {UNIT_NAME} -n 20 --no-pager >&2 || true; exit 1; fi; sleep 1; done")
+            f"if [ $i -ge {seconds} ]; then echo 'cache server not healthy after {seconds}s' >&2; "
+            f"journalctl -u {UNIT_NAME} -n 20 --no-pager >&2 || true; {report}exit 1; fi; sleep 1; done")
 
 
 def tokens_install_command() -> str:
@@ -180,4 +197,5 @@ def remove_script(cache: CacheHostSettings, purge: bool) -> str:
     """Stop and disable the service; the cached data stays unless `purge`."""
     q = shlex.quote
     purge_line = f"rm -rf {q(cache.storage_path)}\n" if purge else ""
-    return f"set -eu\n{remove_unit(UNIT_NAME)}\nrm -rf {INSTALL_ROOT} {TOKENS_PATH} {S3_CREDENTIALS_PATH}\n{purge_line}"
+    return (f"set -eu\n{remove_unit(UNIT_NAME)}\nrm -rf {INSTALL_ROOT} {TOKENS_PATH} {S3_CREDENTIALS_PATH} "
+            f"{S3_CREDENTIALS_PATH}.previous\n{purge_line}")

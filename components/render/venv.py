@@ -5,8 +5,21 @@ from __future__ import annotations
 import shlex
 
 
+# Every account the farm makes is made under this lock: the engine runs independent steps at once,
+# and two useradd at once (even of different names) can leave /etc/passwd with one name twice and
+# /etc/group with a gid reused (seen on a test host: the service then could not read its files).
+USERS_LOCK = "/run/nx-farm-users.lock"
+
+
+def useradd(args: str) -> str:
+    """`useradd <args>` serialised with every other account the farm makes on the host."""
+    return f"flock {USERS_LOCK} useradd {args}"
+
+
 def ensure_system_user(user: str) -> str:
-    return f"id -u {user} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {user}"
+    """Make the service account unless it exists; the check and the making under one lock."""
+    make = f"id -u {user} >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin {user}"
+    return f"flock {USERS_LOCK} sh -c {shlex.quote(make)}"
 
 
 def venv_from_wheels(root: str, wheels_dir: str, package: str) -> str:

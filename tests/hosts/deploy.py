@@ -60,14 +60,15 @@ class Deployment:
         remote = self.engine.providers["command:remote:"]
         remote.hosts = {h.ip: h for h in self.hosts}  # type: ignore[attr-defined]
 
-    def program(self, config: dict[str, Any]) -> ProgramRun:
-        run = run_program(config, {"sshPrivateKey": "the stand-in connects with the test key"},
+    def program(self, config: dict[str, Any], secrets: dict[str, str] | None = None) -> ProgramRun:
+        """`secrets`: secret stack config besides sshPrivateKey (e.g. s3SecretAccessKey)."""
+        run = run_program(config, {"sshPrivateKey": "the stand-in connects with the test key", **(secrets or {})},
                           local_dir=self.scratch, local_env=self.local_env, tailnet=self.tailnet)
         assert run.error is None, run.error
         return run
 
-    def up(self, config: dict[str, Any]) -> list[tuple[str, str]]:
-        self.run = self.program(config)
+    def up(self, config: dict[str, Any], secrets: dict[str, str] | None = None) -> list[tuple[str, str]]:
+        self.run = self.program(config, secrets)
         return self.engine.up(self.run)
 
     def destroy(self) -> list[tuple[str, str]]:

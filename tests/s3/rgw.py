@@ -27,14 +27,15 @@ def _running(pid: int) -> bool:
 
 
 class Rgw:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, bind: str = "127.0.0.1") -> None:
         self.directory = directory
+        self.bind = bind
         self.port = free_port()
         self.mon_port = free_port()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.bind}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -43,7 +44,7 @@ class Rgw:
 
     def start(self) -> Rgw:
         env = {**os.environ, "RGW_ROOT": str(ROOT / "build" / "rgw" / "root"), "RGW_DIR": str(self.directory),
-               "RGW_PORT": str(self.port), "RGW_MON_PORT": str(self.mon_port)}
+               "RGW_PORT": str(self.port), "RGW_MON_PORT": str(self.mon_port), "RGW_BIND": self.bind}
         result = subprocess.run(["bash", str(ROOT / "tests" / "s3" / "rgw.sh")], env=env, capture_output=True,
                                 text=True, timeout=600)
         if result.returncode != 0:
@@ -66,6 +67,14 @@ class Rgw:
         listing = self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
         return {item["Key"]: item["Size"] for item in listing.get("Contents", [])
                 if "/" not in item["Key"][len(prefix):]}
+
+    def admin(self, *args: str) -> str:
+        """radosgw-admin on this cluster (e.g. `key create` for a second access key)."""
+        root = ROOT / "build" / "rgw" / "root"
+        lib = root / "usr" / "lib" / f"{os.uname().machine}-linux-gnu"
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{root}/lib/{os.uname().machine}-linux-gnu:{lib}:{lib}/ceph"}
+        return subprocess.run([str(root / "usr" / "bin" / "radosgw-admin"), "-c", str(self.directory / "ceph.conf"),
+                               *args], env=env, capture_output=True, text=True, check=True, timeout=60).stdout
 
     def keys(self, prefix: str) -> list[str]:
         """Every object key under `prefix`."""

@@ -2,10 +2,11 @@
 # A real S3 server for tests: Ceph's RADOS Gateway from Debian's packages, one monitor and one
 # in-memory OSD, on 127.0.0.1 only, without systemd and without installing anything system-wide
 # (the packages are unpacked under $RGW_ROOT). Method and measurements: shared/research/s3-fixture.md.
-#   RGW_ROOT=dir RGW_DIR=dir RGW_PORT=port RGW_MON_PORT=port tests/s3/rgw.sh
+#   RGW_ROOT=dir RGW_DIR=dir RGW_PORT=port RGW_MON_PORT=port [RGW_BIND=address] tests/s3/rgw.sh
+# RGW_BIND (default 127.0.0.1): where the gateway listens, e.g. the test hosts' bridge address.
 # Prints nothing on success; the cluster's PIDs are in $RGW_DIR/{mon,osd,rgw}.pid.
 set -euo pipefail
-ROOT=${RGW_ROOT:?}; DIR=${RGW_DIR:?}; PORT=${RGW_PORT:?}; MON=${RGW_MON_PORT:?}
+ROOT=${RGW_ROOT:?}; DIR=${RGW_DIR:?}; PORT=${RGW_PORT:?}; MON=${RGW_MON_PORT:?}; BIND=${RGW_BIND:-127.0.0.1}
 if [ ! -x "$ROOT/usr/bin/radosgw" ]; then
   mkdir -p "$ROOT.debs" "$ROOT"
   apt-get install -qq -y --download-only --no-install-recommends -o Dir::Cache::archives="$ROOT.debs" \
@@ -45,7 +46,7 @@ mon max pg per osd = 1000
 mon data avail crit = 0
 paxos propose interval = 0.05
 rgw data = $DIR/rgw
-rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
+rgw frontends = beast endpoint=$BIND:$PORT tcp_nodelay=1
 EOF
 # Monitor commands through librados' Python binding: with auth off, the OSD's own start-up
 # commands sometimes carry a zeroed fsid and hang, so the script creates the OSD itself.
@@ -85,6 +86,6 @@ radosgw "${CONF[@]}" -n client.rgw.a -f >"$DIR/log/rgw.out" 2>&1 & echo $! >"$DI
 python3 -c "import sys, time, urllib.request
 for _ in range(300):
     try: urllib.request.urlopen(sys.argv[1], timeout=1); break
-    except OSError: time.sleep(0.2)" "http://127.0.0.1:$PORT/"
+    except OSError: time.sleep(0.2)" "http://$BIND:$PORT/"
 radosgw-admin "${CONF[@]}" user create --uid=test --display-name=test --access-key=accessKey1 \
   --secret-key=verySecretKey1 >/dev/null
