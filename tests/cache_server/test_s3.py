@@ -43,7 +43,10 @@ def test_an_entry_stored_through_one_frontend_is_a_hit_through_the_other(fronten
     assert len(head["Metadata"]["xxh3-128"]) == 32, "the digest travels with the object"
     assert b.request("PUT", "1f", body)[0] == 409, "entries are immutable across frontends"
     # Each frontend publishes its access times for the bucket's size cap; b's two workers one each.
-    views = [key.rsplit("/", 1)[1] for key in rgw.keys(f"{prefix}_nxfarm/access/")]
+    deadline = time.monotonic() + 10  # each publishes its first view as it starts
+    while len(views := [key.rsplit("/", 1)[1] for key in rgw.keys(f"{prefix}_nxfarm/access/")]) < 3 \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(views) == 3 and sum(view.endswith(("-w0.json", "-w1.json")) for view in views) == 2, views
 
 
@@ -207,7 +210,50 @@ def test_health_says_at_once_when_the_bucket_or_the_credentials_do_not_work(tmp_
             server.stop()
     healthy = CacheServer(tmp_path, *s3_args(rgw, tmp_path), env=rgw.env).start()
     try:
-        time.sleep(1)
-        assert json.loads(healthy.request("GET", "/health", token=None)[2])["status"] == "ok"
+        deadline = time.monotonic() + 10
+        while (health := json.loads(healthy.request("GET", "/health", token=None)[2]))["status"] != "ok" \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health["status"] == "ok", health
     finally:
         healthy.stop()
+
+
+def test_a_gateway_killed_mid_upload_costs_a_403_and_leaves_no_object_then_heals(own_rgw, tmp_path):
+    """The gateway dies (SIGKILL) while the server sends it a 24 MiB body: the PUT is a 403 at once
+    (not after the timeout), GETs are misses and /health is degraded while it is gone; once it is
+    back, nothing of that upload is in the bucket and the server stores again without a restart."""
+    args = s3_args(own_rgw, tmp_path)
+    prefix = args[1].removeprefix("s3://nxcache/") + "/"
+    server = CacheServer(tmp_path, *args, "--s3-timeout", "5", env=own_rgw.env).start()
+    try:
+        body = os.urandom(24 << 20)
+        answer: dict[str, object] = {}
+        own_rgw.pause()  # the body reaches the tier, then the PUT to the store stalls in the socket
+
+        def put():
+            answer["status"], _, answer["text"] = server.request("PUT", "e1", body)
+            answer["at"] = time.monotonic()
+
+        thread = threading.Thread(target=put)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "storage" / "entries").rglob("e1")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert "status" not in answer, "the PUT is still on its way to the store"
+        killed_at = time.monotonic()
+        own_rgw.kill_gateway()
+        thread.join(30)
+        assert answer["status"] == 403 and str(answer["text"]).startswith("b'not stored: the object store failed"), answer
+        assert float(answer["at"]) - killed_at < 3, "a dead store answers at once: no wait for the timeout"
+        assert server.request("GET", "e0")[0] == 404
+        health = json.loads(server.request("GET", "/health", token=None)[2])
+        assert health["status"] == "degraded" and "object store failing" in health["problems"][0], health
+        own_rgw.start_gateway()
+        assert prefix + "e1" not in own_rgw.objects(prefix), "an upload the store did not finish leaves no object"
+        assert server.request("PUT", "e1", b"again")[0] == 200
+        assert server.request("GET", "e1")[::2] == (200, b"again")
+        assert json.loads(server.request("GET", "/health", token=None)[2])["status"] == "ok", "healthy, no restart"
+    finally:
+        server.stop()

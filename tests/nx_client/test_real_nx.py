@@ -97,6 +97,25 @@ def test_builds_stay_green_while_the_object_store_is_stuck_and_store_again_after
         cache.stop()
 
 
+def test_builds_stay_green_while_the_gateway_is_dead_and_store_again_once_it_is_back(workspace, tmp_path, own_rgw):
+    prefix_args = s3_args(own_rgw, tmp_path)
+    cache = CacheServer(tmp_path, *prefix_args, "--s3-timeout", "2", env=own_rgw.env).start()
+    prefix = prefix_args[1].removeprefix("s3://nxcache/") + "/"
+    try:
+        own_rgw.kill_gateway()
+        dead = workspace.build(cache.url, WRITE_TOKEN)
+        assert dead.returncode == 0, dead.output
+        assert json.loads(cache.request("GET", "/health", token=None)[2])["status"] == "degraded"
+        own_rgw.start_gateway()
+        assert own_rgw.objects(prefix) == {}
+        workspace.reset_local_state()
+        again = workspace.build(cache.url, WRITE_TOKEN)
+        assert again.returncode == 0 and len(own_rgw.objects(prefix)) == N, again.output
+        assert json.loads(cache.request("GET", "/health", token=None)[2])["status"] == "ok", "no restart needed"
+    finally:
+        cache.stop()
+
+
 def test_read_only_token_builds_and_stores_nothing(workspace, cache):
     result = workspace.build(cache.url, READ_TOKEN)
     assert result.returncode == 0, result.output

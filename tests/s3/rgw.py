@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -68,13 +69,41 @@ class Rgw:
         return {item["Key"]: item["Size"] for item in listing.get("Contents", [])
                 if "/" not in item["Key"][len(prefix):]}
 
-    def admin(self, *args: str) -> str:
-        """radosgw-admin on this cluster (e.g. `key create` for a second access key)."""
+    def _ceph(self, program: str) -> tuple[list[str], dict[str, str]]:
+        """A Ceph program of the unpacked packages on this cluster's config, and its environment (as rgw.sh sets it)."""
         root = ROOT / "build" / "rgw" / "root"
         lib = root / "usr" / "lib" / f"{os.uname().machine}-linux-gnu"
         env = {**os.environ, "LD_LIBRARY_PATH": f"{root}/lib/{os.uname().machine}-linux-gnu:{lib}:{lib}/ceph"}
-        return subprocess.run([str(root / "usr" / "bin" / "radosgw-admin"), "-c", str(self.directory / "ceph.conf"),
-                               *args], env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+        return [str(root / "usr" / "bin" / program), "-c", str(self.directory / "ceph.conf")], env
+
+    def admin(self, *args: str) -> str:
+        """radosgw-admin on this cluster (e.g. `key create` for a second access key)."""
+        command, env = self._ceph("radosgw-admin")
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+
+    def kill_gateway(self) -> None:
+        """SIGKILL the gateway (the cluster keeps its objects: they live in the OSD)."""
+        pid = self.pid("rgw")
+        os.kill(pid, signal.SIGKILL)
+        while _running(pid):
+            time.sleep(0.02)
+
+    def start_gateway(self) -> None:
+        """The gateway again, on the same port, after kill_gateway."""
+        command, env = self._ceph("radosgw")
+        with open(self.directory / "log" / "rgw.out", "ab") as log:
+            proc = subprocess.Popen([*command, "-n", "client.rgw.a", "-f"], env=env, stdout=log, stderr=log,
+                                    start_new_session=True)
+        (self.directory / "rgw.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection((self.bind, self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the gateway did not come back within 30 s") from None
+                time.sleep(0.1)
 
     def keys(self, prefix: str) -> list[str]:
         """Every object key under `prefix`."""
