@@ -12,9 +12,10 @@ import base64
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from cache_server.config import MAX_WORKERS
@@ -169,27 +170,19 @@ class S3StorageSettings(_Model):
             raise ValueError(f"must be http(s)://host[:port] with no path, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("bucket")
+    @field_validator("bucket", "prefix")
     @classmethod
-    def _bucket(cls, value: str) -> str:
+    def _location(cls, value: str, info: ValidationInfo) -> str:
         from cache_server.storage.objectstore import S3Location
 
+        bucket = info.field_name == "bucket"
         try:
-            S3Location.parse(f"s3://{value}")
+            S3Location.parse(f"s3://{value}" if bucket else f"s3://nx-farm/{value}")
         except ValueError:
-            raise ValueError(f"{value!r} is not a bucket name: 3-63 lowercase letters, digits, '.' and '-'") from None
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        from cache_server.storage.objectstore import S3Location
-
-        try:
-            S3Location.parse(f"s3://nx-farm/{value}")
-        except ValueError:
-            raise ValueError(f"{value!r}: a key prefix of letters, digits, '.', '_', '-' and '/'") from None
-        return value.strip("/")
+            rule = ("is not a bucket name: 3-63 lowercase letters, digits, '.' and '-'" if bucket else
+                    "is not a key prefix: letters, digits, '.', '_', '-' and '/'")
+            raise ValueError(f"{value!r} {rule}") from None
+        return value if bucket else value.strip("/")
 
     @property
     def url(self) -> str:
@@ -397,7 +390,6 @@ def _cross_checks(settings: FarmSettings) -> list[str]:
     """Rules across entries, each reported at the later of the clashing entries."""
     problems = _cache_host_checks(settings)
     seen_names: dict[str, str] = {}
-    seen_hosts: dict[str, str] = {}
     cache_names = [host.name for host in settings.cache_hosts]
     users: list[tuple[str, AgentSettings | OrchestratorSettings]] = [
         *((f"agents[{i}]", a) for i, a in enumerate(settings.agents)),
@@ -406,14 +398,7 @@ def _cross_checks(settings: FarmSettings) -> list[str]:
         if who.cache_host is not None and who.cache_host not in cache_names:
             problems.append(f"{PROJECT}:{where}.cacheHost: {who.cache_host!r} is not a cache host "
                             f"(one of {', '.join(cache_names)})")
-    for i, agent in enumerate(settings.agents):
-        where = f"agents[{i}]"
-        if agent.name in seen_names:
-            problems.append(f"{PROJECT}:{where}.name: duplicate agent name {agent.name!r} (also {seen_names[agent.name]})")
-        seen_names.setdefault(agent.name, where)
-        if agent.host in seen_hosts:
-            problems.append(f"{PROJECT}:{where}.host: two agents on one address {agent.host!r} (also {seen_hosts[agent.host]})")
-        seen_hosts.setdefault(agent.host, where)
+    problems += _one_each(((agent, f"agents[{i}]") for i, agent in enumerate(settings.agents)), "agent", seen_names)
     branch_tokens = {f"{agent.name}-branch": agent.name for agent in settings.agents}
     for i, orchestrator in enumerate(settings.orchestrators):
         name = orchestrator.name
@@ -437,16 +422,22 @@ def _cache_host_checks(settings: FarmSettings) -> list[str]:
     if settings.cache_frontends and settings.cache_host.storage is None:
         problems.append(f"{PROJECT}:cacheFrontends: more than one cache host needs cacheHost.storage (an S3 bucket "
                         "they share); on disk each would keep a cache of its own")
-    names: dict[str, str] = {}
-    hosts: dict[str, str] = {}
+    problems += _one_each(cache_places(settings), "cache host", {})
     for host, where in cache_places(settings):
-        if host.name in names:
-            problems.append(f"{PROJECT}:{where}.name: duplicate cache host name {host.name!r} (also {names[host.name]})")
-        names.setdefault(host.name, where)
-        if host.host in hosts:
-            problems.append(f"{PROJECT}:{where}.host: two cache hosts on one address {host.host!r} (also {hosts[host.host]})")
-        hosts.setdefault(host.host, where)
         problems.extend(p for p in [host.listen_address_or_problem(where)[1]] if p)
+    return problems
+
+
+def _one_each(places: Iterable[tuple[Any, str]], what: str, names: dict[str, str]) -> list[str]:
+    """Each entry its own name and address; `names` (name -> place) is filled in for later checks."""
+    problems, hosts = [], {}
+    for entry, where in places:
+        if entry.name in names:
+            problems.append(f"{PROJECT}:{where}.name: duplicate {what} name {entry.name!r} (also {names[entry.name]})")
+        names.setdefault(entry.name, where)
+        if entry.host in hosts:
+            problems.append(f"{PROJECT}:{where}.host: two {what}s on one address {entry.host!r} (also {hosts[entry.host]})")
+        hosts.setdefault(entry.host, where)
     return problems
 
 

@@ -69,7 +69,7 @@ def test_frontends_share_the_storage_and_caps_and_keep_their_own_address_and_dis
     (lambda raw: raw["cacheHost"]["storage"].update(bucket="Nx_Cache"),
      "nx-farm:cacheHost.storage.bucket: 'Nx_Cache' is not a bucket name"),
     (lambda raw: raw["cacheHost"]["storage"].update(prefix="a/../b"),
-     "nx-farm:cacheHost.storage.prefix: 'a/../b': a key prefix"),
+     "nx-farm:cacheHost.storage.prefix: 'a/../b' is not a key prefix"),
     (lambda raw: raw["cacheHost"]["storage"].update(accessKey="AKID"),
      "nx-farm:cacheHost.storage.accessKey: extra inputs are not permitted"),
     (lambda raw: raw["cacheFrontends"][0].update(maxSize="1GiB"),

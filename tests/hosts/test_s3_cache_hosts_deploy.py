@@ -42,7 +42,10 @@ def main_pid(host):
 def wait_healthy(url, deadline_s=20.0):
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        status, body = http(f"{url}/health")
+        try:
+            status, body = http(f"{url}/health")
+        except OSError:  # restarting: not listening yet
+            status, body = 0, b""
         if status == 200 and b'"status": "ok"' in body:
             return
         time.sleep(0.2)
