@@ -19,7 +19,7 @@ def server(tmp_path, request):
     one of two worker processes (fsync), where consecutive connections may reach either, one on
     the standard library's event loop instead of uvloop (fsync), and one on the S3 backend (a real
     Ceph RGW; bodies pass through its local tier, which its two worker processes share)."""
-    if request.param[0] == "s3":
+    if request.param[:1] == ("s3",):
         rgw = request.getfixturevalue("rgw")
         srv = CacheServer(tmp_path, *s3_args(rgw, tmp_path, *request.param[1:]), env=rgw.env).start()
         srv.on_s3 = True
