@@ -17,11 +17,13 @@ INSTALL_ROOT = "/opt/nx-farm/scheduler"
 TLS_ENV_PATH = "/etc/nx-farm/scheduler-tls.env"
 DASHBOARD_PORT = 8787
 WORKER_TTL = "30s"
+STATE_DIRECTORY = "nx-farm-scheduler"  # systemd makes /var/lib/<it>, owned by the service user
+RUNS_DB = f"/var/lib/{STATE_DIRECTORY}/runs.sqlite"  # every build's report (nxfarm/runs/)
 
 
 def scheduler_unit(bind: str, port: int, install_root: str = INSTALL_ROOT) -> str:
     run = shlex.join([f"{install_root}/venv/bin/nxfarm", "scheduler", "run", "--bind", bind, "--port", str(port),
-                      "--dashboard-port", str(DASHBOARD_PORT), "--worker-ttl", WORKER_TTL])
+                      "--dashboard-port", str(DASHBOARD_PORT), "--worker-ttl", WORKER_TTL, "--runs-db", RUNS_DB])
     return f"""[Unit]
 Description=nx-farm scheduler (Dask, mutual TLS) on {bind}:{port}
 Wants=network-online.target
@@ -31,6 +33,7 @@ After=network-online.target tailscaled.service
 Type=exec
 User={SERVICE_USER}
 EnvironmentFile={TLS_ENV_PATH}
+StateDirectory={STATE_DIRECTORY}
 ExecStart={run}
 Restart=on-failure
 RestartSec=5

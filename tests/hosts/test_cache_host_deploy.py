@@ -48,11 +48,27 @@ def check_scheduler(host, run):
             with Client(f"tls://{host.ip}:8786", security=orchestrator_security(run), timeout=5,
                         set_as_default=False) as client:
                 assert client.scheduler_info()["workers"] == {}
+                check_run_store(host, client)
                 break
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+
+
+def check_run_store(host, client):
+    """A build's report reaches the deployed scheduler's run store, a SQLite file in its state
+    directory (writable under the unit's ProtectSystem=strict), under its certificate's name."""
+    import secrets
+
+    from nxfarm.runs.report import RunReport
+
+    count = ("import sqlite3; print(sqlite3.connect('/var/lib/nx-farm-scheduler/runs.sqlite')"
+             ".execute(\"select count(*) from runs where orchestrator = 'orchestrator-operator'\").fetchone()[0])")
+    before = host.ssh(f"test -e /var/lib/nx-farm-scheduler/runs.sqlite && python3 -c \"{count}\" || echo 0").stdout
+    report = RunReport(secrets.token_hex(16), "run-many -t build", "", "local", "asked", 1.0, 2.0, 0)
+    assert client.sync(client.scheduler.nxfarm_report_run, report=report.to_json()) == {"status": "OK", "stored": True}
+    assert int(host.ssh(f"python3 -c \"{count}\"").stdout) == int(before) + 1
 
 
 def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypatch, tmp_path):

@@ -13,9 +13,15 @@ import asyncio
 import signal
 import sys
 
+from pathlib import Path
+
 from .farm import security as tls
 from .farm import unpickle
-from .farm.roles import SCHEDULER_POLICY, guard
+from .farm.roles import REPORT_RUN_OP, SCHEDULER_POLICY, guard, peer_identity
+from .runs.report import RunReport
+from .runs.store import RunStore, StoreError
+
+MAX_REPORT_BYTES = 8 << 20
 
 
 EPILOG = """example (what nx-farm-scheduler.service runs, TLS material from its env file):
@@ -30,14 +36,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard-bind", default="127.0.0.1",
                         help="dashboard address (default 127.0.0.1: it has no authentication)")
     parser.add_argument("--worker-ttl", default="30s", help="drop an agent silent this long (default 30s)")
+    parser.add_argument("--runs-db", type=Path, default=None,
+                        help="SQLite file that keeps every build's report (orchestrators send them after each "
+                             "build); none: reports are refused")
     tls.add_arguments(parser)
 
 
-async def _serve(args: argparse.Namespace, files: tls.TlsFiles) -> None:
+def report_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
+    """The scheduler's `nxfarm_report_run`: a report (JSON text) from an orchestrator's build,
+    stored under the member its certificate names. Answers `{"status": "OK", "stored": bool}`
+    (False for a resend) or `{"status": "refused", "why": ...}`; never raises to the sender."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = ThreadPoolExecutor(1, thread_name_prefix="nxfarm-runs")  # SQLite off the scheduler's loop
+
+    async def report_run(comm=None, report: str = "") -> dict:  # noqa: ANN001 - a distributed Comm
+        if store is None:
+            return {"status": "refused", "why": "this scheduler keeps no run store (--runs-db)"}
+        if not isinstance(report, str) or len(report) > MAX_REPORT_BYTES:
+            return {"status": "refused", "why": f"a report is JSON text of at most {MAX_REPORT_BYTES} bytes"}
+        _, member = peer_identity(comm.extra_info.get("peercert") if comm is not None else None)
+        try:
+            parsed = RunReport.from_json(report)
+        except ValueError as exc:
+            return {"status": "refused", "why": str(exc)[:300]}
+        stored = await asyncio.get_running_loop().run_in_executor(writer, store.add, parsed, member)
+        return {"status": "OK", "stored": stored}
+
+    return report_run
+
+
+async def _serve(args: argparse.Namespace, files: tls.TlsFiles, store: RunStore | None) -> None:
     from distributed import Scheduler
 
     scheduler = Scheduler(host=args.bind, port=args.port, protocol="tls", security=tls.security(files, "scheduler"),
                           dashboard_address=f"{args.dashboard_bind}:{args.dashboard_port}", worker_ttl=args.worker_ttl)
+    scheduler.handlers[REPORT_RUN_OP] = report_handler(store)
     guard(scheduler, SCHEDULER_POLICY)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -56,6 +90,15 @@ def run(args: argparse.Namespace) -> int:
     files = tls.from_args(args, "scheduler run")
     if files is None:
         return 2
+    try:
+        store = RunStore(args.runs_db) if args.runs_db else None
+    except (StoreError, OSError) as exc:
+        print(f"scheduler run: --runs-db: {exc}", file=sys.stderr)
+        return 2
     unpickle.install()
-    asyncio.run(_serve(args, files))
+    try:
+        asyncio.run(_serve(args, files, store))
+    finally:
+        if store is not None:
+            store.close()
     return 0

@@ -16,6 +16,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from ..farm.protocol import TaskRequest
 from ..probe.cache import CacheProbe, probe_cache
 from ..probe.git import read_git_state
 from ..probe.task_graph import TaskGraphError, parse_task_graph
-from . import reaper, report
-from .dispatch import dispatch, eligible_tasks
+from ..runs.outbox import Outbox
+from ..runs.report import RunReport
+from . import reaper, report, runlog
+from .dispatch import Outcome, dispatch, eligible_tasks
 from .nx import CACHE_TOKEN_ENV, CACHE_URL_ENV, NxError, NxInvocation, base_env, final_pass, find_workspace, task_graph_json
 
 EPILOG = """examples:
@@ -186,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
              else CacheProbe(False, f"{CACHE_URL_ENV} is not set"))
     dask_client, agents, scheduler_error = (None, {}, None)
     repo_url, workspace_dir, commit = "", "", ""
+    started = time.time()
     if args.scheduler and cache.usable and not args.local:
         from_workspace = farm_env.get(farm_settings.FETCH_FROM_ENV) == "workspace"
         try:
@@ -215,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
         if not _confirm(args, f"Run {len(graph.tasks)} task(s) {where}?"):
             return 2
 
-        outcomes = {}
+        outcomes: dict[str, Outcome] = {}
+        dispatch_fallback = None
         if plan.mode is Mode.DISTRIBUTED and eligible:
             namespace = cache_namespace_of(env.get(CACHE_URL_ENV, ""))
 
@@ -223,17 +228,24 @@ def _run(args: argparse.Namespace) -> int:
                 return TaskRequest(task, repo_url, commit, workspace_dir, extra, namespace)
 
             dispatched = dispatch(dask_client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
-            outcomes = dispatched.outcomes
+            outcomes, dispatch_fallback = dispatched.outcomes, dispatched.fallback
+
+        final_env = dict(env)
+        if plan.mode is Mode.LOCAL_NO_REMOTE_CACHE:
+            final_env.pop(CACHE_URL_ENV, None)
+            final_env["NX_SKIP_REMOTE_CACHE"] = "true"
+        _say(f"final pass here: nx {' '.join(invocation.argv())}")
+        code, how = final_pass(workspace, invocation, final_env)
+        print(report.final_table(graph, outcomes, how))
+        _say(report.summary(how) + f"; nx exited {code}")
+        if args.scheduler:  # a farm to report to (reached now, or kept for later)
+            mode, why = runlog.report_mode(plan.mode is Mode.DISTRIBUTED, plan.reason, dispatch_fallback)
+            run_report = RunReport(runlog.new_run_id(), " ".join(invocation.argv()), commit, mode, why, started,
+                                   time.time(), code, tuple(runlog.task_records(graph, outcomes, how)))
+            line = runlog.deliver(dask_client, run_report, Outbox())
+            if line:
+                _say(line)
+        return code
     finally:
         if dask_client is not None:
             close_client(dask_client)
-
-    final_env = dict(env)
-    if plan.mode is Mode.LOCAL_NO_REMOTE_CACHE:
-        final_env.pop(CACHE_URL_ENV, None)
-        final_env["NX_SKIP_REMOTE_CACHE"] = "true"
-    _say(f"final pass here: nx {' '.join(invocation.argv())}")
-    code, how = final_pass(workspace, invocation, final_env)
-    print(report.final_table(graph, outcomes, how))
-    _say(report.summary(how) + f"; nx exited {code}")
-    return code

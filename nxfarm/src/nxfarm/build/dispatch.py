@@ -30,6 +30,8 @@ class Outcome:
     status: str = "queued"  # queued, running, ok, failed, skipped, lost
     result: TaskResult | None = None
     note: str = ""
+    queued_at: float = 0.0    # epoch seconds: handed to the scheduler
+    finished_at: float = 0.0  # its future completed here
 
 
 @dataclass
@@ -76,6 +78,7 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                                    pure=False)
             futures[future] = task
             outcomes[task].status = "running"
+            outcomes[task].queued_at = time.time()
 
     def skip_dependents(task: str) -> None:
         for other in waiting:
@@ -105,6 +108,7 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
             for future in done:
                 task = futures.pop(future)
                 outcome = outcomes[task]
+                outcome.finished_at = time.time()
                 if future.status == "finished":
                     try:
                         outcome.result = TaskResult.from_json(future.result())

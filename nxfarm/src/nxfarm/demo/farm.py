@@ -128,10 +128,15 @@ class LocalFarm:
                              clean_env(), self.state / "cache.log", r"listening on (http://127\.0\.0\.1:\d+)")
         self.cache_url = self.cache.match.group(1)
 
+    @property
+    def runs_db(self) -> Path:
+        """Every build's report (runs/store.py), kept with the cache between runs of the farm."""
+        return self.state / "runs.sqlite"
+
     def start_scheduler(self) -> None:
         self.scheduler = Process("scheduler", [NXFARM, "scheduler", "run", "--bind", "127.0.0.1", "--port",
                                                str(self.scheduler_port), "--dashboard-port", "0", "--worker-ttl", "10s",
-                                               *self.tls_args("scheduler")],
+                                               "--runs-db", str(self.runs_db), *self.tls_args("scheduler")],
                                  clean_env(), self.state / "scheduler.log", "nxfarm scheduler at")
 
     def start_agent(self, name: str, slots: int = 2, allow: str = "*", protected: str = "main") -> Process:

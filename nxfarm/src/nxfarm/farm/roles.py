@@ -30,6 +30,7 @@ from typing import Any
 
 ROLES = ("scheduler", "agent", "orchestrator")
 REFUSED_OP = "nxfarm-refused"
+REPORT_RUN_OP = "nxfarm_report_run"  # an orchestrator's build report (scheduler.py, runs/)
 
 log = logging.getLogger("nxfarm.roles")
 
@@ -74,7 +75,8 @@ SCHEDULER_POLICY = ServerPolicy("scheduler", {
     "agent": RolePolicy(rpc=frozenset({"register-worker", "heartbeat_worker", "unregister", "identity"}),
                         stream_entry=frozenset({"register-worker"}), stream=_WORKER_STREAM),
     "orchestrator": RolePolicy(rpc=frozenset({"register-client", "identity", "ncores", "ncores_running", "processing",
-                                              "who_has", "has_what", "gather", "versions", "get_task_status"}),
+                                              "who_has", "has_what", "gather", "versions", "get_task_status",
+                                              REPORT_RUN_OP}),
                                stream_entry=frozenset({"register-client"}), stream=_CLIENT_STREAM),
 })
 # The scheduler fetches results from an agent (`get_data`) and manages its keys; no one else
