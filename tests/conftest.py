@@ -42,6 +42,16 @@ def own_rgw(rgw, tmp_path):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium, headless, over DevTools (tests/browser.py); installed if missing."""
+    from .browser import Browser, ensure_chromium
+
+    browser = Browser(ensure_chromium())
+    yield browser
+    browser.close()
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs, to fill up or remount read-only."""

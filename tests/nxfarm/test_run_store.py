@@ -28,7 +28,7 @@ def report(run_id: str = "a" * 32, started: float = 100.0, tasks: tuple[TaskReco
 TASKS = (TaskRecord("lib:build", agent="agent-1", queued=100.5, started=100.7, finished=103.0, outcome="ok",
                     cache="executed", final="remote cache"),
          TaskRecord("app:build", agent="agent-2", queued=103.1, started=103.2, finished=103.4, outcome="ok",
-                    cache="remote cache", final="remote cache"),
+                    cache="remote cache", final="remote cache", needs=("lib:build",)),
          TaskRecord("app:serve", final="executed here"))
 
 
@@ -84,12 +84,15 @@ def test_an_older_database_is_migrated_in_place_and_a_newer_one_refused(tmp_path
             db.execute(statement)
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO runs VALUES ('%s', 'laptop', 'run x:y', '', 'local', 'asked', 1, 2, 0, 3)" % ("b" * 32))
+    db.execute("INSERT INTO tasks VALUES ('%s', 'x:y', 0, 'x', 'y', '', 0, 0, 0, 'ok', '', 'executed here', 0, '')"
+               % ("b" * 32))
     db.commit()
     db.close()
     store = RunStore(path)
     assert store.version == 2
     kept = store.get("b" * 32)
     assert kept is not None and kept.orchestrator == "laptop" and kept.report.dropped_before == 0
+    assert [task.task_id for task in kept.report.tasks] == ["x:y"]
     store.close()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
@@ -111,6 +114,7 @@ def test_a_builds_records_say_where_when_and_how_each_task_ran():
     records = {r.task_id: r for r in task_records(graph, {"lib:build": lib, "app:build": app},
                                                   {"lib:build": "remote cache", "app:lint": "executed here"})}
     assert records["lib:build"] == TaskRecord("lib:build", "agent-1", 10.0, 10.5, 12.5, "ok", "executed", "remote cache")
+    assert records["app:build"].needs == ("lib:build",)
     assert records["app:build"].outcome == "failed" and records["app:build"].final == ""
     assert records["app:lint"] == TaskRecord("app:lint", outcome="ok", final="executed here")
     assert report_mode(True, "distributing over 2", None) == ("distributed", "distributing over 2")

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-db", type=Path, default=None,
                         help="SQLite file that keeps every build's report (orchestrators send them after each "
                              "build); none: reports are refused")
+    parser.add_argument("--pages-bind", default=None,
+                        help="address for the run pages (read-only HTML of the run store; the cache host's "
+                             "tailnet IP): none, no pages")
+    parser.add_argument("--pages-port", type=int, default=8790, help="run pages port (default 8790; 0: any free)")
     tls.add_arguments(parser)
 
 
@@ -77,15 +81,29 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles, store: RunStore 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(scheduler.close()))
     await scheduler
+    pages = ""
+    if store is not None and args.pages_bind:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .runs import web
+
+        _, port = web.serve(store, ThreadPoolExecutor(2, thread_name_prefix="nxfarm-pages"), args.pages_bind,
+                            args.pages_port)
+        shown = f"[{args.pages_bind}]" if ":" in args.pages_bind else args.pages_bind
+        pages = f", run pages http://{shown}:{port}/"
     print(f"nxfarm scheduler at {scheduler.address}, dashboard http://{args.dashboard_bind}:"
-          f"{scheduler.http_server.port}/status", flush=True)
+          f"{scheduler.http_server.port}/status{pages}", flush=True)
     await scheduler.finished()
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bind in ("0.0.0.0", "::", ""):
-        print(f"scheduler run: --bind {args.bind!r}: bind to the cache host's own address, not all interfaces",
-              file=sys.stderr)
+    for flag, value in (("--bind", args.bind), ("--pages-bind", args.pages_bind)):
+        if value in ("0.0.0.0", "::", ""):
+            print(f"scheduler run: {flag} {value!r}: bind to the cache host's own address, not all interfaces",
+                  file=sys.stderr)
+            return 2
+    if args.pages_bind and not args.runs_db:
+        print("scheduler run: --pages-bind needs --runs-db (the pages show the run store)", file=sys.stderr)
         return 2
     files = tls.from_args(args, "scheduler run")
     if files is None:

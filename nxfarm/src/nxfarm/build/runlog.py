@@ -33,8 +33,10 @@ def task_records(graph: TaskGraph, outcomes: Mapping[str, Outcome], final: Mappi
     for task in graph.tasks:
         outcome = outcomes.get(task)
         result = outcome.result if outcome else None
+        needs = tuple(graph.dependencies[task])
         if outcome is None:
-            records.append(TaskRecord(task, outcome="ok" if task in final else "not run", final=final.get(task, "")))
+            records.append(TaskRecord(task, outcome="ok" if task in final else "not run", final=final.get(task, ""),
+                                      needs=needs))
             continue
         finished = outcome.finished_at if result is not None else 0.0
         records.append(TaskRecord(
@@ -42,7 +44,7 @@ def task_records(graph: TaskGraph, outcomes: Mapping[str, Outcome], final: Mappi
             started=max(outcome.queued_at, finished - result.seconds) if result else 0.0, finished=finished,
             outcome=_outcome(outcome), cache=("executed" if result and result.ok and not result.cache else
                                               (result.cache or "") if result else ""),
-            final=final.get(task, "")))
+            final=final.get(task, ""), needs=needs))
     return records
 
 

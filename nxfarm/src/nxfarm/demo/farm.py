@@ -112,6 +112,7 @@ class LocalFarm:
         self.cache_url = ""
         self.scheduler: Process | None = None
         self.scheduler_port = free_port()
+        self.pages_url = ""  # the run pages, once the scheduler serves them
         self.agents: dict[str, Process] = {}
 
     @property
@@ -136,8 +137,11 @@ class LocalFarm:
     def start_scheduler(self) -> None:
         self.scheduler = Process("scheduler", [NXFARM, "scheduler", "run", "--bind", "127.0.0.1", "--port",
                                                str(self.scheduler_port), "--dashboard-port", "0", "--worker-ttl", "10s",
-                                               "--runs-db", str(self.runs_db), *self.tls_args("scheduler")],
-                                 clean_env(), self.state / "scheduler.log", "nxfarm scheduler at")
+                                               "--runs-db", str(self.runs_db), "--pages-bind", "127.0.0.1",
+                                               "--pages-port", "0", *self.tls_args("scheduler")],
+                                 clean_env(), self.state / "scheduler.log",
+                                 r"nxfarm scheduler at .*run pages (http://127\.0\.0\.1:\d+/)")
+        self.pages_url = self.scheduler.match.group(1)
 
     def start_agent(self, name: str, slots: int = 2, allow: str = "*", protected: str = "main") -> Process:
         """An agent that fetches from any repository (`allow`: this machine's own) and trusts

@@ -32,6 +32,7 @@ class TaskRecord:
     cache: str = ""         # how the agent got its outputs: restored ("remote cache") or "executed"
     final: str = ""         # the final pass: "remote cache", "executed here", ...
     retries: int = 0
+    needs: tuple[str, ...] = ()  # the tasks it depends on (for the critical path)
 
     @property
     def project(self) -> str:
@@ -113,10 +114,15 @@ def _checked(cls: type, name: str, value: Any, kind: type) -> Any:
 def _task(item: Any) -> TaskRecord:
     if not isinstance(item, dict):
         raise ProtocolError("TaskRecord: not a JSON object")
-    unknown = sorted(set(item) - set(_TASK_FIELDS))
+    unknown = sorted(set(item) - set(_TASK_FIELDS) - {"needs"})
     if unknown:
         raise ProtocolError(f"TaskRecord: unknown field(s) {', '.join(unknown)}")
     values = {name: _checked(TaskRecord, name, item.get(name), kind) for name, kind in _TASK_FIELDS.items()}
+    needs = item.get("needs", [])
+    if not isinstance(needs, list) or len(needs) > 1000 or not all(isinstance(n, str) and len(n) <= MAX_TEXT
+                                                                   for n in needs):
+        raise ProtocolError("TaskRecord.needs: a list of at most 1000 task ids expected")
+    values["needs"] = tuple(needs)
     if values["outcome"] not in OUTCOMES:
         raise ProtocolError(f"TaskRecord.outcome: one of {', '.join(OUTCOMES)} expected")
     if values["cache"] not in CACHE:

@@ -47,6 +47,7 @@ MIGRATIONS: tuple[str, ...] = (
         cache TEXT NOT NULL,
         final TEXT NOT NULL,
         retries INTEGER NOT NULL,
+        needs TEXT NOT NULL,             -- the task ids it depends on, space-separated
         PRIMARY KEY (run_id, task_id)
     );
     CREATE INDEX tasks_by_target ON tasks(project, target);
@@ -117,9 +118,9 @@ class RunStore:
                     return False
                 self._db.executemany(
                     "INSERT OR REPLACE INTO tasks (run_id, task_id, position, project, target, agent, queued, started, "
-                    "finished, outcome, cache, final, retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "finished, outcome, cache, final, retries, needs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(report.run_id, t.task_id, n, t.project, t.target, t.agent, t.queued, t.started, t.finished,
-                      t.outcome, t.cache, t.final, t.retries) for n, t in enumerate(report.tasks)])
+                      t.outcome, t.cache, t.final, t.retries, " ".join(t.needs)) for n, t in enumerate(report.tasks)])
                 self._db.execute("DELETE FROM runs WHERE id IN (SELECT id FROM runs ORDER BY started DESC "
                                  "LIMIT -1 OFFSET ?)", (self.keep_runs,))
                 self._db.execute("COMMIT")
@@ -139,10 +140,10 @@ class RunStore:
                                    "orchestrator, received FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
-            tasks = self._db.execute("SELECT task_id, agent, queued, started, finished, outcome, cache, final, retries "
-                                     "FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+            tasks = self._db.execute("SELECT task_id, agent, queued, started, finished, outcome, cache, final, retries, "
+                                     "needs FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
         report = RunReport(run_id, row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                           tuple(TaskRecord(*task) for task in tasks), row[7])
+                           tuple(TaskRecord(*task[:9], tuple(task[9].split())) for task in tasks), row[7])
         return StoredRun(report, row[8], row[9])
 
     def durations(self, project: str, target: str, limit: int = 20) -> list[float]:
