@@ -16,6 +16,7 @@ SERVICE_USER = "nxfarm-scheduler"
 INSTALL_ROOT = "/opt/nx-farm/scheduler"
 TLS_ENV_PATH = "/etc/nx-farm/scheduler-tls.env"
 DASHBOARD_PORT = 8787
+PAGES_PORT = 8790  # the run pages (read-only HTML of the run store), on the cache host's tailnet address
 WORKER_TTL = "30s"
 STATE_DIRECTORY = "nx-farm-scheduler"  # systemd makes /var/lib/<it>, owned by the service user
 RUNS_DB = f"/var/lib/{STATE_DIRECTORY}/runs.sqlite"  # every build's report (nxfarm/runs/)
@@ -23,7 +24,8 @@ RUNS_DB = f"/var/lib/{STATE_DIRECTORY}/runs.sqlite"  # every build's report (nxf
 
 def scheduler_unit(bind: str, port: int, install_root: str = INSTALL_ROOT) -> str:
     run = shlex.join([f"{install_root}/venv/bin/nxfarm", "scheduler", "run", "--bind", bind, "--port", str(port),
-                      "--dashboard-port", str(DASHBOARD_PORT), "--worker-ttl", WORKER_TTL, "--runs-db", RUNS_DB])
+                      "--dashboard-port", str(DASHBOARD_PORT), "--worker-ttl", WORKER_TTL, "--runs-db", RUNS_DB,
+                      "--pages-bind", bind, "--pages-port", str(PAGES_PORT)])
     return f"""[Unit]
 Description=nx-farm scheduler (Dask, mutual TLS) on {bind}:{port}
 Wants=network-online.target

@@ -21,6 +21,7 @@ CACHE_PORT_DEFAULT = 3333
 WORKER_PORT = 8789  # Dask workers listen here on agents (nxfarm agent run; see the distributed-build issue)
 SSH_PORT = 22
 DASHBOARD_PORT = 8787  # the scheduler's dashboard: on the cache host's 127.0.0.1 only, never granted
+PAGES_PORT = 8790  # the run pages (components/render/scheduler.py): operators and orchestrators, not agents
 
 
 class PolicyError(ValueError):
@@ -88,8 +89,9 @@ def farm_grants(settings: FarmSettings) -> list[dict[str, Any]]:
     grants = [
         # agents upload to and read from every cache host, and join the scheduler
         {"src": [t.agent_tag], "dst": [t.cache_tag], "ip": [*cache, *_tcp(t.scheduler_port)]},
-        # orchestrators (dev boxes, CI) replay from the cache and submit to the scheduler
-        {"src": [t.orchestrator_tag, *t.operators], "dst": [t.cache_tag], "ip": [*cache, *_tcp(t.scheduler_port)]},
+        # orchestrators (dev boxes, CI) replay from the cache, submit to the scheduler and read the run pages
+        {"src": [t.orchestrator_tag, *t.operators], "dst": [t.cache_tag],
+         "ip": [*cache, *_tcp(t.scheduler_port, PAGES_PORT)]},
         # the scheduler (on the cache host) reaches the workers
         {"src": [t.cache_tag], "dst": [t.agent_tag], "ip": _tcp(WORKER_PORT)},
         # operators deploy over SSH
@@ -128,9 +130,9 @@ def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
     store = store_on_tailnet(settings) if ":" not in store_host(settings) else None
     tests: list[dict[str, Any]] = [
         {"src": agent, "proto": "tcp", "accept": [*every_cache, f"{cache}:{sched}"],
-         "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{WORKER_PORT}", f"{agent}:{SSH_PORT}",
+         "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{cache}:{PAGES_PORT}", f"{agent}:{WORKER_PORT}", f"{agent}:{SSH_PORT}",
                   f"{orch}:{SSH_PORT}", f"{orch}:{cache_port}", f"{orch}:{WORKER_PORT}", *([store] if store else [])]},
-        {"src": orch, "proto": "tcp", "accept": [*every_cache, f"{cache}:{sched}"],
+        {"src": orch, "proto": "tcp", "accept": [*every_cache, f"{cache}:{sched}", f"{cache}:{PAGES_PORT}"],
          "deny": [f"{cache}:{SSH_PORT}", f"{cache}:{dash}", f"{agent}:{SSH_PORT}", f"{agent}:{WORKER_PORT}",
                   f"{orch}:{SSH_PORT}", *([store] if store else [])]},
         {"src": cache, "proto": "tcp", "accept": [f"{agent}:{WORKER_PORT}", *([store] if store else [])],
@@ -141,7 +143,8 @@ def farm_tests(settings: FarmSettings) -> list[dict[str, Any]]:
         if who.startswith("autogroup:"):
             continue  # tests take a user, group, tag or host as src
         tests.append({"src": who, "proto": "tcp",
-                      "accept": [f"{agent}:{SSH_PORT}", f"{cache}:{SSH_PORT}", *every_cache, f"{cache}:{sched}"]})
+                      "accept": [f"{agent}:{SSH_PORT}", f"{cache}:{SSH_PORT}", *every_cache, f"{cache}:{sched}",
+                                 f"{cache}:{PAGES_PORT}"]})
     return tests
 
 

@@ -160,6 +160,8 @@ def test_the_policy_lets_agents_reach_every_frontend_and_cache_hosts_the_store(s
     assert {"tag:nx-cache:3333", "tag:nx-cache:3334"} <= set(tests["tag:nx-agent"]["accept"])
     assert "100.64.0.20:7480" in tests["tag:nx-cache"]["accept"]
     assert "100.64.0.20:7480" in tests["tag:nx-agent"]["deny"], "agents never talk to the store"
+    assert "tag:nx-cache:8790" in tests["tag:nx-orchestrator"]["accept"], "orchestrators read the run pages"
+    assert "tag:nx-cache:8790" in tests["tag:nx-agent"]["deny"], "agents do not"
     # A store on the LAN (not a tailnet address) needs no grant.
     s3_config["cacheHost"]["storage"]["endpoint"] = "http://192.168.1.20:9000"
     lan = validate(s3_config)

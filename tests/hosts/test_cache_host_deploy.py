@@ -34,7 +34,7 @@ def check_scheduler(host, run):
     while time.monotonic() < deadline:
         listening = host.ssh("ss -Hltn").stdout.split("\n")
         local = {line.split()[3] for line in listening if line.strip()}
-        if f"{host.ip}:8786" in local and "127.0.0.1:8787" in local:
+        if {f"{host.ip}:8786", "127.0.0.1:8787", f"{host.ip}:8790"} <= local:
             break
         time.sleep(0.5)
     assert {f"{host.ip}:8786", "127.0.0.1:8787"} <= local, local
@@ -69,6 +69,8 @@ def check_run_store(host, client):
     report = RunReport(secrets.token_hex(16), "run-many -t build", "", "local", "asked", 1.0, 2.0, 0)
     assert client.sync(client.scheduler.nxfarm_report_run, report=report.to_json()) == {"status": "OK", "stored": True}
     assert int(host.ssh(f"python3 -c \"{count}\"").stdout) == int(before) + 1
+    status, page = http(f"http://{host.ip}:8790/runs/{report.run_id}")  # the run pages, on the host's address
+    assert status == 200 and b"run-many -t build" in page
 
 
 def test_cache_host_lifecycle_on_a_real_host(start_host, built_wheels, monkeypatch, tmp_path):

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -72,6 +73,12 @@ def test_farm_up_builds_my_own_workspace_then_down_leaves_nothing(tmp_path):
         assert set(rows) == {f"{name}:build" for name in PACKAGES}
         assert all(ran.startswith("agent-") and final == "remote cache" for ran, final in rows.values()), rows
         assert (workspace / "packages" / "web" / "build" / "out.txt").read_text().startswith("web built from")
+
+        pages = re.search(r"runs: (http://127\.0\.0\.1:\d+/)", up.stdout)
+        assert pages, up.stdout
+        with urllib.request.urlopen(pages.group(1), timeout=10) as response:
+            runs = response.read().decode()
+        assert runs.count('class="run"') == 1 and "run-many -t build" in runs, "the build is on the run pages"
 
         hits = [part for part in status(env)[1]["parts"] if part["role"] == "cache"][0]["facts"]
         assert hits["hits"] >= len(PACKAGES), hits  # the final pass restored every task from this cache

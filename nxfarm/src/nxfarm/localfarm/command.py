@@ -87,7 +87,8 @@ def up(state: Path, agents: int, slots: int) -> int:
         farm.start_cache()
         _say(f"cache server at {farm.cache_url} (storage {farm.storage}, kept between runs)")
         farm.start_scheduler()
-        _say(f"scheduler at {farm.scheduler_address} (mutual TLS, CA in {state / 'tls'})")
+        _say(f"scheduler at {farm.scheduler_address} (mutual TLS, CA in {state / 'tls'}); every build's run: "
+             f"{farm.pages_url}")
         for name in names:
             farm.start_agent(name, slots=slots)
             _say(f"{name} up, {slots} slot(s)")
@@ -105,7 +106,8 @@ def up(state: Path, agents: int, slots: int) -> int:
         farm.developer_env(), f"nx-farm local farm (nxfarm farm up); `source` it or: eval \"$(nxfarm farm env)\""))
     record.write()
     _say(f"up. In any Nx workspace on this machine (committed; no remote needed): nxfarm build -t build\n"
-         f"  status: nxfarm status   plain nx with this cache: eval \"$(nxfarm farm env)\"   stop: nxfarm farm down\n"
+         f"  runs: {farm.pages_url}   status: nxfarm status   plain nx with this cache: eval \"$(nxfarm farm env)\"\n"
+         f"  stop: nxfarm farm down\n"
          f"  logs: {state}/*.log")
     return 0
 
