@@ -143,7 +143,7 @@ class RunStore:
             tasks = self._db.execute("SELECT task_id, agent, queued, started, finished, outcome, cache, final, retries, "
                                      "needs FROM tasks WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
         report = RunReport(run_id, row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                           tuple(TaskRecord(*task[:9], tuple(task[9].split())) for task in tasks), row[7])
+                           tuple(_task(row) for row in tasks), row[7])
         return StoredRun(report, row[8], row[9])
 
     def durations(self, project: str, target: str, limit: int = 20) -> list[float]:
@@ -157,6 +157,11 @@ class RunStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _task(row: tuple) -> TaskRecord:
+    task_id, agent, queued, started, finished, outcome, cache, final, retries, needs = row
+    return TaskRecord(task_id, agent, queued, started, finished, outcome, cache, final, retries, tuple(needs.split()))
 
 
 def _statements(script: str) -> list[str]:
