@@ -12,6 +12,6 @@ __all__ = ["PROJECTS", "FarmWorkspace"]
 
 
 class FarmWorkspace(_FarmWorkspace):
-    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int] | None = None,
+    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int | str] | None = None,
                  projects: dict[str, tuple[str, list[str]]] | None = None) -> None:
         super().__init__(root, origin, salt, delays, projects, node_modules=NX_CLIENT_DIR / "node_modules")

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lost-grace", type=float, default=15.0,
                         help="seconds without any agent before the rest runs here (default 15)")
     parser.add_argument("--probe-timeout", type=float, default=2.0, help="seconds for each farm probe (default 2)")
+    parser.add_argument("--retries", type=int, default=1, choices=range(0, 4), metavar="N",
+                        help="try a task that failed on an agent again on another one, up to N times; one that "
+                             "then passes is reported flaky (default 1; 0: no retries)")
     tls.add_arguments(parser)
 
 
@@ -227,7 +230,8 @@ def _run(args: argparse.Namespace) -> int:
             def request_for(task: str) -> TaskRequest:
                 return TaskRequest(task, repo_url, commit, workspace_dir, extra, namespace)
 
-            dispatched = dispatch(dask_client, graph, eligible, request_for, _say, lost_grace=args.lost_grace)
+            dispatched = dispatch(dask_client, graph, eligible, request_for, _say, lost_grace=args.lost_grace,
+                                  retries=args.retries)
             outcomes, dispatch_fallback = dispatched.outcomes, dispatched.fallback
 
         final_env = dict(env)
@@ -237,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         _say(f"final pass here: nx {' '.join(invocation.argv())}")
         code, how = final_pass(workspace, invocation, final_env)
         print(report.final_table(graph, outcomes, how))
-        _say(report.summary(how) + f"; nx exited {code}")
+        _say(report.summary(how, outcomes) + f"; nx exited {code}")
         if args.scheduler:  # a farm to report to (reached now, or kept for later)
             mode, why = runlog.report_mode(plan.mode is Mode.DISTRIBUTED, plan.reason, dispatch_fallback)
             run_report = RunReport(runlog.new_run_id(), " ".join(invocation.argv()), commit, mode, why, started,

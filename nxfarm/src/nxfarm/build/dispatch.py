@@ -13,7 +13,7 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.task import run_task
@@ -32,6 +32,12 @@ class Outcome:
     note: str = ""
     queued_at: float = 0.0    # epoch seconds: handed to the scheduler
     finished_at: float = 0.0  # its future completed here
+    failed_before: list[TaskResult] = field(default_factory=list)  # attempts that failed, then retried
+
+    @property
+    def flaky(self) -> bool:
+        """It failed, then passed on the same commit (the same task hash)."""
+        return self.status == "ok" and bool(self.failed_before)
 
 
 @dataclass
@@ -61,7 +67,10 @@ def _workers(client: Any) -> dict[str, tuple[str, int]]:
 
 
 def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callable[[str], TaskRequest],
-             say: Callable[[str], None], lost_grace: float = 15.0, status_every: float = 5.0) -> DispatchReport:
+             say: Callable[[str], None], lost_grace: float = 15.0, status_every: float = 5.0,
+             retries: int = 1) -> DispatchReport:
+    """`retries`: how many times a failed task is tried again, each time on an agent that has not
+    failed it yet when there is one; a task that passes after failing is reported flaky."""
     build_id = uuid.uuid4().hex[:8]
     outcomes = {task: Outcome(task) for task in tasks}
     waiting = {task: set(graph.dependencies[task]) & tasks for task in tasks}
@@ -72,13 +81,19 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
     no_workers_since: float | None = None
     last_status = last_check = time.monotonic()
 
+    def submit(task: str, avoid: set[str]) -> None:
+        others = [address for address, (name, _) in _workers(client).items() if name not in avoid] if avoid else []
+        attempt = len(outcomes[task].failed_before)
+        future = client.submit(run_task, request_for(task).to_json(),
+                               key=f"nxfarm-{build_id}-{task}" + (f"-retry{attempt}" if attempt else ""), pure=False,
+                               workers=others or None, allow_other_workers=bool(others))
+        futures[future] = task
+        outcomes[task].status = "running"
+        outcomes[task].queued_at = outcomes[task].queued_at or time.time()
+
     def submit_ready() -> None:
         for task in sorted(t for t, deps in waiting.items() if not deps and outcomes[t].status == "queued"):
-            future = client.submit(run_task, request_for(task).to_json(), key=f"nxfarm-{build_id}-{task}",
-                                   pure=False)
-            futures[future] = task
-            outcomes[task].status = "running"
-            outcomes[task].queued_at = time.time()
+            submit(task, set())
 
     def skip_dependents(task: str) -> None:
         for other in waiting:
@@ -123,6 +138,16 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
                     error = future.exception()
                     outcome.status = "lost"
                     outcome.note = f"{type(error).__name__}: {error}" if error else future.status
+                if outcome.status == "failed" and outcome.result is not None and len(outcome.failed_before) < retries:
+                    failed = outcome.result
+                    outcome.failed_before.append(failed)
+                    outcome.result = None
+                    say(f"[{finished:>{len(str(total))}}/{total}] FAIL {task} on {failed.agent} ({failed.phase}, exit "
+                        f"{failed.exit_code}): trying it again on another agent")
+                    for line in failed.log_tail.splitlines()[-FAILURE_TAIL_LINES:]:
+                        say(f"  {task} on {failed.agent} | {line}")
+                    submit(task, {result.agent for result in outcome.failed_before})
+                    continue
                 finished += 1
                 if outcome.status == "ok":
                     for deps in waiting.values():

@@ -46,16 +46,20 @@ def final_table(graph: TaskGraph, outcomes: Mapping[str, Outcome], final: Mappin
                 status = outcome.status + (f": {outcome.note}" if outcome.note else "") if outcome else "-"
             elif result.ok:
                 status = "ok" + (f" ({result.cache})" if result.cache else "")
+                if outcome.flaky:
+                    status += " FLAKY: failed first on " + ", ".join(f.agent for f in outcome.failed_before)
             else:
                 status = f"failed in {result.phase} (exit {result.exit_code})"
             rows.append([task, ran_on, seconds, status, final.get(task, "not run")])
     return table(["TASK", "RAN ON", "TIME", "RESULT", "FINAL PASS"], rows)
 
 
-def summary(final: Mapping[str, str]) -> str:
+def summary(final: Mapping[str, str], outcomes: Mapping[str, Outcome] | None = None) -> str:
     restored = sum(1 for how in final.values() if how in ("remote cache", "local cache", "outputs already here"))
     executed = sum(1 for how in final.values() if how == "executed here")
-    return f"final pass: {restored}/{len(final)} task(s) restored from cache, {executed} executed here"
+    flaky = sorted(task for task, outcome in (outcomes or {}).items() if outcome.flaky)
+    return (f"final pass: {restored}/{len(final)} task(s) restored from cache, {executed} executed here"
+            + (f"; flaky (failed, then passed on another agent): {', '.join(flaky)}" if flaky else ""))
 
 
 def parse_final_table(output: str) -> list[dict[str, str]]:

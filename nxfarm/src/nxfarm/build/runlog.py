@@ -44,7 +44,7 @@ def task_records(graph: TaskGraph, outcomes: Mapping[str, Outcome], final: Mappi
             started=max(outcome.queued_at, finished - result.seconds) if result else 0.0, finished=finished,
             outcome=_outcome(outcome), cache=("executed" if result and result.ok and not result.cache else
                                               (result.cache or "") if result else ""),
-            final=final.get(task, ""), needs=needs))
+            final=final.get(task, ""), retries=len(outcome.failed_before), needs=needs))
     return records
 
 

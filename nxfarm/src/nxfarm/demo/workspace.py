@@ -5,8 +5,8 @@ cacheable with `dependsOn: ["^build"]` and declared outputs. Builds are determin
 output is a digest of the project's sources and its dependencies' outputs), so a distributed
 build can be compared byte for byte with a plain local one. Each run appends the project to
 `.harness/exec.log` (neither input nor output) so a test can tell where tasks executed.
-`tools/delay.json` makes chosen builds take longer (ms), to kill a worker while they run, or
-fail (a negative value).
+`tools/delay.json` makes chosen builds take longer (ms), to kill a worker while they run, fail
+(a negative value), or fail once (a file path: it fails while the file is missing, and makes it).
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ const [name, root, ...deps] = process.argv.slice(2);
 const roots = JSON.parse(fs.readFileSync('tools/roots.json', 'utf8'));
 const delays = JSON.parse(fs.readFileSync('tools/delay.json', 'utf8'));
 const ms = delays[name] ?? delays['*'] ?? 0;
+if (typeof ms === 'string' && !fs.existsSync(ms)) {  // flaky: fails once, while the marker file is missing
+  fs.writeFileSync(ms, name); console.error(`[build.js] ${name}: failing once (flaky)`); process.exit(4);
+}
 if (ms < 0) { console.error(`[build.js] ${name}: failing as tools/delay.json says`); process.exit(3); }
-if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+if (typeof ms === 'number' && ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 const h = crypto.createHash('sha256').update(fs.readFileSync(path.join(root, 'src', 'index.js')));
 for (const d of deps) h.update(d + ':' + fs.readFileSync(path.join(roots[d], 'dist', 'main.txt'), 'utf8'));
 const digest = h.digest('hex');
@@ -63,7 +66,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 class FarmWorkspace:
-    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int] | None = None,
+    def __init__(self, root: Path, origin: Path, salt: str, delays: dict[str, int | str] | None = None,
                  projects: dict[str, tuple[str, list[str]]] | None = None,
                  node_modules: Path | None = None) -> None:
         """`node_modules`: link an installed one (ignored by git) instead of running `npm ci`."""
