@@ -46,7 +46,7 @@ def final_table(graph: TaskGraph, outcomes: Mapping[str, Outcome], final: Mappin
                 status = outcome.status + (f": {outcome.note}" if outcome.note else "") if outcome else "-"
             elif result.ok:
                 status = "ok" + (f" ({result.cache})" if result.cache else "")
-                if outcome.flaky:
+                if outcome is not None and outcome.flaky:
                     status += " FLAKY: failed first on " + ", ".join(f.agent for f in outcome.failed_before)
             else:
                 status = f"failed in {result.phase} (exit {result.exit_code})"
