@@ -17,11 +17,12 @@ from pathlib import Path
 
 from .farm import security as tls
 from .farm import unpickle
-from .farm.roles import REPORT_RUN_OP, SCHEDULER_POLICY, guard, peer_identity
+from .farm.roles import HISTORY_OP, REPORT_RUN_OP, SCHEDULER_POLICY, guard, peer_identity
 from .runs.report import RunReport
 from .runs.store import RunStore, StoreError
 
 MAX_REPORT_BYTES = 8 << 20
+MAX_HISTORY_TASKS = 20_000
 
 
 EPILOG = """example (what nx-farm-scheduler.service runs, TLS material from its env file):
@@ -70,12 +71,31 @@ def report_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
     return report_run
 
 
+def history_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
+    """The scheduler's `nxfarm_history`: for a build's task ids, what the run store knows
+    (RunStore.history); empty without a store. Never raises to the sender."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix="nxfarm-history")
+
+    async def history(comm=None, tasks: list | tuple | None = None) -> dict:  # noqa: ANN001 - a distributed Comm
+        # Dask's msgpack hands lists over as tuples.
+        if store is None or not isinstance(tasks, (list, tuple)) or len(tasks) > MAX_HISTORY_TASKS \
+                or not all(isinstance(task, str) and len(task) < 500 for task in tasks):
+            return {"status": "OK", "durations": {}, "target_medians": {}, "recent_agents": {}}
+        found = await asyncio.get_running_loop().run_in_executor(reader, store.history, list(tasks))
+        return {"status": "OK", **found}
+
+    return history
+
+
 async def _serve(args: argparse.Namespace, files: tls.TlsFiles, store: RunStore | None) -> None:
     from distributed import Scheduler
 
     scheduler = Scheduler(host=args.bind, port=args.port, protocol="tls", security=tls.security(files, "scheduler"),
                           dashboard_address=f"{args.dashboard_bind}:{args.dashboard_port}", worker_ttl=args.worker_ttl)
     scheduler.handlers[REPORT_RUN_OP] = report_handler(store)
+    scheduler.handlers[HISTORY_OP] = history_handler(store)
     guard(scheduler, SCHEDULER_POLICY)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

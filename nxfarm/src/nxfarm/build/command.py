@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=1, choices=range(0, 4), metavar="N",
                         help="try a task that failed on an agent again on another one, up to N times; one that "
                              "then passes is reported flaky (default 1; 0: no retries)")
+    parser.add_argument("--order", choices=("history", "name"), default="history",
+                        help="history: ready tasks go longest expected chain first (durations from the farm's run "
+                             "store), each to the agent that last built its project while it has a free slot; "
+                             "name: in name order, anywhere (default history)")
     tls.add_arguments(parser)
 
 
@@ -230,8 +234,9 @@ def _run(args: argparse.Namespace) -> int:
             def request_for(task: str) -> TaskRequest:
                 return TaskRequest(task, repo_url, commit, workspace_dir, extra, namespace)
 
+            history = runlog.history(dask_client, sorted(eligible)) if args.order == "history" else None
             dispatched = dispatch(dask_client, graph, eligible, request_for, _say, lost_grace=args.lost_grace,
-                                  retries=args.retries)
+                                  retries=args.retries, history=history)
             outcomes, dispatch_fallback = dispatched.outcomes, dispatched.fallback
 
         final_env = dict(env)

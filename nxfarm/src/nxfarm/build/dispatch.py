@@ -12,13 +12,14 @@ from __future__ import annotations
 import pickle
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.task import run_task
 from ..farm.protocol import ProtocolError, TaskRequest, TaskResult
 from ..probe.task_graph import TaskGraph
+from .priority import preferred_worker, priorities
 
 FAILURE_TAIL_LINES = 20  # of a failed task's log, shown as it fails (the final pass reruns it here)
 POLL_S = 0.05  # futures' own state is local: polling costs no round trip
@@ -60,6 +61,14 @@ def eligible_tasks(graph: TaskGraph) -> set[str]:
     return {task for task in graph.tasks if ok(task)}
 
 
+def _load(client: Any) -> tuple[dict[str, tuple[str, int]], dict[str, int]]:
+    """(address -> (agent, slots), address -> tasks it holds now)."""
+    try:
+        return _workers(client), {address: len(keys) for address, keys in client.processing().items()}
+    except Exception:  # noqa: BLE001 - placement is a preference: without it, Dask places
+        return {}, {}
+
+
 def _workers(client: Any) -> dict[str, tuple[str, int]]:
     """address -> (agent name, slots)"""
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -68,9 +77,12 @@ def _workers(client: Any) -> dict[str, tuple[str, int]]:
 
 def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callable[[str], TaskRequest],
              say: Callable[[str], None], lost_grace: float = 15.0, status_every: float = 5.0,
-             retries: int = 1) -> DispatchReport:
+             retries: int = 1, history: Mapping[str, Any] | None = None) -> DispatchReport:
     """`retries`: how many times a failed task is tried again, each time on an agent that has not
-    failed it yet when there is one; a task that passes after failing is reported flaky."""
+    failed it yet when there is one; a task that passes after failing is reported flaky.
+    `history`: what the run store knows (build/priority.py): ready tasks go longest remaining
+    chain first, to the agent that last built their project while it has a free slot. Without
+    it, ready tasks go in name order, anywhere."""
     build_id = uuid.uuid4().hex[:8]
     outcomes = {task: Outcome(task) for task in tasks}
     waiting = {task: set(graph.dependencies[task]) & tasks for task in tasks}
@@ -81,19 +93,31 @@ def dispatch(client: Any, graph: TaskGraph, tasks: set[str], request_for: Callab
     no_workers_since: float | None = None
     last_status = last_check = time.monotonic()
 
-    def submit(task: str, avoid: set[str]) -> None:
+    rank = priorities(graph, tasks, history) if history is not None else {}
+
+    def submit(task: str, avoid: set[str], prefer: str | None = None) -> None:
         others = [address for address, (name, _) in _workers(client).items() if name not in avoid] if avoid else []
+        where = others or ([prefer] if prefer else [])
         attempt = len(outcomes[task].failed_before)
         future = client.submit(run_task, request_for(task).to_json(),
                                key=f"nxfarm-{build_id}-{task}" + (f"-retry{attempt}" if attempt else ""), pure=False,
-                               workers=others or None, allow_other_workers=bool(others))
+                               workers=where or None, allow_other_workers=bool(where),
+                               priority=int(rank.get(task, 0.0) * 1000))
         futures[future] = task
         outcomes[task].status = "running"
         outcomes[task].queued_at = outcomes[task].queued_at or time.time()
 
     def submit_ready() -> None:
-        for task in sorted(t for t, deps in waiting.items() if not deps and outcomes[t].status == "queued"):
-            submit(task, set())
+        ready = sorted((t for t, deps in waiting.items() if not deps and outcomes[t].status == "queued"),
+                       key=lambda t: (-rank.get(t, 0.0), t))
+        if not ready:
+            return
+        workers, busy = ({}, {}) if not (history and history.get("recent_agents")) else _load(client)
+        for task in ready:
+            prefer = preferred_worker(task, history or {}, workers, busy)
+            if prefer:
+                busy[prefer] = busy.get(prefer, 0) + 1
+            submit(task, set(), prefer)
 
     def skip_dependents(task: str) -> None:
         for other in waiting:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ..farm.roles import REPORT_RUN_OP
+from ..farm.roles import HISTORY_OP, REPORT_RUN_OP
 from ..probe.task_graph import TaskGraph
 from ..runs.outbox import Outbox
 from ..runs.report import RunReport, TaskRecord
@@ -92,6 +92,16 @@ def deliver(client: Any | None, report: RunReport, outbox: Outbox, budget: float
         return f"run report not delivered in time: kept for the next build ({len(outbox.waiting())} waiting)"
     outbox.count_dropped(1 + report.dropped_before)
     return f"run report not kept by the farm: {answer}"
+
+
+def history(client: Any, tasks: list[str], budget: float = 2.0) -> dict[str, Any] | None:
+    """What the run store knows of these tasks (build/priority.py), or None when the scheduler
+    does not answer in time or keeps no store: the build then goes in name order."""
+    try:
+        answer = client.sync(getattr(client.scheduler, HISTORY_OP), tasks=tasks, callback_timeout=budget)
+    except Exception:  # noqa: BLE001 - an older scheduler, a timeout: scheduling without history
+        return None
+    return answer if isinstance(answer, dict) and answer.get("status") == "OK" else None
 
 
 def _send(client: Any, report: RunReport, deadline: float) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 ROLES = ("scheduler", "agent", "orchestrator")
 REFUSED_OP = "nxfarm-refused"
 REPORT_RUN_OP = "nxfarm_report_run"  # an orchestrator's build report (scheduler.py, runs/)
+HISTORY_OP = "nxfarm_history"  # what the run store knows of a build's tasks, for scheduling
 
 log = logging.getLogger("nxfarm.roles")
 
@@ -76,7 +77,7 @@ SCHEDULER_POLICY = ServerPolicy("scheduler", {
                         stream_entry=frozenset({"register-worker"}), stream=_WORKER_STREAM),
     "orchestrator": RolePolicy(rpc=frozenset({"register-client", "identity", "ncores", "ncores_running", "processing",
                                               "who_has", "has_what", "gather", "versions", "get_task_status",
-                                              REPORT_RUN_OP}),
+                                              REPORT_RUN_OP, HISTORY_OP}),
                                stream_entry=frozenset({"register-client"}), stream=_CLIENT_STREAM),
 })
 # The scheduler fetches results from an agent (`get_data`) and manages its keys; no one else

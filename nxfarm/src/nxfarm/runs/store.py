@@ -10,10 +10,12 @@ page can read while the scheduler writes. The oldest runs go once there are more
 from __future__ import annotations
 
 import sqlite3
+import statistics
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .report import RunReport, TaskRecord
 
@@ -51,6 +53,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, task_id)
     );
     CREATE INDEX tasks_by_target ON tasks(project, target);
+    CREATE INDEX tasks_by_id ON tasks(task_id, finished);
+    CREATE INDEX tasks_by_target_only ON tasks(target, finished);
     """,
     # 2: what an orchestrator could not deliver before a run (its outbox overflowed)
     """
@@ -145,6 +149,33 @@ class RunStore:
         report = RunReport(run_id, row[0], row[1], row[2], row[3], row[4], row[5], row[6],
                            tuple(_task(row) for row in tasks), row[7])
         return StoredRun(report, row[8], row[9])
+
+    def history(self, task_ids: list[str], per_task: int = 20) -> dict[str, dict[str, Any]]:
+        """What scheduling needs to know of these tasks: the median time each took where it was
+        executed (its last `per_task` runs), the median per target over every project (for tasks
+        never executed yet), and the agent that last ran a task of each project."""
+        projects = sorted({task.split(":", 1)[0] for task in task_ids})
+        targets = sorted({task.split(":")[1] for task in task_ids if ":" in task})
+        with self._lock:
+            samples: dict[str, list[float]] = {}
+            for task in set(task_ids):
+                rows = self._db.execute(
+                    "SELECT finished - started FROM tasks WHERE task_id = ? AND cache = 'executed' AND outcome = 'ok' "
+                    "AND started > 0 ORDER BY finished DESC LIMIT ?", (task, per_task)).fetchall()
+                if rows:
+                    samples[task] = [row[0] for row in rows]
+            by_target = {target: [row[0] for row in self._db.execute(
+                "SELECT finished - started FROM tasks WHERE target = ? AND cache = 'executed' AND outcome = 'ok' "
+                "AND started > 0 ORDER BY finished DESC LIMIT 200", (target,))] for target in targets}
+            recent = {}
+            for project in projects:
+                row = self._db.execute("SELECT agent FROM tasks WHERE project = ? AND agent != '' AND finished > 0 "
+                                       "ORDER BY finished DESC LIMIT 1", (project,)).fetchone()
+                if row:
+                    recent[project] = row[0]
+        return {"durations": {task: statistics.median(values) for task, values in samples.items()},
+                "target_medians": {target: statistics.median(values) for target, values in by_target.items() if values},
+                "recent_agents": recent}
 
     def durations(self, project: str, target: str, limit: int = 20) -> list[float]:
         """How long the task took where it executed (not restored), newest first."""
