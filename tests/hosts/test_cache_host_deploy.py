@@ -63,12 +63,13 @@ def check_run_store(host, client):
 
     from nxfarm.runs.report import RunReport
 
-    count = ("import sqlite3; print(sqlite3.connect('/var/lib/nx-farm-scheduler/runs.sqlite')"
-             ".execute(\"select count(*) from runs where orchestrator = 'orchestrator-operator'\").fetchone()[0])")
-    before = host.ssh(f"test -e /var/lib/nx-farm-scheduler/runs.sqlite && python3 -c \"{count}\" || echo 0").stdout
+    count = ("import os, sqlite3\npath = '/var/lib/nx-farm-scheduler/runs.sqlite'\n"
+             "print(sqlite3.connect(path).execute(\"select count(*) from runs where orchestrator = "
+             "'orchestrator-operator'\").fetchone()[0] if os.path.exists(path) else 0)\n")
+    before = int(host.ssh("python3 -", stdin=count).stdout)
     report = RunReport(secrets.token_hex(16), "run-many -t build", "", "local", "asked", 1.0, 2.0, 0)
     assert client.sync(client.scheduler.nxfarm_report_run, report=report.to_json()) == {"status": "OK", "stored": True}
-    assert int(host.ssh(f"python3 -c \"{count}\"").stdout) == int(before) + 1
+    assert int(host.ssh("python3 -", stdin=count).stdout) == before + 1
     status, page = http(f"http://{host.ip}:8790/runs/{report.run_id}")  # the run pages, on the host's address
     assert status == 200 and b"run-many -t build" in page
 
