@@ -46,11 +46,12 @@ def main() -> int:
     parser.add_argument("--quick", type=int, default=10, help="how many quick tasks (default 10)")
     parser.add_argument("--quick-ms", type=int, default=1000)
     parser.add_argument("--long-ms", type=int, default=6000)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the farm (its run store) in this new directory")
     args = parser.parse_args()
     delays = {**{name: args.quick_ms for name in quick(args.quick)}, **{name: args.long_ms for name in CHAIN}}
     walls: dict[str, list[float]] = {"name": [], "history": []}
     with tempfile.TemporaryDirectory(prefix="schedbench-") as tmp:
-        base = Path(tmp)
+        base = args.keep or Path(tmp)
         farm = LocalFarm(base / "farm")
         try:
             farm.start_cache()

@@ -85,3 +85,34 @@ def test_history_sends_the_long_chain_first_on_a_busy_farm(tmp_path, order):
         assert first == ("lib-e:build" if order == "history" else "lib-b:build"), started
     finally:
         farm.stop()
+
+
+@pytestmark_nx
+def test_placing_by_history_keeps_every_agent(tmp_path):
+    """Tasks preferred onto one agent while another is idle get stolen by Dask's work stealing;
+    the agent's answer (`steal-response`) must pass the role guard, or the agent is cut off."""
+    farm = LocalFarm(tmp_path / "farm")
+    try:
+        farm.start_cache()
+        farm.start_scheduler()
+        for name in ("agent-1", "agent-2"):
+            farm.start_agent(name, slots=1)
+        # bench/schedbench.py's graph: ten quick independent tasks and a slow chain of three.
+        projects = {**{f"a-{i:02d}": (f"libs/a-{i:02d}", []) for i in range(1, 11)},
+                    "z-1": ("libs/z-1", []), "z-2": ("libs/z-2", ["z-1"]), "z-3": ("libs/z-3", ["z-2"])}
+        delays = {**{name: 1000 for name in projects}, "z-1": 6000, "z-2": 6000, "z-3": 6000}
+        workspace = FarmWorkspace(tmp_path / "ws", tmp_path / "origin.git", secrets.token_hex(4), delays=delays,
+                                  projects=projects)
+        assert farm.build(workspace.root).returncode == 0  # teaches the store where each project was built
+        workspace.new_commit("again")
+        workspace.clear_outputs()
+        again = farm.build(workspace.root)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "may not call" not in farm.scheduler.log.read_text()
+        assert all(agent.running for agent in farm.agents.values()), "no agent was cut off"
+        store = RunStore(farm.runs_db)
+        latest = store.recent(1)[0].report
+        store.close()
+        assert {task.agent for task in latest.tasks if task.agent} == {"agent-1", "agent-2"}
+    finally:
+        farm.stop()

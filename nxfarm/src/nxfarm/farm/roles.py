@@ -65,9 +65,12 @@ class ServerPolicy:
 
 # The scheduler's stream handlers for workers and for clients (`Scheduler.__init__`,
 # worker_handlers and client_handlers), minus pushing data into the cluster.
+# "steal-response" is the stealing extension's (distributed/stealing.py): a worker's answer when
+# the scheduler moves a queued task elsewhere. Refusing it closed the agent's stream, and the
+# agent exited, as soon as tasks waited on one agent (history placement) and another was idle.
 _WORKER_STREAM = frozenset({"task-finished", "task-erred", "release-worker-data", "add-keys", "long-running",
                             "reschedule", "keep-alive", "log-event", "worker-status-change",
-                            "request-refresh-who-has"})
+                            "request-refresh-who-has", "steal-response"})
 _CLIENT_STREAM = frozenset({"update-graph", "client-desires-keys", "report-key", "client-releases-keys",
                             "heartbeat-client", "close-client", "subscribe-topic", "unsubscribe-topic",
                             "cancel-keys"})
