@@ -14,22 +14,11 @@ import pytest
 
 from tests.nx_client.workspace import NX_BIN
 
-from .farm_procs import NXFARM, LocalFarm, clean_env, final_pass_rows
+from .farm_procs import NXFARM, clean_env, final_pass_rows
 from .farm_workspace import PROJECTS, FarmWorkspace
 
 pytestmark = pytest.mark.skipif(not NX_BIN.exists(), reason="nx client not installed (make test installs it)")
 TASKS = {f"{name}:build" for name in PROJECTS}
-
-
-@pytest.fixture
-def farm(tmp_path):
-    farm = LocalFarm(tmp_path / "farm")
-    farm.start_cache()
-    farm.start_scheduler()
-    farm.start_agent("agent-1")
-    farm.start_agent("agent-2")
-    yield farm
-    farm.stop()
 
 
 def plain_local_build(tmp_path, workspace: FarmWorkspace):

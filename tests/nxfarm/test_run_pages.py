@@ -16,7 +16,6 @@ from nxfarm.runs.report import RunReport, TaskRecord
 from nxfarm.runs.timeline import critical_path, rows_and_bars
 from tests.nx_client.workspace import NX_BIN
 
-from .farm_procs import LocalFarm
 from .farm_workspace import PROJECTS, FarmWorkspace
 from .test_farm_roles import direct_rpc
 
@@ -47,17 +46,6 @@ def test_tasks_of_one_agent_fill_as_many_rows_as_ran_at_once_and_the_critical_pa
 
 
 pytestmark_nx = pytest.mark.skipif(not NX_BIN.exists(), reason="nx client not installed (make test installs it)")
-
-
-@pytest.fixture
-def farm(tmp_path):
-    farm = LocalFarm(tmp_path / "farm")
-    farm.start_cache()
-    farm.start_scheduler()
-    farm.start_agent("agent-1")
-    farm.start_agent("agent-2")
-    yield farm
-    farm.stop()
 
 
 def boxes(chromium) -> dict[str, dict[str, float]]:

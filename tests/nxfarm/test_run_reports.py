@@ -15,22 +15,10 @@ from nxfarm.runs.report import RunReport
 from nxfarm.runs.store import RunStore
 from tests.nx_client.workspace import NX_BIN
 
-from .farm_procs import LocalFarm
 from .farm_workspace import PROJECTS, FarmWorkspace
 from .test_farm_roles import direct_rpc
 
 pytestmark = pytest.mark.skipif(not NX_BIN.exists(), reason="nx client not installed (make test installs it)")
-
-
-@pytest.fixture
-def farm(tmp_path):
-    farm = LocalFarm(tmp_path / "farm")
-    farm.start_cache()
-    farm.start_scheduler()
-    farm.start_agent("agent-1")
-    farm.start_agent("agent-2")
-    yield farm
-    farm.stop()
 
 
 def stored_runs(farm) -> list:
