@@ -159,3 +159,10 @@ def test_reports_wait_in_the_outbox_and_go_oldest_first_with_what_was_dropped(tm
     refusing = _Scheduler([{"status": "OK"}, {"status": "refused", "why": "this scheduler keeps no run store"}])
     assert deliver(refusing, report("d" * 32), outbox) == "run report not kept by the farm: this scheduler keeps no run store"
     assert outbox.waiting() == [] and outbox.dropped() == 1
+
+
+def test_an_outbox_that_cannot_be_written_costs_the_report_not_the_build(tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the outbox's directory would go")
+    line = deliver(None, report(), Outbox(blocked / "outbox"))
+    assert line.startswith("run report not kept: ") and "not-a-directory" in line

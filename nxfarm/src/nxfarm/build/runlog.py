@@ -66,6 +66,13 @@ def deliver(client: Any | None, report: RunReport, outbox: Outbox, budget: float
     not go within `budget` seconds (or without a client) waits for the next build. Never raises:
     returns one line for the terminal, "" when all went. The count of reports dropped so far
     travels in this report (`dropped_before`) and is counted again if it cannot be kept."""
+    try:
+        return _deliver(client, report, outbox, budget)
+    except OSError as exc:  # the outbox's directory unwritable, a full disk: the build is not the worse
+        return f"run report not kept: {exc.strerror or exc}: {exc.filename or outbox.directory}"
+
+
+def _deliver(client: Any | None, report: RunReport, outbox: Outbox, budget: float) -> str:
     dropped = outbox.dropped()
     outbox.clear_dropped()
     report = dataclasses.replace(report, dropped_before=report.dropped_before + dropped)
