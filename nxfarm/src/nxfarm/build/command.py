@@ -30,7 +30,7 @@ from ..probe.cache import CacheProbe, probe_cache
 from ..probe.git import read_git_state
 from ..probe.task_graph import TaskGraphError, parse_task_graph
 from ..runs.outbox import Outbox
-from ..runs.report import RunReport
+from ..runs.report import MAX_TEXT, RunReport
 from . import reaper, report, runlog
 from .dispatch import Outcome, dispatch, eligible_tasks
 from .nx import CACHE_TOKEN_ENV, CACHE_URL_ENV, NxError, NxInvocation, base_env, final_pass, find_workspace, task_graph_json
@@ -249,8 +249,9 @@ def _run(args: argparse.Namespace) -> int:
         _say(report.summary(how, outcomes) + f"; nx exited {code}")
         if args.scheduler:  # a farm to report to (reached now, or kept for later)
             mode, why = runlog.report_mode(plan.mode is Mode.DISTRIBUTED, plan.reason, dispatch_fallback)
-            run_report = RunReport(runlog.new_run_id(), " ".join(invocation.argv()), commit, mode, why, started,
-                                   time.time(), code, tuple(runlog.task_records(graph, outcomes, how)))
+            run_report = RunReport(runlog.new_run_id(), " ".join(invocation.argv())[:MAX_TEXT], commit, mode,
+                                   why[:MAX_TEXT], started, time.time(), code,
+                                   tuple(runlog.task_records(graph, outcomes, how)))
             line = runlog.deliver(dask_client, run_report, Outbox())
             if line:
                 _say(line)
