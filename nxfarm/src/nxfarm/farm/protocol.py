@@ -20,7 +20,8 @@ class ProtocolError(ValueError):
     """A message that is not what the other side sends."""
 
 
-def _decode(cls: type, text: str) -> dict[str, Any]:
+def decode_object(cls: type, text: str) -> dict[str, Any]:
+    """`text` as a JSON object with no field `cls` lacks; ProtocolError naming what is wrong."""
     try:
         data = json.loads(text)
     except (TypeError, ValueError) as exc:
@@ -48,7 +49,7 @@ class TaskRequest:
 
     @classmethod
     def from_json(cls, text: str) -> TaskRequest:
-        data = _decode(cls, text)
+        data = decode_object(cls, text)
         for name in ("task_id", "repo_url", "commit", "workspace_dir"):
             if not isinstance(data.get(name), str):
                 raise ProtocolError(f"TaskRequest.{name}: expected a string")
@@ -86,7 +87,7 @@ class TaskResult:
 
     @classmethod
     def from_json(cls, text: str) -> TaskResult:
-        data = _decode(cls, text)
+        data = decode_object(cls, text)
         expected: dict[str, type | tuple[type, ...]] = {"task_id": str, "agent": str, "exit_code": int,
                                                         "seconds": (int, float), "log_tail": str, "phase": str,
                                                         "tier": str}

@@ -12,7 +12,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ..farm.protocol import ProtocolError
+from ..farm.protocol import ProtocolError, decode_object
 
 MAX_TASKS = 20_000
 MAX_TEXT = 2_000  # characters of any one string (a command line, a reason)
@@ -61,7 +61,7 @@ class RunReport:
 
     @classmethod
     def from_json(cls, text: str) -> RunReport:
-        data = _object(cls, text if isinstance(text, str) else "")
+        data = decode_object(cls, text if isinstance(text, str) else "")
         values = {name: _checked(cls, name, data.get(name), kind) for name, kind in _RUN_FIELDS.items()}
         if len(values["run_id"]) != 32 or any(ch not in "0123456789abcdef" for ch in values["run_id"]):
             raise ProtocolError("RunReport.run_id: 32 lowercase hex characters expected")
@@ -77,19 +77,6 @@ _RUN_FIELDS: dict[str, type] = {"run_id": str, "command": str, "commit": str, "m
                                 "started": float, "ended": float, "exit_code": int, "dropped_before": int}
 _TASK_FIELDS: dict[str, type] = {"task_id": str, "agent": str, "queued": float, "started": float, "finished": float,
                                  "outcome": str, "cache": str, "final": str, "retries": int}
-
-
-def _object(cls: type, text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(f"{cls.__name__}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{cls.__name__}: not a JSON object")
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ProtocolError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
-    return data
 
 
 def _checked(cls: type, name: str, value: Any, kind: type) -> Any:
