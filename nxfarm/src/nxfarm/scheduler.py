@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from pathlib import Path
 
@@ -47,14 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_arguments(parser)
 
 
-def report_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
+def report_handler(store: RunStore | None, io: Executor):  # noqa: ANN201 - a Dask handler
     """The scheduler's `nxfarm_report_run`: a report (JSON text) from an orchestrator's build,
     stored under the member its certificate names. Answers `{"status": "OK", "stored": bool}`
     (False for a resend) or `{"status": "refused", "why": ...}`; never raises to the sender."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    writer = ThreadPoolExecutor(1, thread_name_prefix="nxfarm-runs")  # SQLite off the scheduler's loop
-
     async def report_run(comm=None, report: str = "") -> dict:  # noqa: ANN001 - a distributed Comm
         if store is None:
             return {"status": "refused", "why": "this scheduler keeps no run store (--runs-db)"}
@@ -65,25 +62,21 @@ def report_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
             parsed = RunReport.from_json(report)
         except ValueError as exc:
             return {"status": "refused", "why": str(exc)[:300]}
-        stored = await asyncio.get_running_loop().run_in_executor(writer, store.add, parsed, member)
+        stored = await asyncio.get_running_loop().run_in_executor(io, store.add, parsed, member)
         return {"status": "OK", "stored": stored}
 
     return report_run
 
 
-def history_handler(store: RunStore | None):  # noqa: ANN201 - a Dask handler
+def history_handler(store: RunStore | None, io: Executor):  # noqa: ANN201 - a Dask handler
     """The scheduler's `nxfarm_history`: for a build's task ids, what the run store knows
     (RunStore.history); empty without a store. Never raises to the sender."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    reader = ThreadPoolExecutor(1, thread_name_prefix="nxfarm-history")
-
     async def history(comm=None, tasks: list | tuple | None = None) -> dict:  # noqa: ANN001 - a distributed Comm
         # Dask's msgpack hands lists over as tuples.
         if store is None or not isinstance(tasks, (list, tuple)) or len(tasks) > MAX_HISTORY_TASKS \
                 or not all(isinstance(task, str) and len(task) < 500 for task in tasks):
             return {"status": "OK", "durations": {}, "target_medians": {}, "recent_agents": {}}
-        found = await asyncio.get_running_loop().run_in_executor(reader, store.history, list(tasks))
+        found = await asyncio.get_running_loop().run_in_executor(io, store.history, list(tasks))
         return {"status": "OK", **found}
 
     return history
@@ -94,8 +87,11 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles, store: RunStore 
 
     scheduler = Scheduler(host=args.bind, port=args.port, protocol="tls", security=tls.security(files, "scheduler"),
                           dashboard_address=f"{args.dashboard_bind}:{args.dashboard_port}", worker_ttl=args.worker_ttl)
-    scheduler.handlers[REPORT_RUN_OP] = report_handler(store)
-    scheduler.handlers[HISTORY_OP] = history_handler(store)
+    # One thread for the run store, off the scheduler's loop: its SQLite connection serves one
+    # caller at a time anyway (RunStore's lock), so more threads would only wait on each other.
+    io = ThreadPoolExecutor(1, thread_name_prefix="nxfarm-runs")
+    scheduler.handlers[REPORT_RUN_OP] = report_handler(store, io)
+    scheduler.handlers[HISTORY_OP] = history_handler(store, io)
     guard(scheduler, SCHEDULER_POLICY)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -103,12 +99,9 @@ async def _serve(args: argparse.Namespace, files: tls.TlsFiles, store: RunStore 
     await scheduler
     pages = ""
     if store is not None and args.pages_bind:
-        from concurrent.futures import ThreadPoolExecutor
-
         from .runs import web
 
-        _, port = web.serve(store, ThreadPoolExecutor(2, thread_name_prefix="nxfarm-pages"), args.pages_bind,
-                            args.pages_port)
+        _, port = web.serve(store, io, args.pages_bind, args.pages_port)
         shown = f"[{args.pages_bind}]" if ":" in args.pages_bind else args.pages_bind
         pages = f", run pages http://{shown}:{port}/"
     print(f"nxfarm scheduler at {scheduler.address}, dashboard http://{args.dashboard_bind}:"
